@@ -1,0 +1,53 @@
+"""chunkstore: a local-first, crash-safe conversation store for LLM chat apps.
+
+Messages are persisted while they stream, as small append-only JSON chunk files, and rebuilt
+from them on read. See ``users/README.md`` for the on-disk format (a contract) and the README
+for the API.
+"""
+
+from ._async import AsyncMessageWriter, AsyncStore
+from ._check import Problem
+from ._exceptions import (
+    ChunkstoreError,
+    ConversationDeleted,
+    ConversationNotFound,
+    InvalidArgument,
+    InvalidId,
+    LimitExceeded,
+    LockTimeout,
+    StorageError,
+    StoreFormatError,
+    UserNotFound,
+    WriterClosed,
+)
+from ._layout import FORMAT_VERSION
+from ._models import Conversation, ConversationPage, Message
+from ._store import DURABILITY_MODES, Store
+from ._writer import MessageWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DURABILITY_MODES",
+    "FORMAT_VERSION",
+    "AsyncMessageWriter",
+    "AsyncStore",
+    "ChunkstoreError",
+    "Conversation",
+    "ConversationDeleted",
+    "ConversationNotFound",
+    "ConversationPage",
+    "InvalidArgument",
+    "InvalidId",
+    "LimitExceeded",
+    "LockTimeout",
+    "Message",
+    "MessageWriter",
+    "Problem",
+    "StorageError",
+    "Store",
+    "StoreFormatError",
+    "UserNotFound",
+    "WriterClosed",
+    "__version__",
+]

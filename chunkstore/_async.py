@@ -1,0 +1,152 @@
+"""``AsyncStore``: the asyncio facade over ``Store``.
+
+Same method names, same arguments. Each call runs as *one* ``asyncio.to_thread`` unit: a
+conversation rebuild touches many files, and one thread hop per file would cost far more than
+the reads themselves. Streaming buffers tokens on the event loop and only hops to a thread when
+a chunk is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from types import TracebackType
+from typing import Any
+
+from ._check import Problem
+from ._models import Conversation, ConversationPage, Message
+from ._store import Store
+from ._writer import MessageWriter
+
+__all__ = ["AsyncMessageWriter", "AsyncStore"]
+
+
+class AsyncMessageWriter:
+    """Async twin of ``MessageWriter``: ``await w.append(token)``, ``await w.finish(...)``."""
+
+    def __init__(self, opener: Any) -> None:
+        self._opener = opener
+        self._writer: MessageWriter | None = None
+
+    async def open(self) -> AsyncMessageWriter:
+        if self._writer is None:
+            self._writer = await asyncio.to_thread(self._opener)
+        return self
+
+    @property
+    def writer(self) -> MessageWriter:
+        if self._writer is None:
+            raise RuntimeError("use 'async with store.stream_message(...)' or 'await w.open()'")
+        return self._writer
+
+    @property
+    def message_id(self) -> str:
+        return self.writer.message_id
+
+    @property
+    def seq(self) -> int:
+        return self.writer.seq
+
+    async def append(self, token: str) -> None:
+        if self.writer.add(token):
+            await asyncio.to_thread(self.writer.flush)
+
+    def add(self, token: str) -> bool:
+        """Buffer a token without I/O; True when a chunk is due (then ``await flush()``)."""
+        return self.writer.add(token)
+
+    async def flush(self) -> None:
+        await asyncio.to_thread(self.writer.flush)
+
+    async def finish(
+        self,
+        finish_reason: str | None = "stop",
+        usage: dict[str, Any] | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> Message:
+        return await asyncio.to_thread(self.writer.finish, finish_reason, usage, tool_calls)
+
+    async def fail(self, error: object = "error", usage: dict[str, Any] | None = None) -> Message:
+        return await asyncio.to_thread(self.writer.fail, error, usage)
+
+    async def abandon(self) -> None:
+        await asyncio.to_thread(self.writer.abandon)
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.closed
+
+    async def __aenter__(self) -> AsyncMessageWriter:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await asyncio.to_thread(self.writer.__exit__, exc_type, exc, tb)
+
+
+class AsyncStore:
+    """``Store`` for asyncio code. Accepts the same arguments, or wraps an existing ``Store``."""
+
+    def __init__(self, root: str | os.PathLike[str] | Store = "users", **options: Any) -> None:
+        self.store = root if isinstance(root, Store) else Store(root, **options)
+
+    @classmethod
+    async def open(cls, root: str | os.PathLike[str] = "users", **options: Any) -> AsyncStore:
+        """Open without blocking the loop (opening may create the root and its FORMAT)."""
+        return cls(await asyncio.to_thread(Store, root, **options))
+
+    async def __aenter__(self) -> AsyncStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.store.close()
+
+    async def user_for(self, principal: str) -> str:
+        return await asyncio.to_thread(self.store.user_for, principal)
+
+    async def users(self) -> list[str]:
+        return await asyncio.to_thread(self.store.users)
+
+    async def create_conversation(self, user_id: str, *args: Any, **kw: Any) -> Conversation:
+        return await asyncio.to_thread(self.store.create_conversation, user_id, *args, **kw)
+
+    async def get_conversation(self, conversation_id: str) -> Conversation:
+        return await asyncio.to_thread(self.store.get_conversation, conversation_id)
+
+    async def list_conversations(self, user_id: str, *args: Any, **kw: Any) -> ConversationPage:
+        return await asyncio.to_thread(self.store.list_conversations, user_id, *args, **kw)
+
+    async def update_conversation(self, conversation_id: str, **kw: Any) -> Conversation:
+        return await asyncio.to_thread(self.store.update_conversation, conversation_id, **kw)
+
+    async def delete_conversation(self, conversation_id: str, hard: bool = False) -> None:
+        await asyncio.to_thread(self.store.delete_conversation, conversation_id, hard)
+
+    async def restore_conversation(self, conversation_id: str) -> Conversation:
+        return await asyncio.to_thread(self.store.restore_conversation, conversation_id)
+
+    async def sweep_retention(self, *args: Any, **kw: Any) -> list[str]:
+        return await asyncio.to_thread(self.store.sweep_retention, *args, **kw)
+
+    async def append_message(self, conversation_id: str, *args: Any, **kw: Any) -> Message:
+        return await asyncio.to_thread(self.store.append_message, conversation_id, *args, **kw)
+
+    def stream_message(self, conversation_id: str, *args: Any, **kw: Any) -> AsyncMessageWriter:
+        """Use as ``async with store.stream_message(conv_id) as w:`` (opened on entry)."""
+        return AsyncMessageWriter(lambda: self.store.stream_message(conversation_id, *args, **kw))
+
+    async def messages(self, conversation_id: str, *args: Any, **kw: Any) -> list[Message]:
+        return await asyncio.to_thread(self.store.messages, conversation_id, *args, **kw)
+
+    async def message_count(self, conversation_id: str) -> int:
+        return await asyncio.to_thread(self.store.message_count, conversation_id)
+
+    async def check(self, fix: bool = False) -> list[Problem]:
+        return await asyncio.to_thread(self.store.check, fix)

@@ -1,0 +1,241 @@
+"""``Store.check()``: walk the store and report every broken invariant.
+
+Invariants of format v1:
+
+* the root has a readable ``FORMAT``; every ``sessions/*.json`` names an existing user;
+* every ``usNN/`` has a readable ``user.json``; every conversation directory is named by a
+  canonical id of its user and has a readable ``conversation.json`` with that id;
+* ``messages/`` holds only files of that conversation; every record passes its checksum and
+  names its own message; message seqs run 1..N without a gap; a streamed message's chunks run
+  1..k without a gap; a sealed message has no leftover chunk files;
+* no temp files or trash directories are left behind; every segment line matches its message.
+
+Interrupted messages (a writer that crashed) are a valid state, not a problem: they read back
+``interrupted`` with their durable prefix.
+
+``fix=True`` repairs only what is derived or leftover: temp files and trash are removed, chunk
+files already covered by a sealed file are removed, and the segment is rebuilt. It never
+deletes a message's only copy.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from . import _fsio, _locks, _records
+from ._exceptions import InvalidId
+from ._ids import ConversationId, MessageId, UserId
+from ._layout import Layout
+from ._reader import list_message_files
+from ._rebuild import TERMINAL, message_to_line, rebuild_message
+
+if TYPE_CHECKING:
+    from ._store import Store
+
+__all__ = ["Problem", "check_store"]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    kind: str  # a short slug: "corrupt", "gap", "orphan", "temp-file", ...
+    detail: str
+    fixed: bool = False
+
+    def __str__(self) -> str:
+        suffix = " (fixed)" if self.fixed else ""
+        return f"{self.kind}: {self.path}: {self.detail}{suffix}"
+
+
+class _Checker:
+    def __init__(self, store: Store, layout: Layout, fix: bool) -> None:
+        self.store = store
+        self.layout = layout
+        self.fix = fix
+        self.problems: list[Problem] = []
+
+    def report(self, path: str, kind: str, detail: str, fixed: bool = False) -> None:
+        self.problems.append(Problem(path, kind, detail, fixed))
+
+    def leftover(self, path: str, what: str) -> None:
+        """A temp file or trash directory: garbage from a crash, always safe to remove."""
+        if self.fix:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                _fsio.unlink_quietly(path)
+        self.report(path, "temp-file", what, fixed=self.fix)
+
+    def decode(self, path: str) -> dict[str, Any] | None:
+        try:
+            return _records.decode(_fsio.read_bytes(path))
+        except FileNotFoundError:
+            self.report(path, "missing", "file is missing")
+        except (OSError, ValueError) as exc:
+            self.report(path, "corrupt", str(exc))
+        return None
+
+    def run(self) -> list[Problem]:
+        root = self.layout.root
+        fmt = self.decode(self.layout.format_file)
+        if fmt is not None and fmt.get("version") != 1:
+            self.report(self.layout.format_file, "format", f"unknown version {fmt.get('version')}")
+        users = set()
+        for name in sorted(os.listdir(root)):
+            path = os.path.join(root, name)
+            if _fsio.is_temp_name(name):
+                self.leftover(path, "unfinished user directory")
+            elif name in ("FORMAT", "README.md", "sessions") or name.startswith("."):
+                continue
+            else:
+                try:
+                    user = UserId.parse(name)
+                except InvalidId:
+                    self.report(path, "stranger", "not part of the store")
+                    continue
+                users.add(name)
+                self.check_user(user)
+        self.check_sessions(users)
+        return self.problems
+
+    def check_sessions(self, users: set[str]) -> None:
+        sessions = self.layout.sessions_dir
+        if not os.path.isdir(sessions):
+            return
+        for name in sorted(os.listdir(sessions)):
+            path = os.path.join(sessions, name)
+            if _fsio.is_temp_name(name):
+                self.leftover(path, "unfinished session entry")
+            elif name.endswith(".json"):
+                record = self.decode(path)
+                if record is not None and record.get("userId") not in users:
+                    self.report(path, "orphan", f"session names missing user {record.get('userId')}")
+
+    def check_user(self, user: UserId) -> None:
+        self.decode(self.layout.user_file(user))
+        conversations = self.layout.conversations_dir(user)
+        if not os.path.isdir(conversations):
+            self.report(conversations, "missing", "user has no conversations directory")
+            return
+        for name in sorted(os.listdir(conversations)):
+            path = os.path.join(conversations, name)
+            if _fsio.is_temp_name(name):
+                self.leftover(path, "unfinished create or delete")
+                continue
+            try:
+                conv = ConversationId.parse(name)
+            except InvalidId:
+                self.report(path, "stranger", "not a conversation directory")
+                continue
+            if conv.user != user.n:
+                self.report(path, "stranger", f"conversation of another user in {user}")
+                continue
+            self.check_conversation(conv)
+
+    def check_conversation(self, conv: ConversationId) -> None:
+        meta = self.decode(self.layout.conversation_file(conv))
+        if meta is not None and meta.get("id") != str(conv):
+            self.report(self.layout.conversation_file(conv), "mismatch", "id does not match")
+        conv_dir = self.layout.conversation_dir(conv)
+        for name in os.listdir(conv_dir):
+            if _fsio.is_temp_name(name):
+                self.leftover(os.path.join(conv_dir, name), "unfinished metadata write")
+        mdir = self.layout.messages_dir(conv)
+        try:
+            names = sorted(os.listdir(mdir))
+        except FileNotFoundError:
+            self.report(mdir, "missing", "conversation has no messages directory")
+            return
+        prefix = f"{conv}-ms"
+        for name in names:
+            path = os.path.join(mdir, name)
+            if _fsio.is_temp_name(name):
+                self.leftover(path, "unfinished message write")
+            elif not name.startswith(prefix):
+                self.report(path, "stranger", "not a file of this conversation")
+        files = list_message_files(names, conv)
+        if files:
+            missing = sorted(set(range(1, max(files) + 1)) - set(files))
+            if missing:
+                self.report(mdir, "gap", f"message seqs missing: {missing[:20]}")
+        finished = []
+        for seq in sorted(files):
+            message = self.check_message(MessageId(conv.user, conv.n, seq), files[seq])
+            if message is not None:
+                finished.append(message)
+        self.check_segment(conv, finished)
+
+    def check_message(self, mid: MessageId, files: Any) -> Any:
+        records: list[dict[str, Any]] = []
+        if files.sealed:
+            sealed = self.decode(self.layout.sealed_file(mid))
+            if sealed is not None:
+                records = sealed.get("records") or []
+                if files.chunks:
+                    # Sealing crashed after the sealed file was durable: the chunks are spare.
+                    if self.fix:
+                        for n in files.chunks:
+                            _fsio.unlink_quietly(self.layout.chunk_file(mid, n))
+                    self.report(
+                        self.layout.messages_dir(mid.conversation_id),
+                        "leftover-chunks",
+                        f"{mid} is sealed but still has chunk files",
+                        fixed=self.fix,
+                    )
+                if files.lock and not _locks.is_held(self.layout.writer_lock(mid)):
+                    if self.fix:
+                        _fsio.unlink_quietly(self.layout.writer_lock(mid))
+                    self.report(self.layout.writer_lock(mid), "stale-lock", "sealed", self.fix)
+        else:
+            for n in sorted(files.chunks):
+                record = self.decode(self.layout.chunk_file(mid, n))
+                if record is not None:
+                    records.append(record)
+            if files.chunks and sorted(files.chunks) != list(range(1, len(files.chunks) + 1)):
+                self.report(
+                    self.layout.messages_dir(mid.conversation_id),
+                    "gap",
+                    f"{mid} chunks are not 1..k: {sorted(files.chunks)[:20]}",
+                )
+        for record in records:
+            if record.get("messageId") != str(mid):
+                self.report(
+                    self.layout.sealed_file(mid), "mismatch", "record names another message"
+                )
+                return None
+        message = rebuild_message(str(mid), mid.seq, records, writer_alive=False)
+        return message if files.sealed and message.status in TERMINAL else None
+
+    def check_segment(self, conv: ConversationId, finished: list[Any]) -> None:
+        path = self.layout.segment_file(conv)
+        expected = {m.seq: message_to_line(m) for m in finished}
+        bad = []
+        try:
+            data = _fsio.read_bytes(path)
+        except FileNotFoundError:
+            data = b""
+        seen = set()
+        for line in data.splitlines():
+            try:
+                record = _records.decode(line)
+            except ValueError:
+                bad.append("corrupt line")
+                continue
+            seq = record.get("seq")
+            if seq in expected and record != expected[seq]:
+                bad.append(f"line for seq {seq} disagrees with the sealed file")
+            seen.add(seq)
+        stale = bool(bad) or bool(data) and not data.endswith(b"\n")
+        if bad:
+            self.report(path, "segment", "; ".join(bad[:5]), fixed=self.fix)
+        if self.fix and (stale or set(expected) - seen):
+            payload = b"".join(_records.encode_line(expected[s]) for s in sorted(expected))
+            _fsio.replace_atomic(path, payload, durable=False)
+            self.store._reader.forget(conv)
+
+
+def check_store(store: Store, layout: Layout, fix: bool) -> list[Problem]:
+    return _Checker(store, layout, fix).run()

@@ -1,0 +1,197 @@
+"""Durable file primitives: every byte chunkstore writes goes through this module.
+
+Keeping all writes here serves two purposes: each durability choice is made (and explained) in
+one place, and tests inject ENOSPC/EIO by replacing ``os`` in this module's namespace.
+
+Rules the store relies on:
+
+* A new immutable file (chunk, sealed message) appears under its final name complete or not at
+  all: it is written to a temp file in the same directory, fsynced, and *hard-linked* to the final
+  name. ``link`` fails with EEXIST instead of replacing, so a file is created once and never
+  modified, as ``O_CREAT|O_EXCL`` would promise, but a crash mid-write can only leave a temp file
+  (which readers ignore and ``check(fix=True)`` removes), never a torn file under a real name.
+* A replaceable file (metadata) is written to a temp file, fsynced, ``os.replace``d over the old
+  one, and the directory is fsynced so the rename itself survives a power cut.
+* On any error the temp file is removed before the error is raised: a failed write leaves no
+  trace, and the next write can succeed once the disk recovers.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterable
+
+from ._exceptions import StorageError
+
+__all__ = [
+    "TEMP_MARKER",
+    "append_to",
+    "create_exclusive",
+    "fsync_dir",
+    "is_temp_name",
+    "make_dirs",
+    "read_bytes",
+    "replace_atomic",
+    "unlink_quietly",
+]
+
+TEMP_MARKER = ".tmp-"
+# Directory fsync is how POSIX makes a new name durable; Windows has no such call.
+_CAN_FSYNC_DIRS = os.name == "posix"
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def is_temp_name(name: str) -> bool:
+    return TEMP_MARKER in name
+
+
+def _temp_path(path: str) -> str:
+    head, tail = os.path.split(path)
+    return os.path.join(head, f".{tail}{TEMP_MARKER}{secrets.token_hex(6)}")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def fsync_dir(path: str) -> None:
+    """Make the names in directory ``path`` durable (new, renamed or removed entries)."""
+    if not _CAN_FSYNC_DIRS:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_temp(path: str, data: bytes, durable: bool) -> str:
+    tmp = _temp_path(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o644)
+    try:
+        _write_all(fd, data)
+        if durable:
+            # The data must be on disk before the name points at it, or a power cut could
+            # leave the final name on an empty or partial file.
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def create_exclusive(path: str, data: bytes, *, durable: bool) -> None:
+    """Create ``path`` holding ``data``; FileExistsError if it exists. Never a torn file."""
+    try:
+        tmp = _write_temp(path, data, durable)
+    except OSError as exc:
+        raise StorageError.wrap(exc, f"cannot write {path}") from exc
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        unlink_quietly(tmp)
+        raise
+    except OSError as exc:
+        unlink_quietly(tmp)
+        if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            # A filesystem without hard links: fall back to a plain exclusive create.
+            _create_exclusive_direct(path, data, durable)
+            return
+        raise StorageError.wrap(exc, f"cannot write {path}") from exc
+    unlink_quietly(tmp)
+    if durable:
+        try:
+            fsync_dir(os.path.dirname(path))
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot sync directory of {path}") from exc
+
+
+def _create_exclusive_direct(path: str, data: bytes, durable: bool) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o644)
+    try:
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        unlink_quietly(path)
+        raise StorageError.wrap(exc, f"cannot write {path}") from exc
+    os.close(fd)
+    if durable:
+        fsync_dir(os.path.dirname(path))
+
+
+def replace_atomic(path: str, data: bytes, *, durable: bool) -> None:
+    """Replace ``path`` with ``data``: readers see the old file or the new one, never a mix."""
+    try:
+        tmp = _write_temp(path, data, durable)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            unlink_quietly(tmp)
+            raise
+        if durable:
+            fsync_dir(os.path.dirname(path))
+    except OSError as exc:
+        raise StorageError.wrap(exc, f"cannot replace {path}") from exc
+
+
+def append_to(path: str, data: bytes) -> None:
+    """Append ``data`` to a derived file (the segment), repairing a torn tail first.
+
+    Derived files are never fsynced: they are rebuildable from the durable files, and a torn
+    or lost tail only costs speed. The caller holds the lock that serializes appends.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                # A crash mid-append leaves a line without its newline; cut it so the next
+                # line is not glued to it.
+                if os.pread(fd, 1, size - 1) != b"\n":
+                    tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+                    cut = tail.rfind(b"\n")
+                    keep = max(0, size - len(tail) + cut + 1) if cut >= 0 else 0
+                    os.ftruncate(fd, keep)
+                    size = keep
+            os.lseek(fd, size, os.SEEK_SET)
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StorageError.wrap(exc, f"cannot append to {path}") from exc
+
+
+def read_bytes(path: str) -> bytes:
+    """Read a whole file (FileNotFoundError passes through; callers treat it as absence)."""
+    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+    try:
+        chunks = []
+        while True:
+            block = os.read(fd, 1 << 20)
+            if not block:
+                break
+            chunks.append(block)
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def make_dirs(paths: Iterable[str]) -> None:
+    for p in paths:
+        os.makedirs(p, exist_ok=True)
+
+
+def unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

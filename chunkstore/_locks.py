@@ -1,0 +1,103 @@
+"""File locks (portalocker), and why each exists.
+
+* **registry lock** (``sessions/.lock``): allocating a new user id for a new principal.
+* **user lock** (``usNN/.lock``): allocating a conversation id and enforcing the per-user limit.
+* **conversation lock** (``usNN-coNN/.lock``): allocating message sequence numbers, rewriting
+  ``conversation.json`` and appending to the segment. Held for microseconds, never across a
+  stream.
+* **writer lock** (``messages/<id>.lock``): held by a live ``MessageWriter`` for its whole life.
+  It is how readers tell ``streaming`` from ``interrupted``: the kernel drops the lock when the
+  writer's process dies, so liveness needs no timeout and no heartbeat.
+
+Lock order is always registry → user → conversation; a writer lock is taken while holding the
+conversation lock, never the other way round, so there is no cycle.
+
+On POSIX portalocker uses ``flock``, whose locks belong to an open file description: two threads
+of one process that open the file separately exclude each other just as two processes do.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import portalocker
+
+from ._exceptions import LockTimeout, StorageError
+
+__all__ = ["exclusive", "hold_writer_lock", "is_held", "release"]
+
+_POLL_INTERVAL = 0.002
+
+
+@contextmanager
+def exclusive(path: str, timeout: float) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block."""
+    try:
+        handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
+    except OSError as exc:
+        raise StorageError.wrap(exc, f"cannot open lock {path}") from exc
+    try:
+        _lock_handle(handle, timeout)
+    except BaseException:
+        handle.close()
+        raise
+    try:
+        yield
+    finally:
+        release(handle)
+
+
+def hold_writer_lock(path: str, timeout: float) -> IO[bytes]:
+    """Create the writer lock file (EEXIST if the seq is taken) and lock it until released.
+
+    ``O_EXCL`` makes the file itself the claim on a sequence number.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    handle = os.fdopen(fd, "r+b")
+    try:
+        # Readers only probe this lock for an instant, so the wait is short; the timeout
+        # guards against a reader stuck on a hung filesystem.
+        _lock_handle(handle, timeout)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _lock_handle(handle: IO[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    flags = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
+    while True:
+        try:
+            portalocker.lock(handle, flags)
+            return
+        except portalocker.exceptions.LockException:
+            if time.monotonic() >= deadline:
+                raise LockTimeout(f"could not lock {handle.name} within {timeout}s") from None
+            time.sleep(_POLL_INTERVAL)
+
+
+def release(handle: IO[bytes]) -> None:
+    try:
+        portalocker.unlock(handle)
+    finally:
+        handle.close()
+
+
+def is_held(path: str) -> bool:
+    """True while some live writer holds the lock file at ``path``."""
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, lock probing needs the handle
+    except FileNotFoundError:
+        return False
+    try:
+        portalocker.lock(handle, portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING)
+    except portalocker.exceptions.LockException:
+        return True
+    finally:
+        handle.close()  # closing drops our shared lock, if we got it
+    return False

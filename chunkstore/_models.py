@@ -1,0 +1,92 @@
+"""The values the store hands out. Frozen: the in-process cache shares them between callers,
+so treat the dicts and lists inside (usage, tool_calls, metadata) as read-only too."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+__all__ = ["Conversation", "ConversationPage", "Message", "MessageStatus", "Role"]
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+MessageStatus = Literal["complete", "error", "streaming", "interrupted"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    seq: int
+    role: str
+    content: Any  # str for text; a list of parts for structured content; None for tool-call-only
+    status: MessageStatus
+    created_at: str  # ISO 8601 UTC, when the first record was written
+    completed_at: str | None = None
+    agent_id: str | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+    error: Any = None
+    token_count: int = 0
+    # Some of the message's files were missing or failed their checksum: what is readable is
+    # returned, and ``Store.check()`` names the broken files.
+    damaged: bool = False
+
+    @property
+    def text(self) -> str:
+        """The content as plain text (structured parts' text joined)."""
+        if isinstance(self.content, str):
+            return self.content
+        if isinstance(self.content, list):
+            return "".join(
+                p.get("text", "") for p in self.content if isinstance(p, dict)
+            )
+        return ""
+
+    def to_openai(self) -> dict[str, Any]:
+        """The message as an OpenAI chat ``messages`` entry (for replaying history upstream)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    user_id: str
+    title: str | None
+    created_at: str
+    updated_at: str
+    pinned: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    participants: list[str] = field(default_factory=list)
+    deleted_at: str | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationPage:
+    """One page of ``list_conversations``; pass ``next_cursor`` back for the next one."""
+
+    items: list[Conversation]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+    def __iter__(self) -> Iterator[Conversation]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)

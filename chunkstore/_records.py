@@ -1,0 +1,55 @@
+"""Record encoding: one JSON object per file (or per segment line) with a trailing checksum.
+
+Every record chunkstore writes ends in ``,"crc":"<8 hex>"}``: the CRC-32 of all the bytes before
+that suffix. The suffix sits at a fixed distance from the end, so a reader verifies a record on
+the raw bytes (no second serialization) before parsing it, and a truncated or bit-flipped file
+is detected instead of being silently misread. The file is still plain JSON.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import orjson
+
+__all__ = ["CorruptRecord", "decode", "encode", "encode_line"]
+
+_SUFFIX_LEN = len(b',"crc":"00000000"}')
+_SUFFIX_HEAD = b',"crc":"'
+
+
+class CorruptRecord(ValueError):
+    """Bytes that are not a whole, checksummed record."""
+
+
+def encode(record: dict[str, Any]) -> bytes:
+    """Serialize ``record`` (which must not have a ``crc`` key) with its checksum."""
+    body = orjson.dumps(record)
+    head = body[:-1]  # without the closing brace
+    return head + b',"crc":"%08x"}' % zlib.crc32(head)
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    return encode(record) + b"\n"
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """Verify and parse one record; trailing whitespace (the newline) is allowed."""
+    data = data.rstrip(b"\n")
+    if len(data) <= _SUFFIX_LEN or data[-_SUFFIX_LEN:-10] != _SUFFIX_HEAD or data[-2:] != b'"}':
+        raise CorruptRecord("record is truncated or has no checksum")
+    try:
+        expected = int(data[-10:-2], 16)
+    except ValueError:
+        raise CorruptRecord("record checksum is not hexadecimal") from None
+    if zlib.crc32(data[:-_SUFFIX_LEN]) != expected:
+        raise CorruptRecord("record checksum mismatch")
+    try:
+        record = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:  # a collision with a valid CRC is astronomically rare
+        raise CorruptRecord(f"record is not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise CorruptRecord("record is not a JSON object")
+    del record["crc"]
+    return record

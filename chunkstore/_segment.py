@@ -1,0 +1,108 @@
+"""The per-conversation segment: a derived, append-only index of finished messages.
+
+Rebuilding a conversation from one file per message costs one ``open`` per message; the segment
+turns that into one read. Each line is a finished message, already merged, checksummed like
+every record (``_records``), and starting with ``{"seq":N,`` so a reader can index lines by seq
+without parsing them and parse only the page it was asked for.
+
+It is *derived*: the sealed message files are the truth and the segment can be deleted at any
+time (``check(fix=True)`` rebuilds it). That is why appends are not fsynced, and why a torn or
+corrupt line is simply skipped: the reader falls back to the message's own file.
+
+``SegmentIndex`` keeps what was read in memory, keyed by the file's identity (device, inode)
+and the offset read so far; the file only ever grows, so a warm read costs one ``fstat`` and
+reads only new lines.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import _records
+from ._models import Message
+from ._rebuild import message_from_line
+
+__all__ = ["SegmentIndex", "seq_of_line"]
+
+_PREFIX = b'{"seq":'
+
+
+def seq_of_line(line: bytes) -> int | None:
+    if not line.startswith(_PREFIX):
+        return None
+    end = line.find(b",", len(_PREFIX))
+    try:
+        return int(line[len(_PREFIX) : end])
+    except ValueError:
+        return None
+
+
+class SegmentIndex:
+    """What one conversation's segment holds: seq → raw line, parsed on first use."""
+
+    __slots__ = ("_identity", "_lines", "_messages", "_offset", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._identity: tuple[int, int] | None = None
+        self._offset = 0
+        self._lines: dict[int, bytes] = {}
+        self._messages: dict[int, Message] = {}
+
+    def refresh(self) -> None:
+        """Read whatever was appended since the last call (or everything, if replaced)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            self._reset(None)
+            return
+        try:
+            st = os.fstat(fd)
+            identity = (st.st_dev, st.st_ino)
+            if identity != self._identity or st.st_size < self._offset:
+                self._reset(identity)
+            if st.st_size == self._offset:
+                return
+            data = os.pread(fd, st.st_size - self._offset, self._offset)
+        finally:
+            os.close(fd)
+        # Only whole lines count; a partial last line is an append in progress (or a torn
+        # one) and is read again next time.
+        end = data.rfind(b"\n") + 1
+        lines = self._lines
+        for line in data[:end].splitlines():
+            seq = seq_of_line(line)
+            if seq is not None:
+                lines[seq] = line
+                self._messages.pop(seq, None)
+        self._offset += end
+
+    def _reset(self, identity: tuple[int, int] | None) -> None:
+        self._identity = identity
+        self._offset = 0
+        self._lines = {}
+        self._messages = {}
+
+    def get(self, seq: int) -> Message | None:
+        """The finished message ``seq`` if the segment has an intact line for it."""
+        message = self._messages.get(seq)
+        if message is not None:
+            return message
+        line = self._lines.get(seq)
+        if line is None:
+            return None
+        try:
+            record: dict[str, Any] = _records.decode(line)
+            message = message_from_line(record)
+        except (ValueError, KeyError, TypeError):
+            del self._lines[seq]  # a corrupt line: fall back to the message's own file
+            return None
+        if message.seq != seq:
+            del self._lines[seq]
+            return None
+        self._messages[seq] = message
+        return message
+
+    def __contains__(self, seq: int) -> bool:
+        return seq in self._lines

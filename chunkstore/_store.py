@@ -1,0 +1,748 @@
+"""``Store``: the synchronous chunkstore API. ``AsyncStore`` wraps this class; there is no second
+implementation.
+
+Storage design (format v1, documented as a contract in ``users/README.md``): a directory per
+user and per conversation, metadata files replaced atomically, and messages as immutable
+files: a streamed message as chunk files written while it streams, sealed into one file when it
+ends; every other message as one sealed file from the start. Message sequence numbers are
+claimed under the conversation's file lock by creating the message's first file with
+``O_EXCL``, so they are unique and gap-free across threads and processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+from . import _fsio, _locks, _records
+from ._exceptions import (
+    ConversationDeleted,
+    ConversationNotFound,
+    InvalidArgument,
+    InvalidId,
+    LimitExceeded,
+    StorageError,
+    StoreFormatError,
+    UserNotFound,
+)
+from ._ids import ConversationId, MessageId, UserId
+from ._layout import FORMAT_VERSION, Layout
+from ._models import Conversation, ConversationPage, Message
+from ._reader import ConversationReader, list_message_files
+from ._rebuild import message_to_line, rebuild_message
+from ._writer import MessageWriter, utc_now
+
+__all__ = ["DEFAULT_CHUNK_TOKENS", "DEFAULT_FLUSH_INTERVAL", "DURABILITY_MODES", "Store"]
+
+Durability = Literal["chunk", "message", "none"]
+DURABILITY_MODES: tuple[str, ...] = ("chunk", "message", "none")
+DEFAULT_CHUNK_TOKENS = 60
+DEFAULT_FLUSH_INTERVAL = 1.0
+DEFAULT_LOCK_TIMEOUT = 10.0
+DEFAULT_CACHE_CONVERSATIONS = 256
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+MAX_TITLE_CHARS = 512
+MAX_PRINCIPAL_CHARS = 4096
+# OpenAI's limits for conversation metadata: 16 pairs, 64-char keys, 512-char values.
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+MAX_PAGE = 1000
+
+_UNSET: Any = object()
+
+
+class Store:
+    """A conversation store rooted at a directory (created on first use).
+
+    ``durability``: ``"chunk"`` (default) syncs every chunk file and its directory before
+    ``append`` returns at a chunk boundary; ``"message"`` syncs only when a message is sealed;
+    ``"none"`` never syncs (tests, throwaway data). Metadata files are always replaced
+    atomically; ``"none"`` only skips their fsync.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] = "users",
+        *,
+        durability: Durability = "chunk",
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        flush_interval: float | None = DEFAULT_FLUSH_INTERVAL,
+        max_conversations_per_user: int | None = None,
+        max_messages_per_conversation: int | None = None,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        cache_conversations: int = DEFAULT_CACHE_CONVERSATIONS,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise InvalidArgument(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+        _positive_int("chunk_tokens", chunk_tokens)
+        for name, value in (
+            ("max_conversations_per_user", max_conversations_per_user),
+            ("max_messages_per_conversation", max_messages_per_conversation),
+        ):
+            if value is not None:
+                _positive_int(name, value)
+        self.root = os.path.abspath(os.fspath(root))
+        self.durability: Durability = durability
+        self.chunk_tokens = chunk_tokens
+        self.flush_interval = flush_interval
+        self.max_conversations_per_user = max_conversations_per_user
+        self.max_messages_per_conversation = max_messages_per_conversation
+        self.lock_timeout = lock_timeout
+        self._layout = Layout(self.root)
+        self._durable = durability != "none"
+        self._reader = ConversationReader(self._layout, cache_conversations)
+        self._next_seq_hint: dict[ConversationId, int] = {}
+        self._open_root()
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r}, durability={self.durability!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Nothing to release (files are opened per call); kept for symmetry with AsyncStore."""
+
+    # -- the root -----------------------------------------------------------------------------
+
+    def _open_root(self) -> None:
+        try:
+            raw = _fsio.read_bytes(self._layout.format_file)
+        except FileNotFoundError:
+            self._initialize_root()
+            return
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot read {self._layout.format_file}") from exc
+        try:
+            fmt = _records.decode(raw)
+        except ValueError:
+            raise StoreFormatError(f"{self._layout.format_file} is corrupt") from None
+        if fmt.get("format") != "chunkstore":
+            raise StoreFormatError(f"{self.root} is not a chunkstore store")
+        version = fmt.get("version")
+        if version != FORMAT_VERSION:
+            raise StoreFormatError(
+                f"{self.root} holds chunkstore format version {version!r}; this chunkstore "
+                f"reads version {FORMAT_VERSION} (upgrade chunkstore, or migrate the store)"
+            )
+
+    def _initialize_root(self) -> None:
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            strangers = [
+                n for n in os.listdir(self.root) if not n.startswith(".") and n != "README.md"
+            ]
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot create store at {self.root}") from exc
+        if strangers:
+            raise StoreFormatError(
+                f"{self.root} is not empty and has no FORMAT file: refusing to use it as a store"
+            )
+        try:
+            _fsio.create_exclusive(
+                self._layout.format_file,
+                _records.encode_line({"format": "chunkstore", "version": FORMAT_VERSION}),
+                durable=self._durable,
+            )
+        except FileExistsError:
+            pass  # another process initialized it first
+        os.makedirs(self._layout.sessions_dir, exist_ok=True)
+
+    # -- users --------------------------------------------------------------------------------
+
+    def user_for(self, principal: str) -> str:
+        """The user id for an external principal (a session id), created on first sight.
+
+        Only a SHA-256 of the principal is stored, never the principal itself.
+        """
+        if not isinstance(principal, str) or not principal:
+            raise InvalidArgument("principal must be a non-empty string")
+        if len(principal) > MAX_PRINCIPAL_CHARS:
+            raise InvalidArgument(f"principal longer than {MAX_PRINCIPAL_CHARS} characters")
+        digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
+        path = self._layout.session_file(digest)
+        found = self._read_session(path)
+        if found is not None:
+            return found
+        os.makedirs(self._layout.sessions_dir, exist_ok=True)
+        with _locks.exclusive(self._layout.registry_lock, self.lock_timeout):
+            found = self._read_session(path)
+            if found is not None:
+                return found
+            user = self._create_user()
+            _fsio.replace_atomic(
+                path, _records.encode_line({"userId": str(user)}), durable=self._durable
+            )
+        return str(user)
+
+    def _read_session(self, path: str) -> str | None:
+        try:
+            user_id = _records.decode(_fsio.read_bytes(path))["userId"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError) as exc:
+            raise StorageError(0, f"session registry entry {path} is unreadable: {exc}") from exc
+        return str(UserId.parse(user_id))
+
+    def _create_user(self) -> UserId:
+        numbers = [u.n for u in self._user_ids()]
+        user = UserId(max(numbers, default=0) + 1)
+        final = self._layout.user_dir(user)
+        # Build the user directory under a temp name and rename it into place: a user either
+        # exists whole (with user.json) or not at all.
+        tmp = os.path.join(self.root, f".{user}{_fsio.TEMP_MARKER}{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.makedirs(os.path.join(tmp, "data", "conversations"))
+            now = utc_now()
+            record = {"v": 1, "id": str(user), "createdAt": now, "lastConversation": 0}
+            _fsio.create_exclusive(
+                os.path.join(tmp, "user.json"), _records.encode_line(record), durable=self._durable
+            )
+            os.rename(tmp, final)
+            if self._durable:
+                _fsio.fsync_dir(self.root)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError.wrap(exc, f"cannot create user {user}") from exc
+        return user
+
+    def _user_ids(self) -> list[UserId]:
+        out = []
+        for name in os.listdir(self.root):
+            if name.startswith("us"):
+                try:
+                    out.append(UserId.parse(name))
+                except InvalidId:
+                    continue
+        return sorted(out)
+
+    def users(self) -> list[str]:
+        """Every user id in the store, in numeric order."""
+        return [str(u) for u in self._user_ids()]
+
+    def _require_user(self, user_id: str) -> UserId:
+        user = UserId.parse(user_id)
+        if not os.path.isdir(self._layout.user_dir(user)):
+            raise UserNotFound(f"no user {user}")
+        return user
+
+    # -- conversations ------------------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        user_id: str,
+        title: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        participants: Sequence[str] | None = None,
+        pinned: bool = False,
+    ) -> Conversation:
+        user = self._require_user(user_id)
+        title = _check_title(title)
+        meta = _check_metadata(metadata or {})
+        people = _check_participants(participants or [])
+        if not isinstance(pinned, bool):
+            raise InvalidArgument("pinned must be a bool")
+        with _locks.exclusive(self._layout.user_lock(user), self.lock_timeout):
+            existing = self._conversation_ids(user)
+            if (
+                self.max_conversations_per_user is not None
+                and len(existing) >= self.max_conversations_per_user
+            ):
+                raise LimitExceeded(
+                    f"user {user} has reached the limit of "
+                    f"{self.max_conversations_per_user} conversations"
+                )
+            user_record = self._read_user(user)
+            # Ids are never reused, even after a hard delete: the counter in user.json only
+            # grows. The directory scan covers a crash between creating and counting.
+            n = max([user_record.get("lastConversation", 0)] + [c.n for c in existing]) + 1
+            conv = ConversationId(user.n, n)
+            user_record["lastConversation"] = n
+            _fsio.replace_atomic(
+                self._layout.user_file(user), _records.encode_line(user_record), durable=self._durable
+            )
+            now = utc_now()
+            conversation = Conversation(
+                id=str(conv),
+                user_id=str(user),
+                title=title,
+                created_at=now,
+                updated_at=now,
+                pinned=pinned,
+                metadata=meta,
+                participants=people,
+            )
+            self._create_conversation_dir(conv, conversation)
+        return conversation
+
+    def _create_conversation_dir(self, conv: ConversationId, conversation: Conversation) -> None:
+        final = self._layout.conversation_dir(conv)
+        parent = os.path.dirname(final)
+        tmp = os.path.join(parent, f".{conv}{_fsio.TEMP_MARKER}{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.makedirs(os.path.join(tmp, "messages"))
+            _fsio.create_exclusive(
+                os.path.join(tmp, "conversation.json"),
+                _records.encode_line(_conversation_record(conversation)),
+                durable=self._durable,
+            )
+            # Renamed into place whole: a conversation never exists without its metadata.
+            os.rename(tmp, final)
+            if self._durable:
+                _fsio.fsync_dir(parent)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError.wrap(exc, f"cannot create conversation {conv}") from exc
+
+    def _read_user(self, user: UserId) -> dict[str, Any]:
+        try:
+            return _records.decode(_fsio.read_bytes(self._layout.user_file(user)))
+        except FileNotFoundError:
+            raise UserNotFound(f"no user {user}") from None
+        except (OSError, ValueError):
+            # user.json only holds a counter the directory scan can recover; start afresh.
+            return {"v": 1, "id": str(user), "createdAt": utc_now(), "lastConversation": 0}
+
+    def _conversation_ids(self, user: UserId) -> list[ConversationId]:
+        try:
+            names = os.listdir(self._layout.conversations_dir(user))
+        except FileNotFoundError:
+            return []
+        out = []
+        prefix = f"{user}-co"
+        for name in names:
+            if name.startswith(prefix):
+                try:
+                    conv = ConversationId.parse(name)
+                except InvalidId:
+                    continue
+                if conv.user == user.n:
+                    out.append(conv)
+        return out
+
+    def get_conversation(self, conversation_id: str) -> Conversation:
+        """Metadata of a conversation (soft-deleted ones too: see ``deleted_at``)."""
+        return self._read_conversation(ConversationId.parse(conversation_id))
+
+    def _read_conversation(self, conv: ConversationId) -> Conversation:
+        path = self._layout.conversation_file(conv)
+        try:
+            record = _records.decode(_fsio.read_bytes(path))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConversationNotFound(f"no conversation {conv}") from None
+        except ValueError as exc:
+            raise StorageError(0, f"{path} is corrupt: {exc}", path) from exc
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot read {path}") from exc
+        return Conversation(
+            id=record["id"],
+            user_id=record["userId"],
+            title=record.get("title"),
+            created_at=record["createdAt"],
+            updated_at=record.get("updatedAt", record["createdAt"]),
+            pinned=bool(record.get("pinned", False)),
+            metadata=dict(record.get("metadata") or {}),
+            participants=list(record.get("participants") or []),
+            deleted_at=record.get("deletedAt"),
+        )
+
+    def list_conversations(
+        self,
+        user_id: str,
+        limit: int = 50,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> ConversationPage:
+        """Newest first. ``cursor`` is the ``next_cursor`` of the previous page.
+
+        Pages are stable while conversations are created: new ones sort before page 1, and the
+        cursor is the id to continue after.
+        """
+        user = self._require_user(user_id)
+        _positive_int("limit", limit, maximum=MAX_PAGE)
+        ids = sorted(self._conversation_ids(user), reverse=True)
+        if cursor is not None:
+            after = ConversationId.parse(cursor)
+            if after.user != user.n:
+                raise InvalidArgument("cursor does not belong to this user")
+            ids = [c for c in ids if c.n < after.n]
+        items: list[Conversation] = []
+        more = False
+        for conv in ids:
+            try:
+                conversation = self._read_conversation(conv)
+            except ConversationNotFound:
+                continue  # deleted while we listed
+            if conversation.deleted and not include_deleted:
+                continue
+            if len(items) == limit:
+                more = True
+                break
+            items.append(conversation)
+        return ConversationPage(items, items[-1].id if more else None)
+
+    def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None = _UNSET,
+        pinned: bool = _UNSET,
+        metadata: Mapping[str, str] = _UNSET,
+    ) -> Conversation:
+        """Change title, pinned and/or metadata (metadata is replaced whole, as in OpenAI's API)."""
+        changes: dict[str, Any] = {}
+        if title is not _UNSET:
+            changes["title"] = _check_title(title)
+        if pinned is not _UNSET:
+            if not isinstance(pinned, bool):
+                raise InvalidArgument("pinned must be a bool")
+            changes["pinned"] = pinned
+        if metadata is not _UNSET:
+            changes["metadata"] = _check_metadata(metadata)
+        return self._modify(ConversationId.parse(conversation_id), **changes)
+
+    def _modify(self, conv: ConversationId, **changes: Any) -> Conversation:
+        # Read-modify-write under the conversation lock: no concurrent update is lost.
+        with self._conversation_lock(conv):
+            current = self._read_conversation(conv)
+            updated = _replace(current, updated_at=utc_now(), **changes)
+            _fsio.replace_atomic(
+                self._layout.conversation_file(conv),
+                _records.encode_line(_conversation_record(updated)),
+                durable=self._durable,
+            )
+        return updated
+
+    def _conversation_lock(self, conv: ConversationId) -> Any:
+        if not os.path.isdir(self._layout.conversation_dir(conv)):
+            raise ConversationNotFound(f"no conversation {conv}")
+        return _locks.exclusive(self._layout.conversation_lock(conv), self.lock_timeout)
+
+    def delete_conversation(self, conversation_id: str, hard: bool = False) -> None:
+        """Soft delete (hidden from listings, read-only, restorable) or ``hard`` (gone)."""
+        conv = ConversationId.parse(conversation_id)
+        if not hard:
+            current = self._read_conversation(conv)
+            if not current.deleted:
+                self._modify(conv, deleted_at=utc_now())
+            return
+        self._remove_conversation(conv)
+
+    def _remove_conversation(self, conv: ConversationId) -> None:
+        final = self._layout.conversation_dir(conv)
+        parent = os.path.dirname(final)
+        trash = os.path.join(parent, f".trash-{conv}{_fsio.TEMP_MARKER}{os.getpid()}-{time.time_ns()}")
+        try:
+            # One rename makes the whole conversation disappear atomically; the slow recursive
+            # delete happens on a name no reader looks at (check(fix=True) finishes it if we
+            # crash).
+            os.rename(final, trash)
+        except FileNotFoundError:
+            raise ConversationNotFound(f"no conversation {conv}") from None
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot delete {conv}") from exc
+        if self._durable:
+            _fsio.fsync_dir(parent)
+        self._reader.forget(conv)
+        self._next_seq_hint.pop(conv, None)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def restore_conversation(self, conversation_id: str) -> Conversation:
+        """Undo a soft delete."""
+        return self._modify(ConversationId.parse(conversation_id), deleted_at=None)
+
+    def sweep_retention(
+        self, days: float = 30, dry_run: bool = True, *, now: datetime | None = None
+    ) -> list[str]:
+        """Hard-delete conversations with no activity for ``days`` days; pinned ones are kept.
+
+        Activity is the later of the metadata's ``updated_at`` and the last message written.
+        Returns the ids removed (or, with ``dry_run``, that would be). Idempotent.
+        """
+        if not isinstance(days, (int, float)) or isinstance(days, bool) or days <= 0:
+            raise InvalidArgument("days must be a positive number")
+        cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+        expired = []
+        for user in self._user_ids():
+            for conv in sorted(self._conversation_ids(user)):
+                try:
+                    conversation = self._read_conversation(conv)
+                    activity = max(
+                        _parse_time(conversation.updated_at),
+                        datetime.fromtimestamp(
+                            os.stat(self._layout.messages_dir(conv)).st_mtime, timezone.utc
+                        ),
+                    )
+                except (ConversationNotFound, FileNotFoundError):
+                    continue
+                except (StorageError, ValueError):
+                    continue  # unreadable metadata: never delete what we cannot judge
+                if conversation.pinned or activity >= cutoff:
+                    continue
+                expired.append(str(conv))
+                if not dry_run:
+                    try:
+                        self._remove_conversation(conv)
+                    except ConversationNotFound:
+                        pass
+        return expired
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def append_message(
+        self,
+        conversation_id: str,
+        role: str,
+        content: Any,
+        *,
+        agent_id: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+    ) -> Message:
+        """Store a complete message as one file (user, system, tool or assistant)."""
+        conv = ConversationId.parse(conversation_id)
+        _check_role(role)
+        record: dict[str, Any] = {"v": 1, "seq": 1, "timestamp": "", "role": role}
+        if isinstance(content, str):
+            record["tokens"] = content
+            record["tokenCount"] = 1 if content else 0
+        elif content is None or isinstance(content, list):
+            # Structured content (parts) is kept verbatim; ``tokens`` has its text for tools
+            # that only read text.
+            record["tokens"] = "".join(
+                p.get("text", "") for p in content or [] if isinstance(p, dict)
+            )
+            record["tokenCount"] = 0
+            record["content"] = content
+        else:
+            raise InvalidArgument("content must be a str, a list of parts, or None")
+        if agent_id is not None:
+            record["agentId"] = _check_short("agent_id", agent_id)
+        record["status"] = "complete"
+        if tool_calls:
+            if not isinstance(tool_calls, list):
+                raise InvalidArgument("tool_calls must be a list")
+            record["toolCalls"] = tool_calls
+        if tool_call_id is not None:
+            record["toolCallId"] = _check_short("tool_call_id", tool_call_id)
+        if name is not None:
+            record["name"] = _check_short("name", name)
+        with self._conversation_lock(conv):
+            mid = self._claim_seq(conv)
+            record["messageId"] = str(mid)
+            record["timestamp"] = utc_now()
+            sealed = {"v": 1, "messageId": str(mid), "sealed": True, "records": [record]}
+            _fsio.create_exclusive(
+                self._layout.sealed_file(mid), _records.encode_line(sealed), durable=self._durable
+            )
+            self._next_seq_hint[conv] = mid.seq + 1
+            message = rebuild_message(str(mid), mid.seq, [record], writer_alive=False)
+            self._append_segment(conv, message)
+        self._reader.remember(conv, message)
+        return message
+
+    def stream_message(
+        self,
+        conversation_id: str,
+        role: str = "assistant",
+        agent_id: str | None = None,
+        *,
+        chunk_tokens: int | None = None,
+        flush_interval: float | None = _UNSET,
+    ) -> MessageWriter:
+        """Start a streamed message; write tokens with ``append`` and end with ``finish``."""
+        conv = ConversationId.parse(conversation_id)
+        _check_role(role)
+        if agent_id is not None:
+            _check_short("agent_id", agent_id)
+        if chunk_tokens is not None:
+            _positive_int("chunk_tokens", chunk_tokens)
+        with self._conversation_lock(conv):
+            mid = self._claim_seq(conv)
+            try:
+                handle = _locks.hold_writer_lock(self._layout.writer_lock(mid), self.lock_timeout)
+            except FileExistsError:
+                raise StorageError(0, f"message {mid} was claimed concurrently") from None
+            except OSError as exc:
+                raise StorageError.wrap(exc, f"cannot start message {mid}") from exc
+            self._next_seq_hint[conv] = mid.seq + 1
+
+        def on_sealed(message: Message) -> None:
+            with self._conversation_lock(conv):
+                self._append_segment(conv, message)
+            self._reader.remember(conv, message)
+
+        return MessageWriter(
+            layout=self._layout,
+            message_id=mid,
+            role=role,
+            agent_id=agent_id,
+            chunk_tokens=chunk_tokens or self.chunk_tokens,
+            flush_interval=self.flush_interval if flush_interval is _UNSET else flush_interval,
+            durability=self.durability,
+            lock_handle=handle,
+            on_sealed=on_sealed,
+        )
+
+    def _claim_seq(self, conv: ConversationId) -> MessageId:
+        """The next free message seq. Caller holds the conversation lock.
+
+        Every message, from its claim on, has one of three files: its writer lock, its first
+        chunk, or its sealed file. Probing those names from a hint (this process's last claim,
+        or a full scan) finds the first free seq; another process's claims only move it on.
+        """
+        meta = self._read_conversation(conv)
+        if meta.deleted:
+            raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+        seq = self._next_seq_hint.get(conv)
+        if seq is None:
+            names = os.listdir(self._layout.messages_dir(conv))
+            seq = max(list_message_files(names, conv), default=0) + 1
+        while self._seq_taken(MessageId(conv.user, conv.n, seq)):
+            seq += 1
+        limit = self.max_messages_per_conversation
+        if limit is not None and seq > limit:
+            raise LimitExceeded(f"conversation {conv} has reached the limit of {limit} messages")
+        return MessageId(conv.user, conv.n, seq)
+
+    def _seq_taken(self, mid: MessageId) -> bool:
+        exists = os.path.lexists
+        return (
+            exists(self._layout.sealed_file(mid))
+            or exists(self._layout.writer_lock(mid))
+            or exists(self._layout.chunk_file(mid, 1))
+        )
+
+    def _append_segment(self, conv: ConversationId, message: Message) -> None:
+        try:
+            _fsio.append_to(
+                self._layout.segment_file(conv), _records.encode_line(message_to_line(message))
+            )
+        except StorageError:
+            pass  # derived data: the sealed file is the truth, readers fall back to it
+
+    def messages(
+        self, conversation_id: str, after_seq: int = 0, limit: int | None = 50
+    ) -> list[Message]:
+        """Rebuilt messages with ``seq > after_seq``, in seq order, at most ``limit`` (None: all)."""
+        conv = ConversationId.parse(conversation_id)
+        if not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0:
+            raise InvalidArgument("after_seq must be an integer >= 0")
+        if limit is not None:
+            _positive_int("limit", limit)
+        return self._reader.messages(conv, after_seq, limit)
+
+    def message_count(self, conversation_id: str) -> int:
+        conv = ConversationId.parse(conversation_id)
+        try:
+            names = os.listdir(self._layout.messages_dir(conv))
+        except FileNotFoundError:
+            raise ConversationNotFound(f"no conversation {conv}") from None
+        return len(list_message_files(names, conv))
+
+    # -- integrity ----------------------------------------------------------------------------
+
+    def check(self, fix: bool = False) -> list[Problem]:
+        """Walk the store and report every broken invariant; ``fix`` repairs what is safe."""
+        from ._check import check_store
+
+        return check_store(self, self._layout, fix=fix)
+
+
+# -- validation helpers -------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: Any, *, maximum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise InvalidArgument(f"{name} must be at most {maximum}, got {value}")
+
+
+def _check_title(title: Any) -> str | None:
+    if title is None:
+        return None
+    if not isinstance(title, str):
+        raise InvalidArgument("title must be a string")
+    if len(title) > MAX_TITLE_CHARS:
+        raise InvalidArgument(f"title longer than {MAX_TITLE_CHARS} characters")
+    return title
+
+
+def _check_metadata(metadata: Any) -> dict[str, str]:
+    if not isinstance(metadata, Mapping):
+        raise InvalidArgument("metadata must be an object of string keys and values")
+    if len(metadata) > MAX_METADATA_PAIRS:
+        raise InvalidArgument(f"metadata has more than {MAX_METADATA_PAIRS} keys")
+    out = {}
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise InvalidArgument("metadata keys and values must be strings")
+        if len(key) > MAX_METADATA_KEY or len(value) > MAX_METADATA_VALUE:
+            raise InvalidArgument(
+                f"metadata keys are at most {MAX_METADATA_KEY} characters and values "
+                f"at most {MAX_METADATA_VALUE}"
+            )
+        out[key] = value
+    return out
+
+
+def _check_participants(participants: Any) -> list[str]:
+    if not isinstance(participants, (list, tuple)) or not all(
+        isinstance(p, str) and 0 < len(p) <= 256 for p in participants
+    ):
+        raise InvalidArgument("participants must be a list of non-empty strings")
+    return list(participants)
+
+
+def _check_role(role: Any) -> None:
+    if role not in ROLES:
+        raise InvalidArgument(f"role must be one of {sorted(ROLES)}, got {role!r}")
+
+
+def _check_short(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise InvalidArgument(f"{name} must be a non-empty string of at most 256 characters")
+    return value
+
+
+def _conversation_record(c: Conversation) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "id": c.id,
+        "userId": c.user_id,
+        "title": c.title,
+        "createdAt": c.created_at,
+        "updatedAt": c.updated_at,
+        "pinned": c.pinned,
+        "metadata": c.metadata,
+        "participants": c.participants,
+        "deletedAt": c.deleted_at,
+    }
+
+
+def _replace(c: Conversation, **changes: Any) -> Conversation:
+    from dataclasses import replace
+
+    return replace(c, **changes)
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+from ._check import Problem  # noqa: E402  (Problem is part of this module's signatures)
