@@ -1,0 +1,2 @@
+"""edge: an OpenAI-compatible proxy that persists conversations through chunkstore while they
+stream."""

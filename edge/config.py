@@ -1,0 +1,607 @@
+"""Configuration of the edge server: one frozen :class:`EdgeConfig`, read once at start.
+
+The contract:
+
+* Every setting has an environment variable and a matching command-line flag. The environment
+  is read first; flags override it. A flag is the variable's name in lower case with dashes, the
+  ``EDGE_`` prefix dropped (``EDGE_PORT`` -> ``--port``, ``EDGE_API_KEYS`` -> ``--api-keys``,
+  ``CHUNK_TOKENS`` -> ``--chunk-tokens``). ``edge --help`` lists them all with their defaults.
+* An empty value means "unset": an empty environment variable is ignored, and an empty flag
+  (``--upstream-base-url=``) puts the setting back to its default even if the environment set it.
+* Flags are parsed as text and go through the same validators as environment values, so a bad
+  value reads the same wherever it came from: the message names the variable (or flag) and
+  quotes the bad value, e.g. ``EDGE_PORT must be an integer from 0 to 65535, got 'abc'``.
+* Validation is strict and happens before the server starts: integers are plain decimal digits
+  (no ``1e3``, no ``12abc``, no surrounding spaces), booleans are one of
+  ``true/false/1/0/yes/no/on/off`` (any case), and cross-field rules are checked too
+  (``CHUNK_TOKENS`` must be a multiple of ``STREAM_BUNDLE_TOKENS``). Any failure is a
+  :class:`ConfigError`; ``python -m edge`` turns it into one line on stderr and exit code 2.
+* ``UPSTREAM_BASE_URL`` follows the OpenAI SDK's convention: it includes the API prefix
+  (``https://api.openai.com/v1``), and the edge appends the path after ``/v1`` to it. It is stored
+  without a trailing slash. Unset, the edge answers from its built-in demo upstream.
+* ``DB_URL`` only supports the ``file:`` scheme in this version: ``file:./users`` (relative to the
+  working directory), ``file:/abs/path`` or ``file:///abs/path``. The path is taken literally (no
+  percent-decoding). :attr:`EdgeConfig.store_path` gives it as a :class:`pathlib.Path`.
+
+:class:`EdgeConfig` can also be built directly (tests do); its constructor runs the same checks on
+the typed values, so an invalid config object cannot exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import urlsplit
+
+__all__ = [
+    "DEFAULT_CHUNK_TOKENS",
+    "DEFAULT_DB_URL",
+    "DEFAULT_DURABILITY",
+    "DEFAULT_HISTORY_BATCH_FLUSH_MS",
+    "DEFAULT_HOST",
+    "DEFAULT_LOG_LEVEL",
+    "DEFAULT_MAX_REQUEST_BYTES",
+    "DEFAULT_PERSIST_TRANSCRIPTS",
+    "DEFAULT_PORT",
+    "DEFAULT_RETENTION_INTERVAL_S",
+    "DEFAULT_STORAGE_FINAL_TIMEOUT_MS",
+    "DEFAULT_STREAM_BUNDLE_TOKENS",
+    "DEFAULT_STREAM_FLUSH_MS",
+    "DURABILITY_MODES",
+    "LOG_LEVELS",
+    "ConfigError",
+    "Durability",
+    "EdgeConfig",
+    "LogLevel",
+    "build_parser",
+    "load_config",
+]
+
+Durability = Literal["chunk", "message", "none"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+DURABILITY_MODES: Final[tuple[Durability, ...]] = ("chunk", "message", "none")
+LOG_LEVELS: Final[tuple[LogLevel, ...]] = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 8080
+DEFAULT_DB_URL: Final = "file:./users"
+DEFAULT_PERSIST_TRANSCRIPTS: Final = False
+DEFAULT_STREAM_BUNDLE_TOKENS: Final = 20
+DEFAULT_STREAM_FLUSH_MS: Final = 100
+DEFAULT_CHUNK_TOKENS: Final = 60
+DEFAULT_HISTORY_BATCH_FLUSH_MS: Final = 1000
+DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
+DEFAULT_DURABILITY: Final[Durability] = "chunk"
+DEFAULT_STORAGE_FINAL_TIMEOUT_MS: Final = 5000
+DEFAULT_RETENTION_INTERVAL_S: Final = 3600
+DEFAULT_LOG_LEVEL: Final[LogLevel] = "INFO"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, malformed or inconsistent; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeConfig:
+    """Every setting of the edge server, validated on construction.
+
+    Build it from the environment and command line with :func:`load_config`; tests build it
+    directly. Secrets (``upstream_api_key``, ``edge_api_keys``) are left out of ``repr`` so a
+    logged config does not leak them.
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    upstream_base_url: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+    db_url: str = DEFAULT_DB_URL
+    persist_transcripts: bool = DEFAULT_PERSIST_TRANSCRIPTS
+    stream_bundle_tokens: int = DEFAULT_STREAM_BUNDLE_TOKENS
+    stream_flush_ms: int = DEFAULT_STREAM_FLUSH_MS
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    history_batch_flush_ms: int = DEFAULT_HISTORY_BATCH_FLUSH_MS
+    max_conversations_per_session: int | None = None
+    max_messages_per_conversation: int | None = None
+    retention_days: float | None = None
+    edge_api_keys: frozenset[str] = field(default=frozenset(), repr=False)
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    durability: Durability = DEFAULT_DURABILITY
+    storage_final_timeout_ms: int = DEFAULT_STORAGE_FINAL_TIMEOUT_MS
+    retention_interval_s: int = DEFAULT_RETENTION_INTERVAL_S
+    log_level: LogLevel = DEFAULT_LOG_LEVEL
+
+    def __post_init__(self) -> None:
+        if isinstance(self.upstream_base_url, str):
+            # Stored without the trailing slash so paths can be appended with a plain "/".
+            object.__setattr__(self, "upstream_base_url", self.upstream_base_url.rstrip("/"))
+        for option in _OPTIONS:
+            value = getattr(self, option.name)
+            try:
+                option.check(value)
+            except ValueError as exc:
+                raise ConfigError(f"{option.name} {exc}, got {value!r}") from None
+        problem = _chunking_problem(self.chunk_tokens, self.stream_bundle_tokens)
+        if problem:
+            raise ConfigError(problem)
+
+    @property
+    def store_path(self) -> Path:
+        """The directory ``DB_URL`` points at (relative paths are relative to the working dir)."""
+        return _file_url_path(self.db_url)
+
+    @property
+    def uses_demo_upstream(self) -> bool:
+        """True when no ``UPSTREAM_BASE_URL`` is set and the built-in demo upstream answers."""
+        return self.upstream_base_url is None
+
+
+# --- validators ---------------------------------------------------------------------------------
+#
+# Each setting has a *parser* (text -> typed value) and a *check* (typed value -> None). Both raise
+# ValueError with the requirement ("must be ..."); the caller prefixes the name of the variable,
+# flag or field and appends the bad value, so every message has the same shape wherever the value
+# came from. Parsers end by calling their check, so the rules live in one place.
+
+_Parse = Callable[[str], object]
+_Check = Callable[[Any], None]
+
+_DECIMAL_INT = re.compile(r"-?[0-9]+")
+_DECIMAL_NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_BOOLEANS: Final[Mapping[str, bool]] = {
+    "true": True,
+    "1": True,
+    "yes": True,
+    "on": True,
+    "false": False,
+    "0": False,
+    "no": False,
+    "off": False,
+}
+_URL_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_WHITESPACE = re.compile(r"\s")
+
+
+def _integer(
+    minimum: int, maximum: int | None = None, *, optional: bool = False
+) -> tuple[_Parse, _Check]:
+    if maximum is None:
+        requirement = f"must be an integer >= {minimum}"
+    else:
+        requirement = f"must be an integer from {minimum} to {maximum}"
+    if optional:
+        requirement += " (or empty for no limit)"
+
+    def check(value: object) -> None:
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(requirement)
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(requirement)
+
+    def parse(raw: str) -> int:
+        if not _DECIMAL_INT.fullmatch(raw):
+            raise ValueError(requirement)
+        value = int(raw)
+        check(value)
+        return value
+
+    return parse, check
+
+
+def _positive_number(*, optional: bool) -> tuple[_Parse, _Check]:
+    requirement = "must be a positive number"
+    if optional:
+        requirement += " (or empty to keep everything)"
+
+    def check(value: object) -> None:
+        if optional and value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(requirement)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(requirement)
+
+    def parse(raw: str) -> float:
+        if not _DECIMAL_NUMBER.fullmatch(raw):
+            raise ValueError(requirement)
+        value = float(raw)
+        check(value)
+        return value
+
+    return parse, check
+
+
+def _boolean() -> tuple[_Parse, _Check]:
+    requirement = "must be one of true/false/1/0/yes/no/on/off"
+
+    def check(value: object) -> None:
+        if not isinstance(value, bool):
+            raise ValueError(requirement)
+
+    def parse(raw: str) -> bool:
+        try:
+            return _BOOLEANS[raw.lower()]
+        except KeyError:
+            raise ValueError(requirement) from None
+
+    return parse, check
+
+
+def _choice(choices: Sequence[str], *, upper: bool) -> tuple[_Parse, _Check]:
+    requirement = "must be one of " + ", ".join(choices)
+
+    def check(value: object) -> None:
+        if value not in choices:
+            raise ValueError(requirement)
+
+    def parse(raw: str) -> str:
+        value = raw.upper() if upper else raw.lower()
+        check(value)
+        return value
+
+    return parse, check
+
+
+def _token(what: str, *, optional: bool) -> tuple[_Parse, _Check]:
+    """A single word: a host name or a secret. Whitespace would break the socket or the header."""
+    requirement = f"must be a {what} without whitespace"
+
+    def check(value: object) -> None:
+        if optional and value is None:
+            return
+        if not isinstance(value, str) or not value or _WHITESPACE.search(value):
+            raise ValueError(requirement)
+
+    def parse(raw: str) -> str:
+        check(raw)
+        return raw
+
+    return parse, check
+
+
+def _upstream_url() -> tuple[_Parse, _Check]:
+    requirement = "must be an absolute http:// or https:// URL such as 'https://api.openai.com/v1'"
+
+    def check(value: object) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or _WHITESPACE.search(value):
+            raise ValueError(requirement)
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 -- raises ValueError on a malformed port
+        except ValueError:
+            raise ValueError(requirement) from None
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError(requirement)
+        if parts.query or parts.fragment:
+            raise ValueError(requirement + " (no query string or fragment)")
+
+    def parse(raw: str) -> str:
+        value = raw.rstrip("/")
+        check(value)
+        return value
+
+    return parse, check
+
+
+def _file_url_path(url: str) -> Path:
+    """The path of a ``file:`` URL; raises ValueError("must ...") for anything else."""
+    scheme = _URL_SCHEME.match(url)
+    if scheme is None:
+        raise ValueError("must be a file: URL such as 'file:./users'")
+    if scheme.group().lower() != "file:":
+        raise ValueError(
+            "must use the file: scheme, e.g. 'file:./users' "
+            "(only file: is supported in this version)"
+        )
+    rest = url[scheme.end() :]
+    if rest.startswith("//"):
+        # file://localhost/abs or file:///abs: an authority, then an absolute path.
+        authority, slash, path = rest[2:].partition("/")
+        if authority not in ("", "localhost") or not slash:
+            raise ValueError(
+                "must be 'file:' followed by a path, or 'file://' followed by an absolute path"
+            )
+        rest = "/" + path
+    if not rest or "\x00" in rest:
+        raise ValueError("must be 'file:' followed by a path, e.g. 'file:./users'")
+    return Path(rest)
+
+
+def _db_url() -> tuple[_Parse, _Check]:
+    def check(value: object) -> None:
+        if not isinstance(value, str):
+            raise ValueError("must be a file: URL such as 'file:./users'")
+        _file_url_path(value)
+
+    def parse(raw: str) -> str:
+        check(raw)
+        return raw
+
+    return parse, check
+
+
+def _key_list() -> tuple[_Parse, _Check]:
+    requirement = "must be a comma-separated list of keys without whitespace inside a key"
+
+    def check(value: object) -> None:
+        if not isinstance(value, frozenset):
+            raise ValueError(requirement)
+        for key in value:
+            if not isinstance(key, str) or not key or _WHITESPACE.search(key):
+                raise ValueError(requirement)
+
+    def parse(raw: str) -> frozenset[str]:
+        keys = frozenset(key.strip() for key in raw.split(",") if key.strip())
+        if not keys:
+            # A value made only of commas and spaces is almost certainly a templating mistake;
+            # reading it as "no keys" would silently switch client authentication off.
+            raise ValueError("must list at least one key (leave it empty to disable auth)")
+        check(keys)
+        return keys
+
+    return parse, check
+
+
+def _chunking_problem(chunk_tokens: int, stream_bundle_tokens: int) -> str | None:
+    # A chunk file must hold whole bundles: the relay hands complete bundles to the writer, and a
+    # chunk boundary inside a bundle would split one client event across two files.
+    if chunk_tokens % stream_bundle_tokens:
+        return (
+            f"CHUNK_TOKENS ({chunk_tokens}) must be a multiple of "
+            f"STREAM_BUNDLE_TOKENS ({stream_bundle_tokens})"
+        )
+    return None
+
+
+# --- the table of settings ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Option:
+    name: str  # the EdgeConfig field
+    env: str
+    help: str
+    metavar: str
+    rule: tuple[_Parse, _Check]
+    default_text: str | None = None  # how --help shows the default, when str(default) won't do
+    switch: bool = False  # a boolean: --flag / --no-flag instead of --flag VALUE
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.env.removeprefix("EDGE_").lower().replace("_", "-")
+
+    @property
+    def parse(self) -> _Parse:
+        return self.rule[0]
+
+    @property
+    def check(self) -> _Check:
+        return self.rule[1]
+
+
+_OPTIONS: Final[tuple[_Option, ...]] = (
+    _Option("host", "EDGE_HOST", "interface to bind", "HOST", _token("host name", optional=False)),
+    _Option(
+        "port", "EDGE_PORT", "TCP port to bind (0 picks a free one)", "PORT", _integer(0, 65535)
+    ),
+    _Option(
+        "upstream_base_url",
+        "UPSTREAM_BASE_URL",
+        "OpenAI-compatible API to relay to, including its /v1 prefix",
+        "URL",
+        _upstream_url(),
+        "unset, so the built-in demo upstream answers",
+    ),
+    _Option(
+        "upstream_api_key",
+        "UPSTREAM_API_KEY",
+        "key sent upstream instead of the client's Authorization header "
+        "(prefer the variable: command lines are visible to other users)",
+        "KEY",
+        _token("key", optional=True),
+        "unset, so the client's header passes through",
+    ),
+    _Option(
+        "db_url",
+        "DB_URL",
+        "where conversations are stored; only file: URLs in this version",
+        "URL",
+        _db_url(),
+    ),
+    _Option(
+        "persist_transcripts",
+        "PERSIST_TRANSCRIPTS",
+        "store conversations and serve the history API (off: a pure proxy)",
+        "BOOL",
+        _boolean(),
+        switch=True,
+    ),
+    _Option(
+        "stream_bundle_tokens",
+        "STREAM_BUNDLE_TOKENS",
+        "content deltas relayed to the client per event",
+        "N",
+        _integer(1),
+    ),
+    _Option(
+        "stream_flush_ms",
+        "STREAM_FLUSH_MS",
+        "relay a partial bundle after this many milliseconds",
+        "MS",
+        _integer(1),
+    ),
+    _Option(
+        "chunk_tokens",
+        "CHUNK_TOKENS",
+        "content deltas per stored chunk file (a multiple of STREAM_BUNDLE_TOKENS)",
+        "N",
+        _integer(1),
+    ),
+    _Option(
+        "history_batch_flush_ms",
+        "HISTORY_BATCH_FLUSH_MS",
+        "write a partial chunk after this many milliseconds",
+        "MS",
+        _integer(1),
+    ),
+    _Option(
+        "max_conversations_per_session",
+        "MAX_CONVERSATIONS_PER_SESSION",
+        "conversations one session may create",
+        "N",
+        _integer(1, optional=True),
+        "no limit",
+    ),
+    _Option(
+        "max_messages_per_conversation",
+        "MAX_MESSAGES_PER_CONVERSATION",
+        "messages one conversation may hold",
+        "N",
+        _integer(1, optional=True),
+        "no limit",
+    ),
+    _Option(
+        "retention_days",
+        "RETENTION_DAYS",
+        "days after which the retention sweep removes an unpinned conversation (fractions ok)",
+        "DAYS",
+        _positive_number(optional=True),
+        "keep everything",
+    ),
+    _Option(
+        "edge_api_keys",
+        "EDGE_API_KEYS",
+        "comma-separated bearer keys clients must present",
+        "KEYS",
+        _key_list(),
+        "none, so clients need no key",
+    ),
+    _Option(
+        "max_request_bytes",
+        "MAX_REQUEST_BYTES",
+        "largest request body accepted (larger: 413)",
+        "BYTES",
+        _integer(1),
+        f"{DEFAULT_MAX_REQUEST_BYTES} (10 MiB)",
+    ),
+    _Option(
+        "durability",
+        "STORE_DURABILITY",
+        "when stored data is fsynced: after every chunk, once per message, or never",
+        "{" + ",".join(DURABILITY_MODES) + "}",
+        _choice(DURABILITY_MODES, upper=False),
+    ),
+    _Option(
+        "storage_final_timeout_ms",
+        "STORAGE_FINAL_TIMEOUT_MS",
+        "how long a stream waits for its final write before sending [DONE]",
+        "MS",
+        _integer(1),
+    ),
+    _Option(
+        "retention_interval_s",
+        "RETENTION_INTERVAL_S",
+        "seconds between two retention sweeps",
+        "SECONDS",
+        _integer(1),
+    ),
+    _Option(
+        "log_level",
+        "EDGE_LOG_LEVEL",
+        "logging threshold",
+        "{" + ",".join(LOG_LEVELS) + "}",
+        _choice(LOG_LEVELS, upper=True),
+    ),
+)
+
+
+def _default_text(option: _Option) -> str:
+    if option.default_text is not None:
+        return option.default_text
+    default = next(f.default for f in fields(EdgeConfig) if f.name == option.name)
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    return str(default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: one flag per setting; every flag defaults to "not given" (None)."""
+    parser = argparse.ArgumentParser(
+        prog="edge",
+        description=(
+            "An OpenAI-compatible proxy that persists conversations while they stream. "
+            "Every option can also be set through the environment variable shown with it; "
+            "a flag overrides the variable, and an empty value means the default."
+        ),
+    )
+    for option in _OPTIONS:
+        # argparse %-formats help strings, hence the escaping.
+        text = f"{option.help} [env {option.env}; default: {_default_text(option)}]"
+        text = text.replace("%", "%%")
+        if option.switch:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=text,
+            )
+        else:
+            parser.add_argument(
+                option.flag, dest=option.name, metavar=option.metavar, default=None, help=text
+            )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> EdgeConfig:
+    """Read the environment, then the flags in ``argv``, and return the validated config.
+
+    ``argv`` defaults to ``sys.argv[1:]`` and ``environ`` to ``os.environ``. Raises
+    :class:`ConfigError` for a bad value; argparse itself exits with code 2 on a usage error
+    (unknown flag, missing flag argument).
+    """
+    if environ is None:
+        environ = os.environ
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+
+    values: dict[str, Any] = {}
+    for option in _OPTIONS:
+        raw = environ.get(option.env, "")
+        if raw != "":
+            values[option.name] = _parse(option, option.env, raw)
+        given: str | bool | None = getattr(args, option.name)
+        if isinstance(given, bool):
+            values[option.name] = given
+        elif given == "":
+            values.pop(option.name, None)
+        elif given is not None:
+            values[option.name] = _parse(option, option.flag, given)
+
+    # Checked here rather than left to EdgeConfig so the message names the variables, not fields.
+    problem = _chunking_problem(
+        values.get("chunk_tokens", DEFAULT_CHUNK_TOKENS),
+        values.get("stream_bundle_tokens", DEFAULT_STREAM_BUNDLE_TOKENS),
+    )
+    if problem:
+        raise ConfigError(problem)
+    return EdgeConfig(**values)
+
+
+def _parse(option: _Option, name: str, raw: str) -> object:
+    try:
+        return option.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} {exc}, got {raw!r}") from None
