@@ -20,6 +20,7 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
+from ._ids import ConversationId, MessageId, UserId
 from ._layout import FORMAT_VERSION
 from ._models import Conversation, ConversationPage, Message
 from ._store import DURABILITY_MODES, Store
@@ -35,6 +36,7 @@ __all__ = [
     "ChunkstoreError",
     "Conversation",
     "ConversationDeleted",
+    "ConversationId",
     "ConversationNotFound",
     "ConversationPage",
     "InvalidArgument",
@@ -42,11 +44,13 @@ __all__ = [
     "LimitExceeded",
     "LockTimeout",
     "Message",
+    "MessageId",
     "MessageWriter",
     "Problem",
     "StorageError",
     "Store",
     "StoreFormatError",
+    "UserId",
     "UserNotFound",
     "WriterClosed",
     "__version__",

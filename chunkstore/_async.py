@@ -111,6 +111,9 @@ class AsyncStore:
     async def user_for(self, principal: str) -> str:
         return await asyncio.to_thread(self.store.user_for, principal)
 
+    async def find_user(self, principal: str) -> str | None:
+        return await asyncio.to_thread(self.store.find_user, principal)
+
     async def users(self) -> list[str]:
         return await asyncio.to_thread(self.store.users)
 

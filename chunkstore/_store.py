@@ -165,12 +165,7 @@ class Store:
 
         Only a SHA-256 of the principal is stored, never the principal itself.
         """
-        if not isinstance(principal, str) or not principal:
-            raise InvalidArgument("principal must be a non-empty string")
-        if len(principal) > MAX_PRINCIPAL_CHARS:
-            raise InvalidArgument(f"principal longer than {MAX_PRINCIPAL_CHARS} characters")
-        digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
-        path = self._layout.session_file(digest)
+        path = self._session_path(principal)
         found = self._read_session(path)
         if found is not None:
             return found
@@ -184,6 +179,18 @@ class Store:
                 path, _records.encode_line({"userId": str(user)}), durable=self._durable
             )
         return str(user)
+
+    def find_user(self, principal: str) -> str | None:
+        """The user id for a principal already seen, or None (nothing is created)."""
+        return self._read_session(self._session_path(principal))
+
+    def _session_path(self, principal: str) -> str:
+        if not isinstance(principal, str) or not principal:
+            raise InvalidArgument("principal must be a non-empty string")
+        if len(principal) > MAX_PRINCIPAL_CHARS:
+            raise InvalidArgument(f"principal longer than {MAX_PRINCIPAL_CHARS} characters")
+        digest = hashlib.sha256(principal.encode("utf-8", "surrogatepass")).hexdigest()
+        return self._layout.session_file(digest)
 
     def _read_session(self, path: str) -> str | None:
         try:
@@ -512,6 +519,8 @@ class Store:
         tool_calls: list[dict[str, Any]] | None = None,
         tool_call_id: str | None = None,
         name: str | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, Any] | None = None,
     ) -> Message:
         """Store a complete message as one file (user, system, tool or assistant)."""
         conv = ConversationId.parse(conversation_id)
@@ -541,6 +550,12 @@ class Store:
             record["toolCallId"] = _check_short("tool_call_id", tool_call_id)
         if name is not None:
             record["name"] = _check_short("name", name)
+        if finish_reason is not None:
+            record["finishReason"] = _check_short("finish_reason", finish_reason)
+        if usage is not None:
+            if not isinstance(usage, dict):
+                raise InvalidArgument("usage must be a dict")
+            record["usage"] = usage
         with self._conversation_lock(conv):
             mid = self._claim_seq(conv)
             record["messageId"] = str(mid)

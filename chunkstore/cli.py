@@ -1,0 +1,566 @@
+"""The ``chunkstore`` command line (also ``python -m chunkstore``): inspect and maintain a store.
+
+Commands: ``ls``, ``show``, ``check``, ``sweep``, ``export``. Run ``chunkstore --help`` or
+``chunkstore COMMAND --help`` for their options.
+
+Conventions:
+
+* Data goes to stdout (tables, or JSON Lines with ``--json`` / ``export``); notes, progress bars
+  and errors go to stderr, so output can be piped. Progress bars show only when stderr is a
+  terminal, and never with ``--quiet``.
+* The CLI never creates a store: a root without a ``FORMAT`` file is an error.
+* Exit codes: 0 success; 1 a chunkstore error (unknown id, storage failure...) or, for
+  ``check``, problems that remain; 2 a usage error, or a root that is not a chunkstore store of a
+  version this chunkstore reads. Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import IO, Any, TypeVar
+
+import orjson
+from tqdm import tqdm  # type: ignore[import-untyped]
+
+from ._exceptions import ChunkstoreError, StoreFormatError
+from ._layout import FORMAT_VERSION
+from ._models import Conversation, Message
+from ._store import MAX_PAGE, Store
+
+__all__ = ["build_parser", "main"]
+
+PROG = "chunkstore"
+ROOT_ENV = "CHUNKSTORE_ROOT"
+DEFAULT_ROOT = "users"
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2  # argparse's code for usage errors; also "this is not a store we can read"
+
+T = TypeVar("T")
+Write = Callable[[str], object]
+
+
+class NotAStore(Exception):
+    """The root is missing, has no FORMAT file, or holds a format this version cannot read."""
+
+
+# -- parsing ------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def _positive_days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of days, got {text}")
+    return value
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--root",
+        metavar="PATH",
+        default=default,
+        help=f"the store root (default: ${ROOT_ENV}, else ./{DEFAULT_ROOT})",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="no progress bars and no notes on stderr (errors are still reported)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``chunkstore`` command (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Inspect and maintain a chunkstore conversation store.",
+        epilog=(
+            "examples:\n"
+            "  chunkstore ls                      users and their conversation counts\n"
+            "  chunkstore ls us01 --all           a user's conversations, deleted ones too\n"
+            "  chunkstore show us01-co02 --json   every message of a conversation\n"
+            "  chunkstore check --fix             verify the store, repair what is safe\n"
+            "  chunkstore sweep --days 30         conversations a sweep would remove\n"
+            "  chunkstore export -o backup.jsonl  every conversation as JSON Lines"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, None)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {_version()} (store format version {FORMAT_VERSION})",
+    )
+    # The global options are accepted after the command too ("chunkstore ls --root x"). Their
+    # defaults there are SUPPRESS so a command's parser never overwrites a value given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    ls = commands.add_parser(
+        "ls",
+        parents=[common],
+        help="list users, or one user's conversations",
+        description=(
+            "Without USER: every user with their number of conversations. With USER: the "
+            "user's conversations, newest first."
+        ),
+    )
+    ls.add_argument("user", nargs="?", metavar="USER", help="a user id, e.g. us01")
+    ls.add_argument("-a", "--all", action="store_true", help="include soft-deleted conversations")
+    ls.add_argument("-n", "--limit", type=_positive_int, metavar="N", help="at most N rows")
+    ls.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+    ls.set_defaults(handler=_cmd_ls)
+
+    show = commands.add_parser(
+        "show",
+        parents=[common],
+        help="a conversation's metadata and messages",
+        description="A conversation's metadata and its messages, rebuilt from their chunks.",
+    )
+    show.add_argument("conversation", metavar="CONV_ID", help="a conversation id, e.g. us01-co02")
+    show.add_argument(
+        "--after-seq",
+        type=_non_negative_int,
+        default=0,
+        metavar="SEQ",
+        help="only messages with a seq greater than SEQ (default: 0)",
+    )
+    show.add_argument(
+        "-n", "--limit", type=_positive_int, metavar="N", help="at most N messages (default: all)"
+    )
+    show.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON line per message, with every field (no metadata block)",
+    )
+    show.set_defaults(handler=_cmd_show)
+
+    check = commands.add_parser(
+        "check",
+        parents=[common],
+        help="verify the store's on-disk invariants",
+        description=(
+            "Walk the store and report every broken invariant. Exits 1 while problems remain."
+        ),
+    )
+    check.add_argument(
+        "--fix",
+        action="store_true",
+        help="repair what is safe: leftover temp files, spare chunk files, derived segments",
+    )
+    check.set_defaults(handler=_cmd_check)
+
+    sweep = commands.add_parser(
+        "sweep",
+        parents=[common],
+        help="remove conversations idle for N days (dry run unless --yes)",
+        description=(
+            "Retention sweep: hard-delete conversations with no activity for N days; pinned "
+            "conversations are kept. Prints the ids removed, or that would be. Nothing is "
+            "removed without --yes."
+        ),
+    )
+    sweep.add_argument(
+        "--days", type=_positive_days, required=True, metavar="N", help="idle for N days (> 0)"
+    )
+    mode = sweep.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run", action="store_true", help="only list what would be removed (the default)"
+    )
+    mode.add_argument("-y", "--yes", action="store_true", help="really remove them")
+    sweep.set_defaults(handler=_cmd_sweep)
+
+    export = commands.add_parser(
+        "export",
+        parents=[common],
+        help="export conversations as JSON Lines",
+        description=(
+            'Export conversations as JSON Lines: a {"type": "conversation", ...} line with '
+            'the metadata, then a {"type": "message", "conversation_id": ..., ...} line per '
+            "message. Without CONV_ID, every conversation of every user."
+        ),
+    )
+    export.add_argument(
+        "conversations", nargs="*", metavar="CONV_ID", help="conversations to export (default: all)"
+    )
+    export.add_argument(
+        "--jsonl",
+        dest="format",
+        action="store_const",
+        const="jsonl",
+        default="jsonl",
+        help="JSON Lines output (the default, and for now the only format)",
+    )
+    export.add_argument(
+        "-a",
+        "--all",
+        action="store_true",
+        help="with no CONV_ID: include soft-deleted conversations",
+    )
+    export.add_argument(
+        "-o", "--output", default="-", metavar="FILE", help="write to FILE ('-': stdout, default)"
+    )
+    export.set_defaults(handler=_cmd_export)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# -- entry point --------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    root = args.root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    handler: Callable[[Store, argparse.Namespace], int] = args.handler
+    try:
+        store = open_store(root)
+        return handler(store, args)
+    except (NotAStore, StoreFormatError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except ChunkstoreError as exc:
+        _error(str(exc))
+        return EXIT_FAILURE
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            _silence_stdout()  # the reader went away (| head): not an error worth a message
+            return EXIT_FAILURE
+        _error(_os_error_text(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def open_store(root: str) -> Store:
+    """Open an existing store; never create one (an admin tool must not litter empty stores)."""
+    path = os.path.abspath(root)
+    if not os.path.isdir(path):
+        raise NotAStore(f"{path} is not a chunkstore store: no such directory (see --root)")
+    if not os.path.isfile(os.path.join(path, "FORMAT")):
+        raise NotAStore(f"{path} is not a chunkstore store: it has no FORMAT file (see --root)")
+    return Store(path)
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _os_error_text(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout again at exit and would report the broken pipe a second time.
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # pragma: no cover - stdout is not a real file
+        pass
+
+
+def _note(args: argparse.Namespace, message: str) -> None:
+    if not args.quiet:
+        print(message, file=sys.stderr)
+
+
+def _progress(args: argparse.Namespace, items: Iterable[T], **kwargs: Any) -> Iterator[T]:
+    disable = args.quiet or not sys.stderr.isatty()
+    bar: Iterator[T] = tqdm(items, file=sys.stderr, disable=disable, leave=False, **kwargs)
+    return bar
+
+
+# -- output helpers -----------------------------------------------------------------------------
+
+
+class _TextSink:
+    """Bytes into a text stream that has no binary buffer (stdout replaced by a StringIO)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode())
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class _StdoutSink:
+    """stdout's binary buffer, flushed (never closed) at the end."""
+
+    def __init__(self, buffer: IO[bytes]) -> None:
+        self.buffer = buffer
+
+    def write(self, data: bytes) -> None:
+        self.buffer.write(data)
+
+    def close(self) -> None:
+        self.buffer.flush()
+
+
+def _open_output(path: str) -> _TextSink | _StdoutSink | IO[bytes]:
+    if path != "-":
+        return open(path, "wb")  # the caller closes it
+    sys.stdout.flush()  # keep the order of anything already written as text
+    buffer = getattr(sys.stdout, "buffer", None)
+    return _TextSink(sys.stdout) if buffer is None else _StdoutSink(buffer)
+
+
+def _json_line(obj: Any) -> str:
+    return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE).decode()
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _one_line(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _all_conversations(
+    store: Store, user: str, include_deleted: bool, limit: int | None = None
+) -> list[Conversation]:
+    """A user's conversations, newest first, following the cursor across pages."""
+    out: list[Conversation] = []
+    cursor = None
+    while limit is None or len(out) < limit:
+        page_size = MAX_PAGE if limit is None else min(MAX_PAGE, limit - len(out))
+        page = store.list_conversations(
+            user, limit=page_size, cursor=cursor, include_deleted=include_deleted
+        )
+        out.extend(page.items)
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    return out
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _cmd_ls(store: Store, args: argparse.Namespace) -> int:
+    if args.user is None:
+        return _ls_users(store, args)
+    conversations = _all_conversations(store, args.user, args.all, args.limit)
+    rows = []
+    for conv in conversations:
+        count = store.message_count(conv.id)
+        if args.json:
+            record = dataclasses.asdict(conv)
+            record["deleted"] = conv.deleted
+            record["message_count"] = count
+            sys.stdout.write(_json_line(record))
+        else:
+            rows.append(
+                [
+                    conv.id,
+                    conv.created_at,
+                    str(count),
+                    _yes_no(conv.pinned),
+                    _yes_no(conv.deleted),
+                    _one_line(conv.title),
+                ]
+            )
+    if not args.json:
+        if rows:
+            print(_table(["ID", "CREATED", "MESSAGES", "PINNED", "DELETED", "TITLE"], rows))
+        else:
+            _note(args, f"{args.user} has no conversations" + ("" if args.all else " (see --all)"))
+    return EXIT_OK
+
+
+def _ls_users(store: Store, args: argparse.Namespace) -> int:
+    users = store.users()
+    if args.limit is not None:
+        users = users[: args.limit]
+    rows = []
+    for user in _progress(args, users, desc="users", unit="user"):
+        conversations = _all_conversations(store, user, include_deleted=True)
+        deleted = sum(1 for c in conversations if c.deleted)
+        live = len(conversations) - deleted
+        if args.json:
+            sys.stdout.write(_json_line({"id": user, "conversations": live, "deleted": deleted}))
+        else:
+            rows.append([user, str(live), str(deleted)])
+    if not args.json:
+        if rows:
+            print(_table(["USER", "CONVERSATIONS", "DELETED"], rows))
+        else:
+            _note(args, f"no users in {store.root}")
+    return EXIT_OK
+
+
+def _cmd_show(store: Store, args: argparse.Namespace) -> int:
+    conv = store.get_conversation(args.conversation)
+    messages = store.messages(conv.id, after_seq=args.after_seq, limit=args.limit)
+    if args.json:
+        for message in messages:
+            sys.stdout.write(_json_line(dataclasses.asdict(message)))
+    else:
+        print(_describe_conversation(store, conv))
+        for message in messages:
+            print()
+            print(_describe_message(message))
+    if args.limit is not None and len(messages) == args.limit:
+        _note(args, f"more messages may follow: --after-seq {messages[-1].seq}")
+    return EXIT_OK
+
+
+def _describe_conversation(store: Store, conv: Conversation) -> str:
+    fields = [
+        ("title", _one_line(conv.title) or "-"),
+        ("user", conv.user_id),
+        ("created_at", conv.created_at),
+        ("updated_at", conv.updated_at),
+        ("pinned", _yes_no(conv.pinned)),
+        ("deleted_at", conv.deleted_at or "-"),
+        ("participants", ", ".join(conv.participants) or "-"),
+        ("metadata", ", ".join(f"{k}={v}" for k, v in conv.metadata.items()) or "-"),
+        ("messages", str(store.message_count(conv.id))),
+    ]
+    return "\n".join([f"conversation {conv.id}"] + [f"  {k + ':':<14}{v}" for k, v in fields])
+
+
+def _describe_message(message: Message) -> str:
+    head = [f"#{message.seq}", message.role, message.status]
+    if message.agent_id is not None:
+        head.append(f"agent={message.agent_id}")
+    if message.finish_reason is not None:
+        head.append(f"finish={message.finish_reason}")
+    if message.damaged:
+        head.append("DAMAGED")
+    body = message.text
+    if message.tool_calls:
+        names = [_tool_name(call) for call in message.tool_calls]
+        body += ("\n" if body else "") + f"[tool calls: {', '.join(names)}]"
+    if message.error is not None:
+        body += ("\n" if body else "") + f"[error: {message.error}]"
+    lines = [" ".join(head)] + ["    " + line for line in body.splitlines()]
+    return "\n".join(lines)
+
+
+def _tool_name(call: Any) -> str:
+    function = call.get("function") if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return str(name) if name else "?"
+
+
+def _cmd_check(store: Store, args: argparse.Namespace) -> int:
+    problems = store.check(fix=args.fix)
+    for problem in problems:
+        print(problem)
+    remaining = sum(1 for p in problems if not p.fixed)
+    fixed = len(problems) - remaining
+    if not problems:
+        print("store is clean: no problems found")
+    elif args.fix:
+        print(f"{len(problems)} problem(s): {fixed} fixed, {remaining} remaining")
+    else:
+        print(f"{len(problems)} problem(s) found (run with --fix to repair what is safe)")
+    return EXIT_FAILURE if remaining else EXIT_OK
+
+
+def _cmd_sweep(store: Store, args: argparse.Namespace) -> int:
+    dry_run = not args.yes
+    removed = store.sweep_retention(days=args.days, dry_run=dry_run)
+    for conversation_id in removed:
+        print(conversation_id)
+    days = f"{args.days:g}"
+    if dry_run:
+        _note(
+            args,
+            f"dry run: {len(removed)} conversation(s) idle for {days} days would be removed "
+            "(pass --yes to remove them)",
+        )
+    else:
+        _note(args, f"removed {len(removed)} conversation(s) idle for {days} days")
+    return EXIT_OK
+
+
+def _cmd_export(store: Store, args: argparse.Namespace) -> int:
+    if args.conversations:
+        # Resolve every id before writing anything: a typo fails the export, not its tail.
+        conversations = [store.get_conversation(c) for c in args.conversations]
+    else:
+        conversations = []
+        for user in store.users():
+            # Oldest first reads naturally in an archive; listings are newest first.
+            conversations.extend(reversed(_all_conversations(store, user, args.all)))
+    to_stdout = args.output == "-"
+    out = _open_output(args.output)
+    messages = 0
+    try:
+        for conv in _progress(args, conversations, desc="export", unit="conv"):
+            out.write(orjson.dumps({"type": "conversation", **dataclasses.asdict(conv)}))
+            out.write(b"\n")
+            for message in store.messages(conv.id, limit=None):
+                line = {"type": "message", "conversation_id": conv.id}
+                line.update(dataclasses.asdict(message))
+                out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+                messages += 1
+    except BaseException:
+        out.close()
+        if not to_stdout:
+            # A half-written export looks like a whole one: leave none behind.
+            with contextlib.suppress(OSError):
+                os.unlink(args.output)
+        raise
+    out.close()
+    where = "stdout" if to_stdout else args.output
+    _note(args, f"exported {len(conversations)} conversation(s), {messages} message(s) to {where}")
+    return EXIT_OK

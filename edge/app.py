@@ -1,0 +1,175 @@
+"""The application factory: ``create_app(config) -> web.Application``.
+
+Resources live in ``cleanup_ctx`` so they are opened in order and closed in reverse, even when
+start-up fails half-way: the store (only when ``PERSIST_TRANSCRIPTS`` is on: otherwise nothing
+may touch the disk), the built-in demo upstream (when no ``UPSTREAM_BASE_URL``), one shared
+upstream ``ClientSession``, and the retention sweeper. On shutdown, replies still streaming are
+sealed as ``error`` with their partial text before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from chunkstore import AsyncStore
+from edge.config import EdgeConfig
+from edge.demo import start_demo_upstream
+from edge.history import add_history_routes
+from edge.keys import CONFIG, INFLIGHT, METRICS, STORE, UPSTREAM_SESSION, UPSTREAM_URL
+from edge.logs import log_event
+from edge.metrics import CONTENT_TYPE_LATEST, Metrics
+from edge.middlewares import middlewares, set_session_cookie
+from edge.openapi import openapi_document
+from edge.relay import chat_completions
+from edge.upstream import relay_other
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("edge")
+
+_SHUTDOWN_GRACE_S = 10.0
+
+
+def create_app(config: EdgeConfig) -> web.Application:
+    app = web.Application(
+        middlewares=middlewares(),
+        # aiohttp enforces this while reading, with or without Content-Length: 413 past it.
+        client_max_size=config.max_request_bytes,
+    )
+    app[CONFIG] = config
+    app[METRICS] = Metrics.create()
+    app[INFLIGHT] = set()
+    app.on_response_prepare.append(set_session_cookie)
+    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_retention_ctx)
+    app.on_shutdown.append(_finish_inflight)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    add_history_routes(app)
+    app.router.add_route("*", "/v1/{tail:.*}", relay_other)
+    return app
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if not config.persist_transcripts:
+        yield
+        return
+    store = await AsyncStore.open(
+        config.store_path,
+        durability=config.durability,
+        chunk_tokens=config.chunk_tokens,
+        max_conversations_per_user=config.max_conversations_per_session,
+        max_messages_per_conversation=config.max_messages_per_conversation,
+    )
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    demo: web.AppRunner | None = None
+    if config.upstream_base_url is None:
+        demo, url = await start_demo_upstream()
+        log.info("no UPSTREAM_BASE_URL: using the built-in demo upstream at %s", url)
+    else:
+        url = config.upstream_base_url
+    app[UPSTREAM_URL] = url
+    # No total timeout: a stream may legitimately last minutes. Connecting and each read are
+    # bounded instead, so a dead upstream cannot hold a request forever.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+    session = aiohttp.ClientSession(timeout=timeout, auto_decompress=True)
+    app[UPSTREAM_SESSION] = session
+    try:
+        yield
+    finally:
+        await session.close()
+        if demo is not None:
+            await demo.cleanup()
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    store = app.get(STORE)
+    if store is None or config.retention_days is None:
+        yield
+        return
+    task = asyncio.create_task(
+        _sweep_forever(store, config.retention_days, config.retention_interval_s)
+    )
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sweep_forever(store: AsyncStore, days: float, interval_s: int) -> None:
+    while True:
+        try:
+            removed = await store.sweep_retention(days=days, dry_run=False)
+            log_event("retention_sweep", removed=len(removed), days=days)
+        except Exception:  # a failed sweep must not kill the loop; next round retries
+            log.exception("retention sweep failed")
+        await asyncio.sleep(interval_s)
+
+
+async def _finish_inflight(app: web.Application) -> None:
+    """Give replies still being stored a bounded grace period before the store closes."""
+    tasks = list(app[INFLIGHT])
+    if tasks:
+        await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    store = request.app.get(STORE)
+    checks: dict[str, object] = {
+        "persistence": config.persist_transcripts,
+        "upstream": "demo" if config.upstream_base_url is None else "configured",
+    }
+    status = 200
+    if store is not None:
+        writable = await asyncio.to_thread(_store_writable, store)
+        checks["store_writable"] = writable
+        if not writable:
+            status = 503
+    body = {"status": "ok" if status == 200 else "degraded", "checks": checks}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def _store_writable(store: AsyncStore) -> bool:
+    import os
+    import tempfile
+
+    try:
+        fd, path = tempfile.mkstemp(prefix=".healthz.tmp-", dir=store.store.root)
+        os.close(fd)
+        os.unlink(path)
+    except OSError:
+        return False
+    return True
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[METRICS].exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(openapi_document()), content_type="application/json")

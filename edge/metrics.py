@@ -1,0 +1,57 @@
+"""Prometheus metrics (prometheus-client), one registry per app so tests and several apps in
+one process never collide. Labels carry routes and statuses only, never content or ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    active_streams: Gauge
+    streams: Counter
+    stream_events: Counter
+    stream_tokens: Counter
+    chunks_written: Counter
+    storage_failures: Counter
+    rebuild_seconds: Histogram
+
+    @classmethod
+    def create(cls) -> Metrics:
+        registry = CollectorRegistry()
+        return cls(
+            registry=registry,
+            requests=Counter(
+                "edge_requests", "HTTP requests", ["route", "method", "status"], registry=registry
+            ),
+            active_streams=Gauge("edge_active_streams", "Streams in flight", registry=registry),
+            streams=Counter("edge_streams", "Streams relayed", ["outcome"], registry=registry),
+            stream_events=Counter(
+                "edge_stream_events", "SSE events sent to clients", registry=registry
+            ),
+            stream_tokens=Counter(
+                "edge_stream_tokens", "Content deltas received from upstream", registry=registry
+            ),
+            chunks_written=Counter(
+                "edge_chunks_written", "Chunk files written by the edge", registry=registry
+            ),
+            storage_failures=Counter(
+                "edge_storage_failures", "Storage operations that failed", registry=registry
+            ),
+            rebuild_seconds=Histogram(
+                "edge_rebuild_seconds",
+                "Time to rebuild a page of conversation messages",
+                buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+                registry=registry,
+            ),
+        )
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

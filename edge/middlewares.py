@@ -1,0 +1,151 @@
+"""Middlewares, outermost first: errors → metrics → auth → sessions.
+
+* **errors**: every failure leaves as an OpenAI-shaped JSON error; bad input is a 4xx, and an
+  unexpected exception is logged and answered with a bare 500 (no stack trace, no detail).
+* **metrics**: counts requests by route template and status (never by raw path: ids in paths
+  would explode the label set).
+* **auth**: with ``EDGE_API_KEYS`` set, every request but ``/healthz`` needs
+  ``Authorization: Bearer <key>``; the key is compared in constant time.
+* **sessions**: the principal whose history a request may see: the ``x-session-id`` header,
+  else the ``cf_session_id`` cookie, else a new unguessable id, sent back as an HttpOnly,
+  SameSite=Lax cookie (by ``on_response_prepare``, so streamed responses carry it too).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+import chunkstore
+from edge.errors import ApiError, error_response
+from edge.keys import CONFIG, METRICS, SESSION_ID, SESSION_IS_NEW
+
+__all__ = ["SESSION_COOKIE", "SESSION_HEADER", "middlewares", "set_session_cookie"]
+
+log = logging.getLogger("edge")
+
+SESSION_HEADER = "x-session-id"
+SESSION_COOKIE = "cf_session_id"
+# Printable ASCII without separators that could confuse headers or cookies.
+_SESSION_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,256}")
+_OPEN_PATHS = frozenset({"/healthz"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _status_error(exc: web.HTTPException) -> ApiError:
+    status = exc.status
+    if status == 404:
+        return ApiError(404, "Unknown path.", code="not_found")
+    if status == 405:
+        return ApiError(405, "Method not allowed.", code="method_not_allowed")
+    if status == 413:
+        return ApiError(413, "Request body too large.", code="request_too_large")
+    return ApiError(status, exc.reason or "Request failed.", code=None)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        return error_response(_status_error(exc), headers)
+    except chunkstore.InvalidId as exc:
+        return error_response(ApiError(400, str(exc), code="invalid_id"))
+    except chunkstore.ConversationNotFound:
+        return error_response(ApiError(404, "Conversation not found.", code="not_found"))
+    except chunkstore.LimitExceeded as exc:
+        return error_response(ApiError(422, str(exc), code="limit_exceeded"))
+    except chunkstore.ConversationDeleted as exc:
+        return error_response(ApiError(422, str(exc), code="conversation_deleted"))
+    except chunkstore.InvalidArgument as exc:
+        return error_response(ApiError(400, str(exc), code="invalid_value"))
+    except (chunkstore.StorageError, chunkstore.LockTimeout) as exc:
+        log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            ApiError(503, "Storage is unavailable.", type="server_error", code="storage_error")
+        )
+    except (ConnectionResetError, OSError) as exc:
+        # The client went away mid-response: nobody to answer.
+        log.debug("client connection lost: %s", exc)
+        raise web.HTTPBadRequest() from None
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(
+            ApiError(500, "Internal server error.", type="server_error", code="internal_error")
+        )
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS]
+    route = request.match_info.route.resource
+    name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        metrics.requests.labels(name, request.method, str(status)).inc()
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    keys = request.app[CONFIG].edge_api_keys
+    if keys and request.path not in _OPEN_PATHS:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        given = given.strip()
+        if scheme.lower() != "bearer" or not any(
+            hmac.compare_digest(given.encode(), key.encode()) for key in keys
+        ):
+            raise ApiError(
+                401,
+                "Missing or invalid API key for this edge (Authorization: Bearer <key>).",
+                code="invalid_api_key",
+            )
+    return await handler(request)
+
+
+@web.middleware
+async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    given = request.headers.get(SESSION_HEADER) or request.cookies.get(SESSION_COOKIE)
+    if given is not None:
+        if not _SESSION_ID.fullmatch(given):
+            raise ApiError(400, "Malformed session id.", code="invalid_session")
+        request[SESSION_ID] = given
+        request[SESSION_IS_NEW] = False
+    else:
+        request[SESSION_ID] = secrets.token_urlsafe(32)
+        request[SESSION_IS_NEW] = True
+    return await handler(request)
+
+
+async def set_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: hand a new session its cookie, whatever the response type."""
+    if request.get(SESSION_IS_NEW) and request.get("edge.session_used"):
+        response.set_cookie(
+            SESSION_COOKIE,
+            request[SESSION_ID],
+            httponly=True,
+            samesite="Lax",
+            path="/",
+            max_age=400 * 24 * 3600,
+        )
+
+
+def middlewares() -> list[Handler]:  # type: ignore[type-arg]
+    return [error_middleware, metrics_middleware, auth_middleware, session_middleware]

@@ -1,0 +1,494 @@
+"""``POST /v1/chat/completions``: the OpenAI-compatible relay, with persistence.
+
+A request is one *turn* of a conversation, in one of four modes:
+
+* persistence off → a pure proxy: nothing is stored, nothing is read;
+* ``X-Conversation-ID`` (or body ``conversation_id``) → continue that conversation: its stored
+  history is prepended upstream (without repeating what the client resent), and the new user
+  and tool messages are stored before the upstream call;
+* no id and no system message → a new conversation (titled from the first user message);
+* a system (or developer) message and no id → stateless: relayed, nothing stored.
+
+Stateful responses carry ``X-Conversation-ID``. Streams are relayed in bundles (``Bundler``)
+while a ``ReplyRecorder`` stores the reply in the background; ``[DONE]`` is sent once the reply
+is sealed (read-your-writes), or after ``STORAGE_FINAL_TIMEOUT_MS`` with ``storage_failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from chunkstore import AsyncStore, ChunkstoreError, Store
+from edge.bundling import Bundler
+from edge.errors import ApiError
+from edge.keys import CONFIG, INFLIGHT, METRICS, STORE, UPSTREAM_SESSION, UPSTREAM_URL
+from edge.persist import ReplyRecorder, ToolCallAssembler
+from edge.scope import owned_conversation, session_user
+from edge.sse import DONE_EVENT, SSEDecoder, SSEProtocolError, encode_data
+from edge.upstream import (
+    UpstreamUnreachable,
+    forward_headers,
+    response_headers,
+    upstream_error_response,
+)
+
+__all__ = ["Turn", "chat_completions", "merge_history", "parse_json_object"]
+
+log = logging.getLogger("edge.relay")
+
+CONVERSATION_HEADER = "X-Conversation-ID"
+AGENT_HEADER = "X-Agent-ID"
+_INSTRUCTION_ROLES = frozenset({"system", "developer"})
+_STORED_ROLES = frozenset({"user", "assistant", "tool"})
+_TITLE_CHARS = 80
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+@dataclass
+class Turn:
+    """What one request does to its conversation."""
+
+    conversation_id: str | None  # None: stateless or persistence off
+    upstream_messages: list[Any]
+    agent_id: str | None = None
+
+
+# -- conversation modes -----------------------------------------------------------------------
+
+
+def _message_key(message: dict[str, Any]) -> bytes:
+    """What makes two messages "the same" for de-duplicating resent history."""
+    calls = message.get("tool_calls") or None
+    call_ids = (
+        [c.get("id") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None
+    )
+    return orjson.dumps(
+        [message.get("role"), message.get("content"), call_ids, message.get("tool_call_id")],
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def merge_history(history: list[dict[str, Any]], sent: list[dict[str, Any]]) -> int:
+    """How many of ``sent``'s leading messages the stored ``history`` already ends with.
+
+    Clients either resend the whole conversation (OpenAI style) or only the new turn; some trim
+    the oldest messages. The longest overlap between the end of the history and the start of
+    what was sent is what must not be sent (or stored) twice.
+    """
+    if not history or not sent:
+        return 0
+    history_keys = [_message_key(m) for m in history]
+    sent_keys = [_message_key(m) for m in sent[: len(history)]]
+    for k in range(min(len(history_keys), len(sent_keys)), 0, -1):
+        if history_keys[-k:] == sent_keys[:k]:
+            return k
+    return 0
+
+
+def _validate_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(
+            400, "'messages' must be a non-empty array.", code="invalid_messages", param="messages"
+        )
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(
+                400,
+                "Each message must be an object with a 'role'.",
+                code="invalid_messages",
+                param="messages",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise ApiError(
+                400,
+                "Message 'content' must be a string or an array.",
+                code="invalid_messages",
+                param="messages",
+            )
+    return messages
+
+
+def _title_from(messages: list[dict[str, Any]]) -> str | None:
+    for message in messages:
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(
+                    p.get("text", "")
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
+            if isinstance(content, str) and content.strip():
+                return " ".join(content.split())[:_TITLE_CHARS]
+    return None
+
+
+def _store_messages(store: Store, conversation_id: str, messages: list[dict[str, Any]]) -> None:
+    for m in messages:
+        if m.get("role") not in _STORED_ROLES:
+            continue
+        store.append_message(
+            conversation_id,
+            role=m["role"],
+            content=m.get("content"),
+            tool_calls=m.get("tool_calls") if isinstance(m.get("tool_calls"), list) else None,
+            tool_call_id=m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None,
+            name=m.get("name") if isinstance(m.get("name"), str) else None,
+        )
+
+
+def _new_conversation(store: Store, user: str, messages: list[dict[str, Any]]) -> str:
+    conversation = store.create_conversation(user, title=_title_from(messages))
+    _store_messages(store, conversation.id, messages)
+    return conversation.id
+
+
+def _continue_conversation(
+    store: Store, conversation_id: str, messages: list[dict[str, Any]]
+) -> list[Any]:
+    """Store the new turn; return the messages to send upstream (history included)."""
+    conversation = store.get_conversation(conversation_id)
+    if conversation.deleted:
+        raise ApiError(
+            422,
+            "This conversation is deleted; restore it to continue.",
+            code="conversation_deleted",
+        )
+    history = [m.to_openai() for m in store.messages(conversation_id, limit=None) if _replayable(m)]
+    instructions = []
+    rest = messages
+    while rest and rest[0].get("role") in _INSTRUCTION_ROLES:
+        instructions.append(rest[0])
+        rest = rest[1:]
+    overlap = merge_history(history, rest)
+    new = rest[overlap:]
+    _store_messages(store, conversation_id, new)
+    return instructions + history + new
+
+
+def _replayable(message: Any) -> bool:
+    return bool(message.content) or bool(message.tool_calls)
+
+
+async def _plan_turn(
+    request: web.Request, store: AsyncStore, body: dict[str, Any], wanted: str | None
+) -> Turn:
+    messages = _validate_messages(body)
+    agent = request.headers.get(AGENT_HEADER) or (
+        body.get("model") if isinstance(body.get("model"), str) else None
+    )
+    if agent is not None:
+        agent = agent[:256]
+    if wanted is not None:
+        user = await session_user(request, create=False)
+        conversation_id = owned_conversation(user, wanted)
+        upstream = await asyncio.to_thread(
+            _continue_conversation, store.store, conversation_id, messages
+        )
+        return Turn(conversation_id, upstream, agent)
+    if any(m.get("role") in _INSTRUCTION_ROLES for m in messages):
+        return Turn(None, messages, agent)
+    user = await session_user(request, create=True)
+    assert user is not None
+    conversation_id = await asyncio.to_thread(_new_conversation, store.store, user, messages)
+    return Turn(conversation_id, messages, agent)
+
+
+# -- the handler --------------------------------------------------------------------------------
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    body = parse_json_object(await request.read())
+    wanted = request.headers.get(CONVERSATION_HEADER) or body.get("conversation_id")
+    body.pop("conversation_id", None)
+    if wanted is not None and not isinstance(wanted, str):
+        raise ApiError(400, "'conversation_id' must be a string.", code="invalid_id")
+
+    store = request.app.get(STORE)
+    if store is None:
+        # Persistence off: a pure proxy. The edge's own fields are stripped, nothing is read.
+        turn = Turn(None, body.get("messages", []))
+    else:
+        turn = await _plan_turn(request, store, body, wanted)
+        body["messages"] = turn.upstream_messages
+
+    headers = forward_headers(request.headers, config)
+    headers["Content-Type"] = "application/json"
+    try:
+        upstream = await request.app[UPSTREAM_SESSION].post(
+            f"{request.app[UPSTREAM_URL]}/chat/completions",
+            data=orjson.dumps(body),
+            headers=headers,
+        )
+    except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+
+    extra = {CONVERSATION_HEADER: turn.conversation_id} if turn.conversation_id else {}
+    async with upstream:
+        if upstream.status != 200:
+            return await upstream_error_response(upstream, extra)
+        is_sse = upstream.content_type == "text/event-stream"
+        if is_sse:
+            return await _relay_stream(request, upstream, turn, store, extra)
+        return await _relay_json(request, upstream, turn, store, extra)
+
+
+async def _relay_json(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    turn: Turn,
+    store: AsyncStore | None,
+    extra: dict[str, str],
+) -> web.Response:
+    raw = await upstream.read()
+    passthrough = response_headers(upstream.headers)
+    passthrough.update(extra)
+    if store is None or turn.conversation_id is None:
+        return web.Response(status=upstream.status, body=raw, headers=passthrough)
+    try:
+        completion = orjson.loads(raw)
+        choice = completion["choices"][0]
+        message = choice["message"]
+    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        return web.Response(status=upstream.status, body=raw, headers=passthrough)
+    try:
+        await store.append_message(
+            turn.conversation_id,
+            "assistant",
+            message.get("content"),
+            agent_id=turn.agent_id,
+            tool_calls=message.get("tool_calls") or None,
+            finish_reason=choice.get("finish_reason"),
+            usage=completion.get("usage"),
+        )
+    except (ChunkstoreError, OSError) as exc:
+        request.app[METRICS].storage_failures.inc()
+        log.error("storing reply in %s failed: %s", turn.conversation_id, exc)
+        completion["metadata"] = {"storage_failed": True}
+        raw = orjson.dumps(completion)
+    return web.Response(body=raw, content_type="application/json", headers=extra)
+
+
+class _ClientGone(Exception):
+    """The client closed its connection."""
+
+
+class _UpstreamBroke(Exception):
+    """The upstream stream failed or ended before ``[DONE]``."""
+
+
+async def _relay_stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    turn: Turn,
+    store: AsyncStore | None,
+    extra: dict[str, str],
+) -> web.StreamResponse:
+    config = request.app[CONFIG]
+    metrics = request.app[METRICS]
+    out = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", **extra}
+    )
+    await out.prepare(request)
+
+    recorder: ReplyRecorder | None = None
+    if store is not None and turn.conversation_id is not None:
+        recorder = ReplyRecorder(
+            store,
+            turn.conversation_id,
+            agent_id=turn.agent_id,
+            chunk_tokens=config.chunk_tokens,
+            flush_ms=config.history_batch_flush_ms,
+            metrics=metrics,
+        )
+        inflight = request.app[INFLIGHT]
+        inflight.add(recorder.task)
+        recorder.task.add_done_callback(inflight.discard)
+
+    relay = _StreamRelay(out, Bundler(config.stream_bundle_tokens), recorder, metrics)
+    metrics.active_streams.inc()
+    outcome = "error"
+    try:
+        done = await relay.pump(upstream, config.stream_flush_ms / 1000)
+        await relay.send(relay.bundler.flush())
+        if not done:
+            raise _UpstreamBroke("the upstream stream ended before [DONE]")
+        if recorder is not None:
+            recorder.finish(relay.finish_reason, relay.usage, relay.tool_calls.calls())
+            if not await recorder.wait(config.storage_final_timeout_ms / 1000):
+                await relay.send([relay.storage_failed_chunk()])
+        await relay.write(DONE_EVENT)
+        await out.write_eof()
+        outcome = "complete"
+    except _ClientGone:
+        outcome = "client_abort"
+        if recorder is not None:
+            recorder.fail(
+                {"type": "client_disconnected", "message": "the client closed the stream"}
+            )
+    except _UpstreamBroke as exc:
+        outcome = "upstream_error"
+        if recorder is not None:
+            recorder.fail({"type": "upstream_error", "message": str(exc)})
+        try:
+            await relay.write(
+                encode_data(
+                    orjson.dumps(
+                        {
+                            "error": {
+                                "message": f"Upstream stream failed: {exc}",
+                                "type": "upstream_error",
+                                "code": "upstream_stream_error",
+                            }
+                        }
+                    )
+                )
+            )
+            await out.write_eof()
+        except _ClientGone:
+            pass
+    finally:
+        metrics.active_streams.dec()
+        metrics.streams.labels(outcome).inc()
+        if recorder is not None and not recorder.ended:
+            # Cancelled (server shutdown): seal what we have as an error; the shutdown hook
+            # waits for the recorder task.
+            recorder.fail(
+                {"type": "cancelled", "message": "the edge stopped before the stream ended"}
+            )
+    return out
+
+
+class _StreamRelay:
+    """State of one relayed stream: bundling, the tee to storage, and the client writes."""
+
+    def __init__(
+        self,
+        out: web.StreamResponse,
+        bundler: Bundler,
+        recorder: ReplyRecorder | None,
+        metrics: Any,
+    ) -> None:
+        self.out = out
+        self.bundler = bundler
+        self.recorder = recorder
+        self.metrics = metrics
+        self.tool_calls = ToolCallAssembler()
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.last_chunk: dict[str, Any] = {}
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self.out.write(data)
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError, RuntimeError) as exc:
+            raise _ClientGone(str(exc)) from None
+
+    async def send(self, chunks: list[dict[str, Any]]) -> None:
+        if not chunks:
+            return
+        await self.write(b"".join(encode_data(orjson.dumps(c)) for c in chunks))
+        self.metrics.stream_events.inc(len(chunks))
+
+    async def pump(self, upstream: aiohttp.ClientResponse, flush_s: float) -> bool:
+        """Relay until ``[DONE]`` (True) or the end of the upstream body (False)."""
+        decoder = SSEDecoder()
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                async with asyncio.timeout(timeout):
+                    data = await upstream.content.readany()
+            except TimeoutError:
+                # STREAM_FLUSH_MS passed with a bundle pending: a slow stream must not stall.
+                await self.send(self.bundler.flush())
+                deadline = None
+                continue
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+                raise _UpstreamBroke(str(exc) or type(exc).__name__) from None
+            if not data:
+                return False
+            try:
+                events = decoder.feed(data)
+            except SSEProtocolError as exc:
+                raise _UpstreamBroke(str(exc)) from None
+            for event in events:
+                if event.data == "[DONE]":
+                    return True
+                await self._relay_event(event.data)
+            if self.bundler.pending_tokens:
+                if deadline is None:
+                    deadline = loop.time() + flush_s
+            else:
+                deadline = None
+
+    async def _relay_event(self, data: str) -> None:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            chunk = None
+        if not isinstance(chunk, dict):
+            # Not a chunk we understand: pass it through untouched, in order.
+            await self.send(self.bundler.flush())
+            await self.write(encode_data(data.encode()))
+            return
+        if "error" in chunk and "choices" not in chunk:
+            await self.send(self.bundler.flush())
+            await self.write(encode_data(data.encode()))
+            raise _UpstreamBroke(str(chunk.get("error"))[:200])
+        self._tee(chunk)
+        await self.send(self.bundler.feed(chunk))
+
+    def _tee(self, chunk: dict[str, Any]) -> None:
+        self.last_chunk = chunk
+        if chunk.get("usage") is not None:
+            self.usage = chunk["usage"]
+        choices = chunk.get("choices")
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            # Only the first choice is stored (n > 1 would be several replies).
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict):
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    self.metrics.stream_tokens.inc()
+                    if self.recorder is not None:
+                        self.recorder.token(content)
+                if delta.get("tool_calls"):
+                    self.tool_calls.feed(delta["tool_calls"])
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def storage_failed_chunk(self) -> dict[str, Any]:
+        last = self.last_chunk
+        return {
+            "id": last.get("id", "chatcmpl-edge"),
+            "object": "chat.completion.chunk",
+            "created": last.get("created", 0),
+            "model": last.get("model", ""),
+            "choices": [],
+            "metadata": {"storage_failed": True},
+        }
