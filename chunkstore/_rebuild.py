@@ -29,10 +29,15 @@ def rebuild_message(
     ``damaged`` says some files were unreadable; a hole in the chunk numbering or a record
     that does not belong to this message also marks the message damaged.
     """
+    given = len(records)
     records = sorted(
         (r for r in records if r.get("messageId") == message_id and isinstance(r.get("seq"), int)),
         key=_record_seq,
     )
+    if len(records) != given:
+        # A record of another message (a misplaced or copied file) or without a seq: dropped,
+        # and the message says so instead of silently reading back shorter.
+        damaged = True
     if not records:
         return Message(
             id=message_id,

@@ -25,6 +25,10 @@ class CorruptRecord(ValueError):
 
 def encode(record: dict[str, Any]) -> bytes:
     """Serialize ``record`` (which must not have a ``crc`` key) with its checksum."""
+    if not record:
+        # ``{}`` would become ``{,"crc":...}``, which is not JSON: refuse rather than write a
+        # record that can never be read back.
+        raise ValueError("cannot encode an empty record")
     body = orjson.dumps(record)
     head = body[:-1]  # without the closing brace
     return head + b',"crc":"%08x"}' % zlib.crc32(head)
@@ -39,11 +43,9 @@ def decode(data: bytes) -> dict[str, Any]:
     data = data.rstrip(b"\n")
     if len(data) <= _SUFFIX_LEN or data[-_SUFFIX_LEN:-10] != _SUFFIX_HEAD or data[-2:] != b'"}':
         raise CorruptRecord("record is truncated or has no checksum")
-    try:
-        expected = int(data[-10:-2], 16)
-    except ValueError:
-        raise CorruptRecord("record checksum is not hexadecimal") from None
-    if zlib.crc32(data[:-_SUFFIX_LEN]) != expected:
+    # Compare the checksum's exact spelling, not its value: int("A", 16) == int("a", 16), so
+    # parsing it would let a bit flip that turns a hex letter upper-case go undetected.
+    if b"%08x" % zlib.crc32(data[:-_SUFFIX_LEN]) != data[-10:-2]:
         raise CorruptRecord("record checksum mismatch")
     try:
         record = orjson.loads(data)

@@ -1,9 +1,388 @@
-"""Conversation history endpoints (being written)."""
+"""The history API: conversations and their rebuilt messages, scoped to the session's user.
+
+Served under ``/v1/conversations`` and, as an alias, ``/api/conversations``. Shapes follow
+OpenAI's Conversations API where they overlap (``object``, ``id``, ``created_at`` in unix
+seconds, ``metadata``, list envelopes with ``data``/``has_more``) so existing clients parse
+them; the OpenAI SDK updates with ``POST``, so ``POST /{id}`` is ``PATCH /{id}``.
+
+The contract:
+
+* Every endpoint answers 501 while persistence is off, before reading anything, and writes
+  nothing. Only creating a conversation creates the session's user; reads never do (a session
+  with no user lists nothing and finds nothing).
+* A conversation id is checked against the session's user before any file is touched
+  (``scope.owned_conversation``): malformed → 400, anyone else's or unknown → 404, the same 404.
+* Query values are parsed strictly (plain ASCII digits, bounded): anything else is a 400 naming
+  the parameter, never a 500.
+* Conversation pages are newest first with an opaque cursor (``after`` = the previous page's
+  ``last_id``): ids only grow, so conversations created between two pages land before page 1
+  and never shift later pages. Message pages are by ``seq`` (``after_seq`` = the previous
+  page's ``last_seq``), stable and gap-free because sequence numbers are.
+* Reads log one structured ``rebuild`` event and observe ``edge_rebuild_seconds``; neither ever
+  carries message content.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
 from aiohttp import web
+
+from chunkstore import AsyncStore, Conversation, ConversationId, InvalidId, Message
+from edge.errors import ApiError
+from edge.keys import METRICS
+from edge.logs import elapsed_ms, log_event
+from edge.scope import owned_conversation, require_store, session_user
+
+__all__ = [
+    "DEFAULT_PAGE",
+    "FIRST_MESSAGES_PAGE",
+    "MAX_PAGE",
+    "PREFIXES",
+    "add_history_routes",
+    "conversation_object",
+    "json_response",
+    "message_object",
+]
+
+PREFIXES = ("/v1/conversations", "/api/conversations")
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+FIRST_MESSAGES_PAGE = 20
+# Bounds that keep hostile numbers cheap: no store holds more conversations than MAX_OFFSET
+# worth paging through by offset, and sequence numbers have at most 18 digits (see ids).
+MAX_OFFSET = 1_000_000
+MAX_SEQ = 10**18 - 1
+
+# The same limits chunkstore enforces, checked here too so a 400 can name the field.
+MAX_TITLE_CHARS = 512
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 512
+_FIELDS = frozenset({"title", "metadata", "pinned"})
+_DIGITS = re.compile(r"[0-9]{1,19}")
+_TRUE = frozenset({"1", "true"})
+_FALSE = frozenset({"0", "false"})
+# The store pages through at most this many conversations per call while skipping an offset.
+_SKIP_BATCH = 1000
 
 
 def add_history_routes(app: web.Application) -> None:
-    return None
+    for prefix in PREFIXES:
+        item = f"{prefix}/{{conversation_id}}"
+        collection = app.router.add_resource(prefix)
+        collection.add_route("POST", create_conversation)
+        collection.add_route("GET", list_conversations)
+        conversation = app.router.add_resource(item)
+        conversation.add_route("GET", get_conversation)
+        conversation.add_route("PATCH", update_conversation)
+        conversation.add_route("POST", update_conversation)
+        conversation.add_route("DELETE", delete_conversation)
+        messages = app.router.add_resource(f"{item}/messages")
+        messages.add_route("GET", list_messages)
+        restore = app.router.add_resource(f"{item}/restore")
+        restore.add_route("POST", restore_conversation)
+        # Without these, another method on a path the edge owns would fall through to the
+        # ``/v1/{tail}`` relay and reach the upstream.
+        for resource in (collection, conversation, messages, restore):
+            resource.add_route("*", _method_not_allowed)
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def _unix(timestamp: str | None) -> int | None:
+    """chunkstore's ISO 8601 UTC text as unix seconds (what OpenAI clients expect)."""
+    if timestamp is None:
+        return None
+    try:
+        # fromisoformat() only accepts a trailing "Z" from Python 3.11 on.
+        return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+def conversation_object(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.id,
+        "object": "conversation",
+        "title": conversation.title,
+        "created_at": _unix(conversation.created_at) or 0,
+        "updated_at": _unix(conversation.updated_at) or 0,
+        "metadata": dict(conversation.metadata),
+        "pinned": conversation.pinned,
+        "deleted_at": _unix(conversation.deleted_at),
+    }
+
+
+def message_object(message: Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "object": "conversation.message",
+        "seq": message.seq,
+        "role": message.role,
+        "content": message.content,
+        "name": message.name,
+        "agent_id": message.agent_id,
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "tool_calls": message.tool_calls,
+        "tool_call_id": message.tool_call_id,
+        "usage": message.usage,
+        "created_at": _unix(message.created_at) or 0,
+        "damaged": message.damaged,
+    }
+
+
+def _deleted_object(conversation_id: str) -> dict[str, Any]:
+    return {"id": conversation_id, "object": "conversation.deleted", "deleted": True}
+
+
+async def _method_not_allowed(request: web.Request) -> web.Response:
+    allowed = sorted(
+        route.method
+        for route in request.match_info.route.resource or ()
+        if route.method not in ("*", "HEAD")
+    )
+    raise ApiError(405, f"Method not allowed; use {', '.join(allowed)}.", code="method_not_allowed")
+
+
+# -- request parsing ----------------------------------------------------------------------------
+
+
+def _bad(param: str, message: str) -> ApiError:
+    return ApiError(400, message, code="invalid_value", param=param)
+
+
+def _int_param(
+    request: web.Request, name: str, default: int, minimum: int, maximum: int
+) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not _DIGITS.fullmatch(raw) or not minimum <= int(raw) <= maximum:
+        raise _bad(name, f"'{name}' must be an integer from {minimum} to {maximum}.")
+    return int(raw)
+
+
+def _bool_param(request: web.Request, name: str) -> bool:
+    raw = request.query.get(name)
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise _bad(name, f"'{name}' must be true, false, 1 or 0.")
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    """The request's JSON object, or None for an empty body."""
+    raw = await request.read()
+    if not raw.strip():
+        return None
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _conversation_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """Validated ``title`` / ``metadata`` / ``pinned`` from a create or update body."""
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise _bad(unknown[0], f"Unknown field '{unknown[0]}'; expected title, metadata, pinned.")
+    fields: dict[str, Any] = {}
+    if "title" in body:
+        title = body["title"]
+        if title is not None and (not isinstance(title, str) or len(title) > MAX_TITLE_CHARS):
+            raise _bad("title", f"'title' must be a string of at most {MAX_TITLE_CHARS} characters.")
+        fields["title"] = title
+    if "pinned" in body:
+        if not isinstance(body["pinned"], bool):
+            raise _bad("pinned", "'pinned' must be a boolean.")
+        fields["pinned"] = body["pinned"]
+    if "metadata" in body:
+        fields["metadata"] = _metadata(body["metadata"])
+    return fields
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:  # OpenAI clients send null for "no metadata"
+        return {}
+    if (
+        not isinstance(value, dict)
+        or len(value) > MAX_METADATA_PAIRS
+        or not all(
+            isinstance(v, str) and len(k) <= MAX_METADATA_KEY and len(v) <= MAX_METADATA_VALUE
+            for k, v in value.items()
+        )
+    ):
+        raise _bad(
+            "metadata",
+            f"'metadata' must be an object of at most {MAX_METADATA_PAIRS} string values, keys "
+            f"of at most {MAX_METADATA_KEY} and values of at most {MAX_METADATA_VALUE} characters.",
+        )
+    return value
+
+
+async def _owned(request: web.Request) -> tuple[AsyncStore, str]:
+    store = require_store(request)
+    user = await session_user(request, create=False)
+    return store, owned_conversation(user, request.match_info["conversation_id"])
+
+
+# -- conversations ------------------------------------------------------------------------------
+
+
+async def create_conversation(request: web.Request) -> web.Response:
+    store = require_store(request)
+    fields = _conversation_fields(await _json_body(request) or {})
+    user = await session_user(request, create=True)
+    assert user is not None
+    conversation = await store.create_conversation(user, **fields)
+    return json_response(conversation_object(conversation), status=201)
+
+
+async def list_conversations(request: web.Request) -> web.Response:
+    store = require_store(request)
+    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    offset = _int_param(request, "offset", 0, 0, MAX_OFFSET)
+    include_deleted = _bool_param(request, "include_deleted")
+    after = request.query.get("after")
+    if after is not None and "offset" in request.query:
+        raise _bad("offset", "Use either 'after' or 'offset', not both.")
+    user = await session_user(request, create=False)
+    cursor = None if after is None else _cursor(user, after)
+    data: list[dict[str, Any]] = []
+    has_more = False
+    if user is not None:
+        exhausted = False
+        if offset:
+            cursor, exhausted = await _skip(store, user, include_deleted, offset)
+        if not exhausted:
+            page = await store.list_conversations(
+                user, limit=limit, cursor=cursor, include_deleted=include_deleted
+            )
+            data = [conversation_object(c) for c in page.items]
+            has_more = page.has_more
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
+def _cursor(user: str | None, after: str) -> str:
+    """The ``after`` cursor as a conversation id of this user; anything else is a 400."""
+    try:
+        conv = ConversationId.parse(after)
+    except InvalidId:
+        raise _bad("after", "'after' must be the last_id of a previous page.") from None
+    if user is not None and str(conv.user_id) != user:
+        raise _bad("after", "'after' must be the last_id of a previous page.")
+    return str(conv)
+
+
+async def _skip(
+    store: AsyncStore, user: str, include_deleted: bool, offset: int
+) -> tuple[str | None, bool]:
+    """The cursor after the first ``offset`` conversations; True once none are left."""
+    cursor: str | None = None
+    while offset > 0:
+        page = await store.list_conversations(
+            user, limit=min(offset, _SKIP_BATCH), cursor=cursor, include_deleted=include_deleted
+        )
+        if not page.items:
+            return cursor, True
+        cursor = page.items[-1].id
+        offset -= len(page.items)
+        if not page.has_more:
+            return cursor, True
+    return cursor, False
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    store, conversation_id = await _owned(request)
+    conversation = await store.get_conversation(conversation_id)
+    body = conversation_object(conversation)
+    body["messages"] = await _message_page(request, store, conversation_id, 0, FIRST_MESSAGES_PAGE)
+    return json_response(body)
+
+
+async def update_conversation(request: web.Request) -> web.Response:
+    store, conversation_id = await _owned(request)
+    body = await _json_body(request)
+    if not body:
+        raise ApiError(
+            400, "Nothing to update: send title, metadata and/or pinned.", code="invalid_value"
+        )
+    fields = _conversation_fields(body)
+    conversation = await store.update_conversation(conversation_id, **fields)
+    return json_response(conversation_object(conversation))
+
+
+async def delete_conversation(request: web.Request) -> web.Response:
+    store, conversation_id = await _owned(request)
+    hard = _bool_param(request, "hard")
+    if not hard:
+        # Checked first so a missing conversation is a 404 on a soft delete as on a hard one.
+        await store.get_conversation(conversation_id)
+    await store.delete_conversation(conversation_id, hard=hard)
+    return json_response(_deleted_object(conversation_id))
+
+
+async def restore_conversation(request: web.Request) -> web.Response:
+    store, conversation_id = await _owned(request)
+    conversation = await store.restore_conversation(conversation_id)
+    return json_response(conversation_object(conversation))
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    store = require_store(request)
+    after_seq = _int_param(request, "after_seq", 0, 0, MAX_SEQ)
+    limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
+    _, conversation_id = await _owned(request)
+    return json_response(await _message_page(request, store, conversation_id, after_seq, limit))
+
+
+async def _message_page(
+    request: web.Request, store: AsyncStore, conversation_id: str, after_seq: int, limit: int
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    # One more than asked: whether it comes back says if there is another page, with no count.
+    messages = await store.messages(conversation_id, after_seq=after_seq, limit=limit + 1)
+    request.app[METRICS].rebuild_seconds.observe(time.perf_counter() - start)
+    page = messages[:limit]
+    log_event(
+        "rebuild",
+        conversation_id=conversation_id,
+        after_seq=after_seq,
+        messages=len(page),
+        streaming=sum(m.status == "streaming" for m in page),
+        damaged=sum(m.damaged for m in page),
+        duration_ms=elapsed_ms(start),
+    )
+    return {
+        "object": "list",
+        "data": [message_object(m) for m in page],
+        "first_seq": page[0].seq if page else None,
+        "last_seq": page[-1].seq if page else None,
+        "has_more": len(messages) > limit,
+    }

@@ -16,6 +16,7 @@ __all__ = [
     "METRICS",
     "SESSION_ID",
     "SESSION_IS_NEW",
+    "SESSION_USED",
     "STORE",
     "UPSTREAM_SESSION",
     "UPSTREAM_URL",
@@ -30,6 +31,8 @@ UPSTREAM_URL = web.AppKey("upstream_url", str)
 # Persistence tasks of streams in flight, finalized on shutdown.
 INFLIGHT = web.AppKey("inflight", set[asyncio.Task[None]])
 
-# Per-request values set by the session middleware.
-SESSION_ID = "edge.session_id"
-SESSION_IS_NEW = "edge.session_is_new"
+# Per-request values set by the session middleware (and whether a handler used the session,
+# which is when a new session gets its cookie).
+SESSION_ID = web.RequestKey("session_id", str)
+SESSION_IS_NEW = web.RequestKey("session_is_new", bool)
+SESSION_USED = web.RequestKey("session_used", bool)

@@ -18,12 +18,13 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable
+from http.cookies import SimpleCookie
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 import chunkstore
 from edge.errors import ApiError, error_response
-from edge.keys import CONFIG, METRICS, SESSION_ID, SESSION_IS_NEW
+from edge.keys import CONFIG, METRICS, SESSION_ID, SESSION_IS_NEW, SESSION_USED
 
 __all__ = ["SESSION_COOKIE", "SESSION_HEADER", "middlewares", "set_session_cookie"]
 
@@ -34,6 +35,7 @@ SESSION_COOKIE = "cf_session_id"
 # Printable ASCII without separators that could confuse headers or cookies.
 _SESSION_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,256}")
 _OPEN_PATHS = frozenset({"/healthz"})
+_COOKIE_MAX_AGE_S = 400 * 24 * 3600  # the longest lifetime browsers honour
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -135,16 +137,20 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 
 async def set_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: hand a new session its cookie, whatever the response type."""
-    if request.get(SESSION_IS_NEW) and request.get("edge.session_used"):
-        response.set_cookie(
-            SESSION_COOKIE,
-            request[SESSION_ID],
-            httponly=True,
-            samesite="Lax",
-            path="/",
-            max_age=400 * 24 * 3600,
-        )
+    """``on_response_prepare``: hand a new session its cookie, whatever the response type.
+
+    aiohttp has already turned ``response.cookies`` into headers when this signal runs, so the
+    ``Set-Cookie`` header is added directly.
+    """
+    if request.get(SESSION_IS_NEW) and request.get(SESSION_USED):
+        jar: SimpleCookie = SimpleCookie()
+        jar[SESSION_COOKIE] = request[SESSION_ID]
+        morsel = jar[SESSION_COOKIE]
+        morsel["httponly"] = True
+        morsel["samesite"] = "Lax"
+        morsel["path"] = "/"
+        morsel["max-age"] = str(_COOKIE_MAX_AGE_S)
+        response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
 
 
 def middlewares() -> list[Handler]:  # type: ignore[type-arg]

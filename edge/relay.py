@@ -350,6 +350,7 @@ async def _relay_stream(
         if recorder is not None:
             recorder.fail({"type": "upstream_error", "message": str(exc)})
         try:
+            await relay.send(relay.bundler.flush())  # what arrived before the break is valid
             await relay.write(
                 encode_data(
                     orjson.dumps(
@@ -370,11 +371,18 @@ async def _relay_stream(
         metrics.active_streams.dec()
         metrics.streams.labels(outcome).inc()
         if recorder is not None and not recorder.ended:
-            # Cancelled (server shutdown): seal what we have as an error; the shutdown hook
-            # waits for the recorder task.
-            recorder.fail(
-                {"type": "cancelled", "message": "the edge stopped before the stream ended"}
-            )
+            # Cancelled: by a client that went away (servers with handler cancellation) or by
+            # shutdown. Either way the partial reply is sealed as an error; shutdown waits for
+            # the recorder task.
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                recorder.fail(
+                    {"type": "client_disconnected", "message": "the client closed the stream"}
+                )
+            else:
+                recorder.fail(
+                    {"type": "cancelled", "message": "the edge stopped before the stream ended"}
+                )
     return out
 
 

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from chunkstore import AsyncStore, ConversationId, InvalidId
 from edge.errors import ApiError
-from edge.keys import SESSION_ID, STORE
+from edge.keys import SESSION_ID, SESSION_USED, STORE
 
 __all__ = ["NOT_FOUND", "owned_conversation", "require_store", "session_user"]
 
@@ -33,7 +33,7 @@ def require_store(request: web.Request) -> AsyncStore:
 async def session_user(request: web.Request, *, create: bool) -> str | None:
     """The session's user id; with ``create`` a first-time session gets a user (and cookie)."""
     store = require_store(request)
-    request["edge.session_used"] = True
+    request[SESSION_USED] = True
     principal = request[SESSION_ID]
     if create:
         return await store.user_for(principal)
