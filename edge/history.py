@@ -147,12 +147,10 @@ def _deleted_object(conversation_id: str) -> dict[str, Any]:
 
 
 async def _method_not_allowed(request: web.Request) -> web.Response:
-    allowed = sorted(
-        route.method
-        for route in request.match_info.route.resource or ()
-        if route.method not in ("*", "HEAD")
-    )
-    raise ApiError(405, f"Method not allowed; use {', '.join(allowed)}.", code="method_not_allowed")
+    resource = request.match_info.route.resource
+    allowed = sorted(r.method for r in resource or () if r.method != "*")
+    # The error middleware answers it as an OpenAI-shaped 405 and keeps the Allow header.
+    raise web.HTTPMethodNotAllowed(request.method, allowed)
 
 
 # -- request parsing ----------------------------------------------------------------------------
@@ -162,9 +160,7 @@ def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, code="invalid_value", param=param)
 
 
-def _int_param(
-    request: web.Request, name: str, default: int, minimum: int, maximum: int
-) -> int:
+def _int_param(request: web.Request, name: str, default: int, minimum: int, maximum: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
@@ -205,7 +201,7 @@ def _conversation_fields(body: dict[str, Any]) -> dict[str, Any]:
     if "title" in body:
         title = body["title"]
         if title is not None and (not isinstance(title, str) or len(title) > MAX_TITLE_CHARS):
-            raise _bad("title", f"'title' must be a string of at most {MAX_TITLE_CHARS} characters.")
+            raise _bad("title", f"'title' must be a string of at most {MAX_TITLE_CHARS} chars.")
         fields["title"] = title
     if "pinned" in body:
         if not isinstance(body["pinned"], bool):
@@ -338,9 +334,6 @@ async def update_conversation(request: web.Request) -> web.Response:
 async def delete_conversation(request: web.Request) -> web.Response:
     store, conversation_id = await _owned(request)
     hard = _bool_param(request, "hard")
-    if not hard:
-        # Checked first so a missing conversation is a 404 on a soft delete as on a hard one.
-        await store.get_conversation(conversation_id)
     await store.delete_conversation(conversation_id, hard=hard)
     return json_response(_deleted_object(conversation_id))
 
@@ -355,10 +348,9 @@ async def restore_conversation(request: web.Request) -> web.Response:
 
 
 async def list_messages(request: web.Request) -> web.Response:
-    store = require_store(request)
+    store, conversation_id = await _owned(request)
     after_seq = _int_param(request, "after_seq", 0, 0, MAX_SEQ)
     limit = _int_param(request, "limit", DEFAULT_PAGE, 1, MAX_PAGE)
-    _, conversation_id = await _owned(request)
     return json_response(await _message_page(request, store, conversation_id, after_seq, limit))
 
 

@@ -349,6 +349,8 @@ async def _relay_stream(
         outcome = "upstream_error"
         if recorder is not None:
             recorder.fail({"type": "upstream_error", "message": str(exc)})
+            # Read-your-writes holds for failed replies too: the error is stored first.
+            await recorder.wait(config.storage_final_timeout_ms / 1000)
         try:
             await relay.send(relay.bundler.flush())  # what arrived before the break is valid
             await relay.write(
