@@ -15,10 +15,12 @@ from collections.abc import Callable, Sequence
 from aiohttp import web
 
 from edge.config import ConfigError, EdgeConfig, load_config
+from edge.logs import configure_logging
 
 __all__ = ["main"]
 
 _URL = re.compile(r"https?://\S+")
+_STREAM_GRACE_S = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -29,15 +31,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"edge: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
 
-    logging.basicConfig(
-        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(config.log_level)
     # Imported only now so a misconfiguration is reported before the app and its dependencies
     # are loaded.
     from edge.app import create_app
 
     app = create_app(config)
-    web.run_app(app, host=config.host, port=config.port, print=_banner_printer(config))
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        print=_banner_printer(config),
+        # Streams in flight get this long to end on their own at shutdown; then they are
+        # cancelled and their partial replies sealed as errors.
+        shutdown_timeout=_STREAM_GRACE_S,
+    )
 
 
 def _banner_printer(config: EdgeConfig) -> Callable[..., None]:
@@ -66,6 +74,9 @@ def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
             f"edge listening on {', '.join(urls)} (Press CTRL+C to quit)",
             f"  persistence: {persistence}",
             f"  upstream:    {upstream}",
+            "  try:        curl -N -H 'x-session-id: demo' -H 'Content-Type: application/json' "
+            f"{urls[0]}/v1/chat/completions "
+            """-d '{"model":"demo","stream":true,"messages":[{"role":"user","content":"hi"}]}'""",
         ]
     )
 

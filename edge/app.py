@@ -34,6 +34,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("edge")
 
+# How long shutdown waits for cancelled streams to seal their partial replies.
 _SHUTDOWN_GRACE_S = 10.0
 
 
@@ -50,7 +51,6 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_retention_ctx)
-    app.on_shutdown.append(_finish_inflight)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -77,6 +77,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # By now aiohttp has cancelled the handlers still streaming; each sealed its partial
+        # reply as an error through its recorder task. Let those writes land before closing.
+        tasks = list(app[INFLIGHT])
+        if tasks:
+            await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
         await store.close()
 
 
@@ -127,13 +132,6 @@ async def _sweep_forever(store: AsyncStore, days: float, interval_s: int) -> Non
         except Exception:  # a failed sweep must not kill the loop; next round retries
             log.exception("retention sweep failed")
         await asyncio.sleep(interval_s)
-
-
-async def _finish_inflight(app: web.Application) -> None:
-    """Give replies still being stored a bounded grace period before the store closes."""
-    tasks = list(app[INFLIGHT])
-    if tasks:
-        await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
 
 
 async def healthz(request: web.Request) -> web.Response:

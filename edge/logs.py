@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "log_event", "store_log"]
+__all__ = ["JsonFormatter", "configure_logging", "elapsed_ms", "log_event", "store_log"]
 
 store_log = logging.getLogger("edge.store")
 
@@ -28,6 +28,20 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(payload, default=str).decode()
+
+
+def configure_logging(level: str) -> None:
+    """Plain text for the server's own messages; JSON lines for store events (``edge.store``),
+    which are meant for machines (log shippers, dashboards)."""
+    import sys
+
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    store_log.handlers[:] = [handler]
+    store_log.propagate = False
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:

@@ -1,0 +1,137 @@
+"""The edge as a real process: graceful shutdown seals replies; a SIGKILL loses nothing durable."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from fake_upstream import FakeUpstream
+
+from chunkstore import Store
+
+STRESS = os.environ.get("STRESS") == "1"
+KILLS = 100 if STRESS else 2
+
+
+class EdgeProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+
+async def start_edge(root: Path, upstream: str) -> EdgeProcess:
+    env = {
+        **os.environ,
+        "PERSIST_TRANSCRIPTS": "true",
+        "DB_URL": f"file:{root}",
+        "UPSTREAM_BASE_URL": upstream,
+        "EDGE_PORT": "0",
+        "EDGE_LOG_LEVEL": "WARNING",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "edge",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    match = re.search(rb"http://127\.0\.0\.1:\d+", line)
+    assert match, line
+    return EdgeProcess(proc, match.group().decode())
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+async def stream_until(
+    edge: EdgeProcess, tokens: int, **headers: str
+) -> tuple[str, aiohttp.ClientSession, aiohttp.ClientResponse]:
+    http = aiohttp.ClientSession()
+    resp = await http.post(
+        f"{edge.url}/v1/chat/completions",
+        json={
+            "model": "slow-2000-5",
+            "stream": True,
+            "messages": [{"role": "user", "content": "go"}],
+        },
+        headers={"x-session-id": "s1", **headers},
+    )
+    received = b""
+    while received.count(b"tok") < tokens:
+        block = await resp.content.readany()
+        assert block, "stream ended early"
+        received += block
+    return resp.headers["X-Conversation-ID"], http, resp
+
+
+async def test_sigterm_seals_the_streaming_reply_as_error(
+    tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    root = tmp_path / "users"
+    edge = await start_edge(root, upstream.base_url)
+    conversation_id, http, resp = await stream_until(edge, 100)
+    edge.proc.send_signal(signal.SIGTERM)
+    # The stream outlives the 5 s grace period (2000 tokens x 5 ms), so it is cancelled.
+    assert await asyncio.wait_for(edge.proc.wait(), 30) == 0
+    resp.close()
+    await http.close()
+    reply = Store(root).messages(conversation_id)[1]
+    assert reply.status == "error"
+    assert reply.error["type"] in ("cancelled", "client_disconnected")
+    assert "".join(f"tok{i} " for i in range(2000)).startswith(reply.content)
+    assert len(reply.content) > 0
+    assert Store(root).check() == []
+
+
+async def test_sigkill_mid_stream_then_restart(tmp_path: Path, upstream: FakeUpstream) -> None:
+    root = tmp_path / "users"
+    conversation_id: str | None = None
+    for kill in range(KILLS):
+        edge = await start_edge(root, upstream.base_url)
+        headers = {"X-Conversation-ID": conversation_id} if conversation_id else {}
+        conversation_id, http, resp = await stream_until(edge, 130 + kill * 7, **headers)
+        edge.proc.kill()
+        await edge.proc.wait()
+        resp.close()
+        await http.close()
+
+        # Restarted, the edge serves the cut reply as interrupted, with its durable prefix.
+        edge = await start_edge(root, upstream.base_url)
+        async with aiohttp.ClientSession(headers={"x-session-id": "s1"}) as http:
+            page = await (
+                await http.get(f"{edge.url}/v1/conversations/{conversation_id}/messages?limit=100")
+            ).json()
+            cut = page["data"][-1]
+            assert cut["status"] == "interrupted"
+            # Chunks of 60 tokens were fsynced before the next one: at least one is durable.
+            assert len(cut["content"].split()) >= 60 and len(cut["content"].split()) % 60 == 0
+            # The conversation goes on after the crash.
+            resp = await http.post(
+                f"{edge.url}/v1/chat/completions",
+                json={"model": "tokens-3", "messages": [{"role": "user", "content": "again"}]},
+                headers={"X-Conversation-ID": conversation_id},
+            )
+            assert resp.status == 200
+        edge.proc.terminate()
+        await edge.proc.wait()
+    store = Store(root)
+    messages = store.messages(conversation_id, limit=None)
+    assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+    assert [m.status for m in messages].count("interrupted") == KILLS
+    store.check(fix=True)
+    assert store.check() == []
