@@ -7,7 +7,6 @@ argparse uses for usage errors), without a traceback.
 
 from __future__ import annotations
 
-import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
