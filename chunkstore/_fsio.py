@@ -41,6 +41,8 @@ TEMP_MARKER = ".tmp-"
 # Directory fsync is how POSIX makes a new name durable; Windows has no such call.
 _CAN_FSYNC_DIRS = os.name == "posix"
 _O_BINARY = getattr(os, "O_BINARY", 0)
+# Reads never follow a symlink planted in the store to a file outside it.
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def is_temp_name(name: str) -> bool:
@@ -172,7 +174,7 @@ def append_to(path: str, data: bytes) -> None:
 
 def read_bytes(path: str) -> bytes:
     """Read a whole file (FileNotFoundError passes through; callers treat it as absence)."""
-    fd = os.open(path, os.O_RDONLY | _O_BINARY)
+    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
     try:
         chunks = []
         while True:

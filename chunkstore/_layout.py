@@ -64,6 +64,19 @@ class Layout:
     def conversations_dir(self, user: UserId) -> str:
         return os.path.join(self.root, str(user), "data", "conversations")
 
+    def has_symlink(self, conv: ConversationId) -> bool:
+        """Whether a directory on the way to ``conv``'s messages is a symlink.
+
+        The store never creates links, so one is planted: following it could read or write
+        outside the root, and the conversation is treated as missing instead.
+        """
+        path = self.root
+        for part in (f"us{conv.user:02d}", "data", "conversations", str(conv), "messages"):
+            path = os.path.join(path, part)
+            if os.path.islink(path):
+                return True
+        return False
+
     def conversation_dir(self, conv: ConversationId) -> str:
         return os.path.join(self.root, f"us{conv.user:02d}", "data", "conversations", str(conv))
 
@@ -83,7 +96,9 @@ class Layout:
         return os.path.join(self.messages_dir(message.conversation_id), f"{message}.json")
 
     def chunk_file(self, message: MessageId, chunk: int) -> str:
-        return os.path.join(self.messages_dir(message.conversation_id), f"{message}-{chunk:03d}.json")
+        return os.path.join(
+            self.messages_dir(message.conversation_id), f"{message}-{chunk:03d}.json"
+        )
 
     def writer_lock(self, message: MessageId) -> str:
         return os.path.join(self.messages_dir(message.conversation_id), f"{message}.lock")

@@ -80,7 +80,9 @@ class Store:
         cache_conversations: int = DEFAULT_CACHE_CONVERSATIONS,
     ) -> None:
         if durability not in DURABILITY_MODES:
-            raise InvalidArgument(f"durability must be one of {DURABILITY_MODES}, got {durability!r}")
+            raise InvalidArgument(
+                f"durability must be one of {DURABILITY_MODES}, got {durability!r}"
+            )
         _positive_int("chunk_tokens", chunk_tokens)
         for name, value in (
             ("max_conversations_per_user", max_conversations_per_user),
@@ -240,7 +242,8 @@ class Store:
 
     def _require_user(self, user_id: str) -> UserId:
         user = UserId.parse(user_id)
-        if not os.path.isdir(self._layout.user_dir(user)):
+        user_dir = self._layout.user_dir(user)
+        if os.path.islink(user_dir) or not os.path.isdir(user_dir):
             raise UserNotFound(f"no user {user}")
         return user
 
@@ -278,7 +281,9 @@ class Store:
             conv = ConversationId(user.n, n)
             user_record["lastConversation"] = n
             _fsio.replace_atomic(
-                self._layout.user_file(user), _records.encode_line(user_record), durable=self._durable
+                self._layout.user_file(user),
+                _records.encode_line(user_record),
+                durable=self._durable,
             )
             now = utc_now()
             conversation = Conversation(
@@ -345,6 +350,8 @@ class Store:
         return self._read_conversation(ConversationId.parse(conversation_id))
 
     def _read_conversation(self, conv: ConversationId) -> Conversation:
+        if self._layout.has_symlink(conv):
+            raise ConversationNotFound(f"no conversation {conv}")
         path = self._layout.conversation_file(conv)
         try:
             record = _records.decode(_fsio.read_bytes(path))
@@ -434,7 +441,7 @@ class Store:
         return updated
 
     def _conversation_lock(self, conv: ConversationId) -> Any:
-        if not os.path.isdir(self._layout.conversation_dir(conv)):
+        if self._layout.has_symlink(conv) or not os.path.isdir(self._layout.conversation_dir(conv)):
             raise ConversationNotFound(f"no conversation {conv}")
         return _locks.exclusive(self._layout.conversation_lock(conv), self.lock_timeout)
 
@@ -449,9 +456,13 @@ class Store:
         self._remove_conversation(conv)
 
     def _remove_conversation(self, conv: ConversationId) -> None:
+        if self._layout.has_symlink(conv):
+            raise ConversationNotFound(f"no conversation {conv}")
         final = self._layout.conversation_dir(conv)
         parent = os.path.dirname(final)
-        trash = os.path.join(parent, f".trash-{conv}{_fsio.TEMP_MARKER}{os.getpid()}-{time.time_ns()}")
+        trash = os.path.join(
+            parent, f".trash-{conv}{_fsio.TEMP_MARKER}{os.getpid()}-{time.time_ns()}"
+        )
         try:
             # One rename makes the whole conversation disappear atomically; the slow recursive
             # delete happens on a name no reader looks at (check(fix=True) finishes it if we
@@ -659,10 +670,14 @@ class Store:
             raise InvalidArgument("after_seq must be an integer >= 0")
         if limit is not None:
             _positive_int("limit", limit)
+        if self._layout.has_symlink(conv):
+            raise ConversationNotFound(f"no conversation {conv}")
         return self._reader.messages(conv, after_seq, limit)
 
     def message_count(self, conversation_id: str) -> int:
         conv = ConversationId.parse(conversation_id)
+        if self._layout.has_symlink(conv):
+            raise ConversationNotFound(f"no conversation {conv}")
         try:
             names = os.listdir(self._layout.messages_dir(conv))
         except FileNotFoundError:
