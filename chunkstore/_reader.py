@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import _fsio, _locks, _records
-from ._exceptions import ConversationNotFound
+from ._exceptions import ConversationNotFound, StorageError
 from ._ids import ConversationId, MessageId, parse_chunk_name
 from ._layout import Layout
 from ._models import Message
@@ -103,6 +103,8 @@ class ConversationReader:
             names = os.listdir(self._layout.messages_dir(conv))
         except (FileNotFoundError, NotADirectoryError):
             raise ConversationNotFound(f"no conversation {conv}") from None
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot list messages of {conv}") from exc
         with self._lock:
             cache = self._cache_for(conv)
             if names != cache.names:
@@ -155,7 +157,9 @@ class ConversationReader:
                 sealed = self._read_sealed(mid)
                 if sealed is not None:
                     return sealed
-        damaged = damaged or (files.sealed and not records)
+        # Reaching here with a sealed file listed means it was unreadable (a sealed file is
+        # never removed): whatever the leftover chunks give back, the message is damaged.
+        damaged = damaged or files.sealed
         return rebuild_message(str(mid), seq, records, writer_alive=alive, damaged=damaged)
 
     def _read_sealed(self, mid: MessageId) -> Message | None:

@@ -385,13 +385,16 @@ class Store:
         Pages are stable while conversations are created: new ones sort before page 1, and the
         cursor is the id to continue after.
         """
-        user = self._require_user(user_id)
+        # Every argument is validated before the disk is touched: a hostile cursor must be
+        # rejected before any directory is listed, like a hostile id.
+        user = UserId.parse(user_id)
         _positive_int("limit", limit, maximum=MAX_PAGE)
+        after = ConversationId.parse(cursor) if cursor is not None else None
+        if after is not None and after.user != user.n:
+            raise InvalidArgument("cursor does not belong to this user")
+        self._require_user(user_id)
         ids = sorted(self._conversation_ids(user), reverse=True)
-        if cursor is not None:
-            after = ConversationId.parse(cursor)
-            if after.user != user.n:
-                raise InvalidArgument("cursor does not belong to this user")
+        if after is not None:
             ids = [c for c in ids if c.n < after.n]
         items: list[Conversation] = []
         more = False
@@ -472,10 +475,16 @@ class Store:
             raise ConversationNotFound(f"no conversation {conv}") from None
         except OSError as exc:
             raise StorageError.wrap(exc, f"cannot delete {conv}") from exc
-        if self._durable:
-            _fsio.fsync_dir(parent)
         self._reader.forget(conv)
         self._next_seq_hint.pop(conv, None)
+        if self._durable:
+            try:
+                _fsio.fsync_dir(parent)
+            except OSError as exc:
+                # Without a durable rename, emptying the trash could let a power cut bring
+                # the conversation back half-deleted: leave it whole for check(fix=True), and
+                # report the failure as the StorageError callers expect, not a bare OSError.
+                raise StorageError.wrap(exc, f"cannot sync the deletion of {conv}") from exc
         shutil.rmtree(trash, ignore_errors=True)
 
     def restore_conversation(self, conversation_id: str) -> Conversation:
@@ -664,7 +673,7 @@ class Store:
     def messages(
         self, conversation_id: str, after_seq: int = 0, limit: int | None = 50
     ) -> list[Message]:
-        """Rebuilt messages with ``seq > after_seq``, in seq order, at most ``limit`` (None: all)."""
+        """Rebuilt messages with ``seq > after_seq`` in seq order, at most ``limit`` (None: all)."""
         conv = ConversationId.parse(conversation_id)
         if not isinstance(after_seq, int) or isinstance(after_seq, bool) or after_seq < 0:
             raise InvalidArgument("after_seq must be an integer >= 0")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +49,8 @@ __all__ = [
     "json_response",
     "message_object",
 ]
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 PREFIXES = ("/v1/conversations", "/api/conversations")
 DEFAULT_PAGE = 20
@@ -74,21 +77,25 @@ _SKIP_BATCH = 1000
 def add_history_routes(app: web.Application) -> None:
     for prefix in PREFIXES:
         item = f"{prefix}/{{conversation_id}}"
-        collection = app.router.add_resource(prefix)
-        collection.add_route("POST", create_conversation)
-        collection.add_route("GET", list_conversations)
-        conversation = app.router.add_resource(item)
-        conversation.add_route("GET", get_conversation)
-        conversation.add_route("PATCH", update_conversation)
-        conversation.add_route("POST", update_conversation)
-        conversation.add_route("DELETE", delete_conversation)
-        messages = app.router.add_resource(f"{item}/messages")
-        messages.add_route("GET", list_messages)
-        restore = app.router.add_resource(f"{item}/restore")
-        restore.add_route("POST", restore_conversation)
-        # Without these, another method on a path the edge owns would fall through to the
-        # ``/v1/{tail}`` relay and reach the upstream.
-        for resource in (collection, conversation, messages, restore):
+        routes: dict[str, dict[str, Handler]] = {
+            prefix: {"GET": list_conversations, "POST": create_conversation},
+            item: {
+                "GET": get_conversation,
+                "PATCH": update_conversation,
+                "POST": update_conversation,
+                "DELETE": delete_conversation,
+            },
+            f"{item}/messages": {"GET": list_messages},
+            f"{item}/restore": {"POST": restore_conversation},
+        }
+        for path, handlers in routes.items():
+            resource = app.router.add_resource(path)
+            for method, handler in handlers.items():
+                resource.add_route(method, handler)
+                if method == "GET":
+                    resource.add_route("HEAD", handler)  # as router.add_get() does
+            # Any other method is a 405 here: without this route it would fall through to the
+            # ``/v1/{tail}`` relay and reach the upstream.
             resource.add_route("*", _method_not_allowed)
 
 
@@ -148,7 +155,7 @@ def _deleted_object(conversation_id: str) -> dict[str, Any]:
 
 async def _method_not_allowed(request: web.Request) -> web.Response:
     resource = request.match_info.route.resource
-    allowed = sorted(r.method for r in resource or () if r.method != "*")
+    allowed = sorted({r.method for r in resource or () if r.method != "*"})
     # The error middleware answers it as an OpenAI-shaped 405 and keeps the Allow header.
     raise web.HTTPMethodNotAllowed(request.method, allowed)
 

@@ -1,9 +1,9 @@
-"""Middlewares, outermost first: errors → metrics → auth → sessions.
+"""Middlewares, outermost first: metrics → errors → auth → sessions.
 
+* **metrics** (outermost, so it sees the status the client gets): counts requests by route
+  template and status (never by raw path: ids in paths would explode the label set).
 * **errors**: every failure leaves as an OpenAI-shaped JSON error; bad input is a 4xx, and an
   unexpected exception is logged and answered with a bare 500 (no stack trace, no detail).
-* **metrics**: counts requests by route template and status (never by raw path: ids in paths
-  would explode the label set).
 * **auth**: with ``EDGE_API_KEYS`` set, every request but ``/healthz`` needs
   ``Authorization: Bearer <key>``; the key is compared in constant time.
 * **sessions**: the principal whose history a request may see: the ``x-session-id`` header,
@@ -77,10 +77,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             ApiError(503, "Storage is unavailable.", type="server_error", code="storage_error")
         )
-    except (ConnectionResetError, OSError) as exc:
+    except ConnectionResetError as exc:
         # The client went away mid-response: nobody to answer.
         log.debug("client connection lost: %s", exc)
         raise web.HTTPBadRequest() from None
+    except OSError as exc:
+        log.error("I/O failure on %s %s: %s", request.method, request.path, exc)
+        return error_response(
+            ApiError(503, "Storage is unavailable.", type="server_error", code="storage_error")
+        )
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(
@@ -154,4 +159,4 @@ async def set_session_cookie(request: web.Request, response: web.StreamResponse)
 
 
 def middlewares() -> list[Handler]:  # type: ignore[type-arg]
-    return [error_middleware, metrics_middleware, auth_middleware, session_middleware]
+    return [metrics_middleware, error_middleware, auth_middleware, session_middleware]

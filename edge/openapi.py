@@ -1,9 +1,631 @@
-"""The OpenAPI document (being written)."""
+"""``GET /openapi.json``: an OpenAPI 3.1 document describing every endpoint of the edge.
+
+The response schemas are the contract the tests hold real responses to (``test_openapi.py``
+validates them with ``jsonschema``), so the edge's own objects are closed
+(``additionalProperties: false``): a field added to a response without being documented here
+fails a test. Objects relayed from the upstream (chat completions, upstream errors) stay open.
+
+The document is built once per process (``functools.cache``); treat it as read-only.
+"""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from chunkstore import __version__
 
+__all__ = ["openapi_document"]
+
+_SCHEMAS = "#/components/schemas/"
+_PARAMS = "#/components/parameters/"
+_RESPONSES = "#/components/responses/"
+_HISTORY_PREFIXES = (("/v1/conversations", ""), ("/api/conversations", "Alias"))
+_RELAY_METHODS = ("get", "post", "put", "patch", "delete")
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": kind + name}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` or null (OpenAPI 3.1 spells nullability as a JSON Schema type union)."""
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _closed(properties: dict[str, Any], description: str) -> dict[str, Any]:
+    """An object with exactly these properties, all required."""
+    return {
+        "type": "object",
+        "description": description,
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+# -- components ---------------------------------------------------------------------------------
+
+_METADATA = {
+    "type": "object",
+    "description": "Up to 16 string pairs: keys of at most 64 characters, values of at most 512.",
+    "maxProperties": 16,
+    "propertyNames": {"type": "string", "maxLength": 64},
+    "additionalProperties": {"type": "string", "maxLength": 512},
+}
+_TITLE = {"type": ["string", "null"], "maxLength": 512}
+_UNIX_TIME = {"type": "integer", "description": "Unix time in seconds."}
+_CONVERSATION_ID = {
+    "type": "string",
+    "pattern": "^us[0-9]{2,18}-co[0-9]{2,18}$",
+    "maxLength": 64,
+    "examples": ["us01-co01"],
+}
+
+
+def _conversation_properties() -> dict[str, Any]:
+    return {
+        "id": _CONVERSATION_ID,
+        "object": {"const": "conversation"},
+        "title": _TITLE,
+        "created_at": _UNIX_TIME,
+        "updated_at": _UNIX_TIME,
+        "metadata": _METADATA,
+        "pinned": {"type": "boolean", "description": "Pinned conversations outlive retention."},
+        "deleted_at": {
+            "type": ["integer", "null"],
+            "description": "Unix time of the soft delete; null unless deleted.",
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    error = {
+        "type": "object",
+        "description": "Every error the edge returns (upstream errors are relayed as given).",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+                "required": ["message", "type"],
+            }
+        },
+        "required": ["error"],
+    }
+    tool_call = {
+        "type": "object",
+        "properties": {
+            "id": {"type": ["string", "null"]},
+            "type": {"type": "string"},
+            "function": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+            },
+        },
+    }
+    message = _closed(
+        {
+            "id": {"type": "string", "examples": ["us01-co01-ms01"]},
+            "object": {"const": "conversation.message"},
+            "seq": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Position in the conversation.",
+            },
+            "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+            "content": {
+                "description": "Text, a list of content parts, or null (tool calls only).",
+                "type": ["string", "array", "null"],
+                "items": {"type": "object"},
+            },
+            "name": {"type": ["string", "null"]},
+            "agent_id": {
+                "type": ["string", "null"],
+                "description": "Who wrote an assistant message: X-Agent-ID, else the model.",
+            },
+            "status": {
+                "enum": ["complete", "error", "streaming", "interrupted"],
+                "description": "streaming: still being written (content so far); interrupted: "
+                "its writer died; error: the stream failed or the client went away.",
+            },
+            "finish_reason": {"type": ["string", "null"]},
+            "tool_calls": _nullable({"type": "array", "items": _ref(_SCHEMAS, "ToolCall")}),
+            "tool_call_id": {"type": ["string", "null"]},
+            "usage": {"type": ["object", "null"]},
+            "created_at": _UNIX_TIME,
+            "damaged": {
+                "type": "boolean",
+                "description": "Some of the message's files were unreadable: content is partial.",
+            },
+        },
+        "A stored message, rebuilt from its chunk files.",
+    )
+    message_list = _closed(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref(_SCHEMAS, "Message")},
+            "first_seq": {"type": ["integer", "null"]},
+            "last_seq": {
+                "type": ["integer", "null"],
+                "description": "Pass as after_seq for the next page; null on an empty page.",
+            },
+            "has_more": {"type": "boolean"},
+        },
+        "A page of messages in seq order.",
+    )
+    detail_properties = _conversation_properties()
+    detail_properties["messages"] = _ref(_SCHEMAS, "MessageList")
+    fields = {"title": _TITLE, "metadata": _nullable(_METADATA), "pinned": {"type": "boolean"}}
+    return {
+        "Error": error,
+        "Conversation": _closed(_conversation_properties(), "A conversation's metadata."),
+        "ConversationDetail": _closed(
+            detail_properties, "A conversation with the first page of its messages."
+        ),
+        "ConversationList": _closed(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref(_SCHEMAS, "Conversation")},
+                "first_id": _nullable(_CONVERSATION_ID),
+                "last_id": {
+                    **_nullable(_CONVERSATION_ID),
+                    "description": "Pass as after for the next page; null on an empty page.",
+                },
+                "has_more": {"type": "boolean"},
+            },
+            "A page of conversations, newest first.",
+        ),
+        "ConversationCreate": {
+            "type": "object",
+            "properties": fields,
+            "additionalProperties": False,
+        },
+        "ConversationUpdate": {
+            "type": "object",
+            "properties": fields,
+            "additionalProperties": False,
+            "minProperties": 1,
+            "description": "metadata replaces the stored metadata whole.",
+        },
+        "Message": message,
+        "MessageList": message_list,
+        "ToolCall": tool_call,
+        "Deleted": _closed(
+            {
+                "id": _CONVERSATION_ID,
+                "object": {"const": "conversation.deleted"},
+                "deleted": {"const": True},
+            },
+            "The answer to a delete, soft or hard.",
+        ),
+        "Health": {
+            "type": "object",
+            "properties": {
+                "status": {"enum": ["ok", "degraded"]},
+                "checks": {
+                    "type": "object",
+                    "properties": {
+                        "persistence": {"type": "boolean"},
+                        "upstream": {"enum": ["demo", "configured"]},
+                        "store_writable": {"type": "boolean"},
+                    },
+                    "required": ["persistence", "upstream"],
+                },
+            },
+            "required": ["status", "checks"],
+        },
+        "ChatMessage": {
+            "type": "object",
+            "properties": {
+                "role": {"type": "string"},
+                "content": {"type": ["string", "array", "null"]},
+                "name": {"type": "string"},
+                "tool_calls": {"type": "array", "items": _ref(_SCHEMAS, "ToolCall")},
+                "tool_call_id": {"type": "string"},
+            },
+            "required": ["role"],
+        },
+        "ChatCompletionRequest": {
+            "type": "object",
+            "description": "OpenAI's chat completion request; other fields are relayed as is.",
+            "properties": {
+                "model": {"type": "string"},
+                "messages": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": _ref(_SCHEMAS, "ChatMessage"),
+                },
+                "stream": {"type": "boolean"},
+                "stream_options": {
+                    "type": "object",
+                    "properties": {"include_usage": {"type": "boolean"}},
+                },
+                "conversation_id": {
+                    **_CONVERSATION_ID,
+                    "description": "Edge extension, same as X-Conversation-ID; never forwarded.",
+                },
+            },
+            "required": ["messages"],
+        },
+        "ChatCompletion": {
+            "type": "object",
+            "description": "OpenAI's chat.completion object, as the upstream sent it.",
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"const": "chat.completion"},
+                "created": {"type": "integer"},
+                "model": {"type": "string"},
+                "choices": {"type": "array", "items": {"type": "object"}},
+                "usage": {"type": ["object", "null"]},
+                "metadata": {
+                    "type": "object",
+                    "description": "{storage_failed: true} when the reply could not be stored.",
+                },
+            },
+            "required": ["choices"],
+        },
+    }
+
+
+def _parameters() -> dict[str, Any]:
+    def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "schema": schema, "description": description}
+
+    return {
+        "ConversationId": {
+            "name": "conversation_id",
+            "in": "path",
+            "required": True,
+            "schema": _CONVERSATION_ID,
+            "description": "Malformed: 400. Unknown or another session's: 404 (the same 404).",
+        },
+        "Limit": query(
+            "limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size."
+        ),
+        "After": query("after", _CONVERSATION_ID, "Cursor: the last_id of the previous page."),
+        "Offset": query(
+            "offset",
+            {"type": "integer", "minimum": 0, "maximum": 1_000_000},
+            "Skip this many conversations (instead of after).",
+        ),
+        "IncludeDeleted": query(
+            "include_deleted",
+            {"enum": ["1", "true", "0", "false"]},
+            "List soft-deleted conversations too.",
+        ),
+        "AfterSeq": query(
+            "after_seq",
+            {"type": "integer", "minimum": 0, "maximum": 10**18 - 1, "default": 0},
+            "Messages with a larger seq: the last_seq of the previous page.",
+        ),
+        "Hard": query(
+            "hard",
+            {"enum": ["1", "true", "0", "false"]},
+            "Remove for good instead of a soft delete.",
+        ),
+        "SessionHeader": {
+            "name": "x-session-id",
+            "in": "header",
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9._~+/=:@-]{1,256}$"},
+            "description": "The session whose history the request sees; wins over the cookie.",
+        },
+        "SessionCookie": {
+            "name": "cf_session_id",
+            "in": "cookie",
+            "schema": {"type": "string"},
+            "description": "The session, when no x-session-id header is sent. Issued "
+            "(HttpOnly, SameSite=Lax) to a new session that uses history.",
+        },
+        "ConversationHeader": {
+            "name": "X-Conversation-ID",
+            "in": "header",
+            "schema": _CONVERSATION_ID,
+            "description": "Continue this conversation: its history is prepended upstream.",
+        },
+        "AgentHeader": {
+            "name": "X-Agent-ID",
+            "in": "header",
+            "schema": {"type": "string", "maxLength": 256},
+            "description": "Stored as the reply's agent_id (default: the model).",
+        },
+    }
+
+
+def _responses() -> dict[str, Any]:
+    error = _ref(_SCHEMAS, "Error")
+    return {
+        "BadRequest": _json(error, "Malformed id, body or query value."),
+        "Unauthorized": _json(error, "EDGE_API_KEYS is set and no valid bearer key was sent."),
+        "NotFound": _json(error, "No such conversation for this session."),
+        "NotImplemented": _json(error, "Persistence is off (PERSIST_TRANSCRIPTS=false)."),
+        "Unprocessable": _json(error, "A limit was reached, or the conversation is deleted."),
+        "StorageError": _json(error, "The store is unavailable."),
+        "Error": _json(error, "An OpenAI-shaped error."),
+    }
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    names = {
+        "400": "BadRequest",
+        "401": "Unauthorized",
+        "404": "NotFound",
+        "422": "Unprocessable",
+        "501": "NotImplemented",
+        "503": "StorageError",
+    }
+    out = {status: _ref(_RESPONSES, names[status]) for status in ("401", *statuses)}
+    out["default"] = _ref(_RESPONSES, "Error")
+    return out
+
+
+def _session_parameters() -> list[dict[str, str]]:
+    return [_ref(_PARAMS, "SessionHeader"), _ref(_PARAMS, "SessionCookie")]
+
+
+def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
+    tag = ["conversations"]
+    session = _session_parameters()
+    item = [_ref(_PARAMS, "ConversationId"), *session]
+    conversation = _json(_ref(_SCHEMAS, "Conversation"), "The conversation.")
+    update = {
+        "tags": tag,
+        "summary": "Change title, pinned and/or metadata",
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(_SCHEMAS, "ConversationUpdate")}},
+        },
+        "responses": {"200": conversation, **_errors("400", "404", "501", "503")},
+    }
+
+    def op(name: str) -> str:
+        return name + suffix
+
+    return {
+        prefix: {
+            "parameters": session,
+            "post": {
+                "operationId": op("createConversation"),
+                "tags": tag,
+                "summary": "Create a conversation (and the session's user on first use)",
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {"schema": _ref(_SCHEMAS, "ConversationCreate")}
+                    },
+                },
+                "responses": {
+                    "201": _json(_ref(_SCHEMAS, "Conversation"), "Created."),
+                    **_errors("400", "422", "501", "503"),
+                },
+            },
+            "get": {
+                "operationId": op("listConversations"),
+                "tags": tag,
+                "summary": "List the session's conversations, newest first",
+                "parameters": [
+                    _ref(_PARAMS, "Limit"),
+                    _ref(_PARAMS, "After"),
+                    _ref(_PARAMS, "Offset"),
+                    _ref(_PARAMS, "IncludeDeleted"),
+                ],
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "ConversationList"), "A page."),
+                    **_errors("400", "501", "503"),
+                },
+            },
+        },
+        f"{prefix}/{{conversation_id}}": {
+            "parameters": item,
+            "get": {
+                "operationId": op("getConversation"),
+                "tags": tag,
+                "summary": "A conversation and the first page (20) of its messages",
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "ConversationDetail"), "The conversation."),
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+            "patch": {**update, "operationId": op("updateConversation")},
+            "post": {
+                **update,
+                "operationId": op("updateConversationPost"),
+                "description": "Same as PATCH (OpenAI clients update with POST).",
+            },
+            "delete": {
+                "operationId": op("deleteConversation"),
+                "tags": tag,
+                "summary": "Soft delete (restorable), or remove for good with hard=true",
+                "parameters": [_ref(_PARAMS, "Hard")],
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "Deleted"), "Deleted."),
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+        },
+        f"{prefix}/{{conversation_id}}/messages": {
+            "parameters": item,
+            "get": {
+                "operationId": op("listMessages"),
+                "tags": tag,
+                "summary": "Rebuilt messages in seq order; streaming ones show their text so far",
+                "parameters": [_ref(_PARAMS, "AfterSeq"), _ref(_PARAMS, "Limit")],
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "MessageList"), "A page."),
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+        },
+        f"{prefix}/{{conversation_id}}/restore": {
+            "parameters": item,
+            "post": {
+                "operationId": op("restoreConversation"),
+                "tags": tag,
+                "summary": "Undo a soft delete",
+                "responses": {"200": conversation, **_errors("400", "404", "501", "503")},
+            },
+        },
+    }
+
+
+def _chat_completions() -> dict[str, Any]:
+    conversation_header = {
+        "description": "The stored conversation this exchange belongs to (stateful modes).",
+        "schema": _CONVERSATION_ID,
+    }
+    return {
+        "post": {
+            "operationId": "createChatCompletion",
+            "tags": ["chat"],
+            "summary": "OpenAI-compatible chat completions, relayed and persisted",
+            "description": "X-Conversation-ID (or body conversation_id) continues a "
+            "conversation; no id and no system message starts one; a system message and no "
+            "id is stateless. Streams are relayed in bundles of STREAM_BUNDLE_TOKENS deltas.",
+            "parameters": [
+                _ref(_PARAMS, "ConversationHeader"),
+                _ref(_PARAMS, "AgentHeader"),
+                *_session_parameters(),
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref(_SCHEMAS, "ChatCompletionRequest")}
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "A chat.completion, or with stream=true an SSE stream of "
+                    "chat.completion.chunk events ending with data: [DONE].",
+                    "headers": {"X-Conversation-ID": conversation_header},
+                    "content": {
+                        "application/json": {"schema": _ref(_SCHEMAS, "ChatCompletion")},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **_errors("400", "404", "422", "501", "503"),
+                "413": _json(_ref(_SCHEMAS, "Error"), "Request body too large."),
+                "502": _json(_ref(_SCHEMAS, "Error"), "The upstream could not be reached."),
+            },
+        }
+    }
+
+
+def _relay() -> dict[str, Any]:
+    path_param = {
+        "name": "path",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": "The rest of the path (may contain slashes), appended to UPSTREAM_BASE_URL.",
+    }
+    item: dict[str, Any] = {"parameters": [path_param]}
+    for method in _RELAY_METHODS:
+        item[method] = {
+            "operationId": f"relay{method.capitalize()}",
+            "tags": ["relay"],
+            "summary": "Any other /v1 path (e.g. /v1/models), relayed upstream unchanged",
+            "responses": {
+                "default": {
+                    "description": "Whatever the upstream answers (streamed through).",
+                    "content": {"*/*": {"schema": {}}},
+                },
+                "401": _ref(_RESPONSES, "Unauthorized"),
+                "502": _json(_ref(_SCHEMAS, "Error"), "The upstream could not be reached."),
+            },
+        }
+    return {"/v1/{path}": item}
+
+
+def _operations() -> dict[str, Any]:
+    health = _ref(_SCHEMAS, "Health")
+    return {
+        "/healthz": {
+            "get": {
+                "operationId": "healthz",
+                "tags": ["operations"],
+                "summary": "Liveness, and whether the store is writable",
+                "security": [],
+                "responses": {
+                    "200": _json(health, "Healthy."),
+                    "503": _json(health, "The store is not writable."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "tags": ["operations"],
+                "summary": "Prometheus metrics (requests, streams, chunks, failures, rebuilds)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": _ref(_RESPONSES, "Unauthorized"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "tags": ["operations"],
+                "summary": "This document",
+                "responses": {
+                    "200": _json({"type": "object"}, "The OpenAPI 3.1 document."),
+                    "401": _ref(_RESPONSES, "Unauthorized"),
+                },
+            }
+        },
+    }
+
+
+@functools.cache
 def openapi_document() -> dict[str, Any]:
-    return {"openapi": "3.1.0", "info": {"title": "edge", "version": "0.1.0"}, "paths": {}}
+    paths: dict[str, Any] = {"/v1/chat/completions": _chat_completions()}
+    for prefix, suffix in _HISTORY_PREFIXES:
+        paths.update(_history_paths(prefix, suffix))
+    paths.update(_relay())
+    paths.update(_operations())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "edge",
+            "version": __version__,
+            "summary": "An OpenAI-compatible proxy that persists conversations while they stream.",
+            "description": "History endpoints are also served under /api/conversations. With "
+            "PERSIST_TRANSCRIPTS=false they answer 501. Every error is "
+            '{"error": {"message", "type", "param", "code"}}.',
+        },
+        "tags": [
+            {"name": "chat", "description": "The OpenAI-compatible relay."},
+            {"name": "conversations", "description": "Stored history, scoped to the session."},
+            {"name": "relay", "description": "Other /v1 paths, passed through."},
+            {"name": "operations", "description": "Health, metrics and this document."},
+        ],
+        "servers": [{"url": "/"}],
+        "security": [{}, {"edgeKey": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _schemas(),
+            "parameters": _parameters(),
+            "responses": _responses(),
+            "securitySchemes": {
+                "edgeKey": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Required when EDGE_API_KEYS is set (never forwarded).",
+                }
+            },
+        },
+    }

@@ -13,7 +13,6 @@ import aiohttp
 import openai
 import orjson
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 from fake_upstream import TOOL_CALL_ID, FakeUpstream
 
@@ -79,11 +78,10 @@ async def start_edge(
 async def raw_stream(edge: Edge, body: dict[str, Any], **headers: str) -> tuple[Any, list[Any]]:
     """POST a streaming request with aiohttp; return the response and its decoded events."""
     headers.setdefault("x-session-id", "s1")
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
-            f"{edge.base_url}/chat/completions", json={"stream": True, **body}, headers=headers
-        ) as resp:
-            raw = await resp.read()
+    async with aiohttp.ClientSession() as http, http.post(
+        f"{edge.base_url}/chat/completions", json={"stream": True, **body}, headers=headers
+    ) as resp:
+        raw = await resp.read()
     events: list[Any] = []
     for block in raw.split(b"\n\n"):
         if block.startswith(b"data: "):
@@ -127,7 +125,10 @@ async def test_stream_through_openai_sdk_is_bundled_and_persisted(start_edge: St
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 130
     # Read-your-writes: the reply is sealed before [DONE] reaches the client.
     messages = edge.store().messages(conversation_id)
-    assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "complete")]
+    assert [(m.role, m.status) for m in messages] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+    ]
     reply = messages[1]
     assert reply.content == expected_text(130)
     assert reply.finish_reason == "stop"
@@ -139,8 +140,11 @@ async def test_every_event_is_a_valid_chunk_in_order(start_edge: Start) -> None:
     edge = await start_edge()
     resp, events = await raw_stream(
         edge,
-        {"model": "tokens-45", "messages": [{"role": "user", "content": "x"}],
-         "stream_options": {"include_usage": True}},
+        {
+            "model": "tokens-45",
+            "messages": [{"role": "user", "content": "x"}],
+            "stream_options": {"include_usage": True},
+        },
     )
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -185,7 +189,10 @@ async def test_chunk_files_hold_60_tokens_while_streaming(start_edge: Start) -> 
     mdir = edge.root / "us01/data/conversations" / conversation_id / "messages"
     sealed = chunkstore._records.decode((mdir / f"{conversation_id}-ms02.json").read_bytes())
     assert [r["tokenCount"] for r in sealed["records"]] == [60, 60, 30]
-    assert sorted(os.listdir(mdir)) == [f"{conversation_id}-ms01.json", f"{conversation_id}-ms02.json"]
+    assert sorted(os.listdir(mdir)) == [
+        f"{conversation_id}-ms01.json",
+        f"{conversation_id}-ms02.json",
+    ]
 
 
 async def test_slow_stream_is_flushed_on_time_not_held_for_a_bundle(start_edge: Start) -> None:
@@ -193,7 +200,9 @@ async def test_slow_stream_is_flushed_on_time_not_held_for_a_bundle(start_edge: 
     _, events = await raw_stream(
         edge, {"model": "slow-6-150", "messages": [{"role": "user", "content": "x"}]}
     )
-    content_events = [e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")]
+    content_events = [
+        e for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content")
+    ]
     # 150 ms between tokens, 20 ms flush: every token goes out on its own.
     assert len(content_events) == 6
     assert content_of(events[:-1]) == expected_text(6)
@@ -307,7 +316,10 @@ async def test_tool_calls_are_assembled_stored_and_replayed(
         {
             "id": TOOL_CALL_ID,
             "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"location":"Paris, FR","unit":"celsius"}'},
+            "function": {
+                "name": "get_weather",
+                "arguments": '{"location":"Paris, FR","unit":"celsius"}',
+            },
         }
     ]
     await client.chat.completions.create(
@@ -328,7 +340,11 @@ async def test_non_streaming_reply_is_one_message(start_edge: Start) -> None:
     completion = raw.parse()
     assert completion.choices[0].message.content == expected_text(7)
     reply = edge.store().messages(raw.headers["x-conversation-id"])[1]
-    assert (reply.content, reply.status, reply.finish_reason) == (expected_text(7), "complete", "stop")
+    assert (reply.content, reply.status, reply.finish_reason) == (
+        expected_text(7),
+        "complete",
+        "stop",
+    )
 
 
 # -- sessions and scoping -------------------------------------------------------------------------
@@ -347,7 +363,10 @@ async def test_new_session_gets_an_httponly_cookie_and_header_wins(start_edge: S
         resp = await http.post(
             f"{edge.base_url}/chat/completions",
             json=body,
-            headers={"X-Conversation-ID": conversation_id, "Cookie": f"cf_session_id={cookie.value}"},
+            headers={
+                "X-Conversation-ID": conversation_id,
+                "Cookie": f"cf_session_id={cookie.value}",
+            },
         )
         assert resp.status == 200
         # ...but a header wins over it: another session cannot continue this conversation.
@@ -371,7 +390,12 @@ async def test_foreign_unknown_and_malformed_ids(start_edge: Start) -> None:
     )
     conversation_id = mine.headers["x-conversation-id"]
     bob = edge.client("bob")
-    for wanted, status in [(conversation_id, 404), ("us01-co99", 404), ("us99-co01", 404), ("../../etc", 400)]:
+    for wanted, status in [
+        (conversation_id, 404),
+        ("us01-co99", 404),
+        ("us99-co01", 404),
+        ("../../etc", 400),
+    ]:
         with pytest.raises(openai.APIStatusError) as info:
             await bob.chat.completions.create(
                 model="tokens-2",
@@ -391,7 +415,11 @@ async def test_client_abort_stores_partial_reply_as_error(start_edge: Start) -> 
     async with aiohttp.ClientSession() as http:
         resp = await http.post(
             f"{edge.base_url}/chat/completions",
-            json={"model": "slow-400-5", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            json={
+                "model": "slow-400-5",
+                "stream": True,
+                "messages": [{"role": "user", "content": "x"}],
+            },
             headers={"x-session-id": "s1"},
         )
         conversation_id = resp.headers["X-Conversation-ID"]
@@ -411,7 +439,9 @@ async def test_client_abort_stores_partial_reply_as_error(start_edge: Start) -> 
     assert store.check() == []
 
 
-async def test_dropped_upstream_ends_stream_with_error_and_stores_partial(start_edge: Start) -> None:
+async def test_dropped_upstream_ends_stream_with_error_and_stores_partial(
+    start_edge: Start,
+) -> None:
     edge = await start_edge()
     resp, events = await raw_stream(
         edge, {"model": "drop-30", "messages": [{"role": "user", "content": "x"}]}
@@ -490,7 +520,7 @@ async def test_bad_json_and_oversized_bodies(start_edge: Start) -> None:
     edge = await start_edge(max_request_bytes=1000)
     async with aiohttp.ClientSession() as http:
         url = f"{edge.base_url}/chat/completions"
-        for data in (b"{nope", b"[1, 2]", b"\"str\"", b"[" * 5000 + b"]" * 5000):
+        for data in (b"{nope", b"[1, 2]", b'"str"', b"[" * 5000 + b"]" * 5000):
             resp = await http.post(url, data=data, headers={"Content-Type": "application/json"})
             assert resp.status in (400, 413), data[:20]
             assert "error" in await resp.json()
@@ -504,7 +534,9 @@ async def test_bad_json_and_oversized_bodies(start_edge: Start) -> None:
 
         resp = await http.post(url, data=chunked())
         assert resp.status == 413
-        resp = await http.post(url, json={"model": "x", "messages": "nope"}, headers={"x-session-id": "s"})
+        resp = await http.post(
+            url, json={"model": "x", "messages": "nope"}, headers={"x-session-id": "s"}
+        )
         assert resp.status == 400
         assert (await resp.json())["error"]["param"] == "messages"
 
@@ -524,7 +556,9 @@ async def test_persistence_off_is_a_pure_proxy_writing_nothing(
     assert "x-conversation-id" not in raw.headers
     assert content_of([c.model_dump() async for c in raw.parse()]) == expected_text(30)
     assert "conversation_id" not in fake_upstream.chat_requests[-1].json
-    await client.chat.completions.create(model="tokens-3", messages=[{"role": "user", "content": "x"}])
+    await client.chat.completions.create(
+        model="tokens-3", messages=[{"role": "user", "content": "x"}]
+    )
     models = await client.models.list()
     assert [m.id for m in models.data] == ["fake"]
     assert not (tmp_path / "users").exists()
