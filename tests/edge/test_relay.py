@@ -572,3 +572,19 @@ async def test_other_v1_paths_are_relayed(start_edge: Start) -> None:
     async with aiohttp.ClientSession() as http:
         resp = await http.get(f"{edge.base_url}/nowhere")
         assert resp.status == 404
+
+
+async def test_history_batch_flush_writes_a_partial_chunk_on_time(start_edge: Start) -> None:
+    edge = await start_edge(history_batch_flush_ms=50, stream_flush_ms=20)
+    client = edge.client()
+    raw = await client.chat.completions.with_raw_response.create(
+        model="slow-8-150", messages=[{"role": "user", "content": "go"}], stream=True
+    )
+    conversation_id = raw.headers["x-conversation-id"]
+    seen: list[tuple[str, int]] = []
+    async for chunk in raw.parse():
+        if chunk.choices and chunk.choices[0].delta.content:
+            reply = edge.store().messages(conversation_id)[1]
+            seen.append((reply.status, reply.token_count))
+    # Far fewer than 60 tokens, yet chunks reached the disk while the reply streamed.
+    assert any(status == "streaming" and count > 0 for status, count in seen)
