@@ -112,7 +112,8 @@ class _Checker:
             elif name.endswith(".json"):
                 record = self.decode(path)
                 if record is not None and record.get("userId") not in users:
-                    self.report(path, "orphan", f"session names missing user {record.get('userId')}")
+                    missing = record.get("userId")
+                    self.report(path, "orphan", f"session names missing user {missing}")
 
     def check_user(self, user: UserId) -> None:
         self.decode(self.layout.user_file(user))
@@ -218,7 +219,10 @@ class _Checker:
         except FileNotFoundError:
             data = b""
         seen = set()
-        for line in data.splitlines():
+        # Only whole lines are judged: a torn last line is what a crash mid-append leaves (the
+        # next append cuts it), so it is rebuilt silently below rather than reported.
+        whole = data[: data.rfind(b"\n") + 1]
+        for line in whole.splitlines():
             try:
                 record = _records.decode(line)
             except ValueError:
@@ -228,7 +232,7 @@ class _Checker:
             if seq in expected and record != expected[seq]:
                 bad.append(f"line for seq {seq} disagrees with the sealed file")
             seen.add(seq)
-        stale = bool(bad) or bool(data) and not data.endswith(b"\n")
+        stale = bool(bad) or len(whole) != len(data)
         if bad:
             self.report(path, "segment", "; ".join(bad[:5]), fixed=self.fix)
         if self.fix and (stale or set(expected) - seen):

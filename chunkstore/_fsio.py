@@ -18,6 +18,7 @@ Rules the store relies on:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -112,6 +113,10 @@ def create_exclusive(path: str, data: bytes, *, durable: bool) -> None:
         try:
             fsync_dir(os.path.dirname(path))
         except OSError as exc:
+            # The caller is told the write failed, so the file must not stay behind: a failed
+            # append would still show up as a message, and a retried chunk would hit EEXIST
+            # forever. (It is whole either way: its data was synced before the link.)
+            unlink_quietly(path)
             raise StorageError.wrap(exc, f"cannot sync directory of {path}") from exc
 
 
@@ -165,7 +170,14 @@ def append_to(path: str, data: bytes) -> None:
                     os.ftruncate(fd, keep)
                     size = keep
             os.lseek(fd, size, os.SEEK_SET)
-            _write_all(fd, data)
+            try:
+                _write_all(fd, data)
+            except OSError:
+                # A disk that fills up mid-append leaves part of a line: cut it now, so no
+                # torn file stays visible, rather than waiting for the next append to repair it.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise
         finally:
             os.close(fd)
     except OSError as exc:

@@ -40,9 +40,7 @@ class Message:
         if isinstance(self.content, str):
             return self.content
         if isinstance(self.content, list):
-            return "".join(
-                p.get("text", "") for p in self.content if isinstance(p, dict)
-            )
+            return "".join(p.get("text", "") for p in self.content if isinstance(p, dict))
         return ""
 
     def to_openai(self) -> dict[str, Any]:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chunkstore import StorageError
-from chunkstore import _fsio
+from chunkstore import StorageError, _fsio
 from chunkstore._fsio import (
     append_to,
     create_exclusive,

@@ -6,12 +6,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from chunkstore import LockTimeout, StorageError, Store
-from chunkstore import _locks
-from chunkstore._locks import exclusive, hold_writer_lock, is_held, release
-
 from chunkstore_support import conversation_dir
+
+from chunkstore import LockTimeout, StorageError, Store, _locks
+from chunkstore._locks import exclusive, hold_writer_lock, is_held, release
 
 
 def test_exclusive_excludes_a_second_holder(tmp_path: Path) -> None:

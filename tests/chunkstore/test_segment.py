@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chunkstore._records import encode_line
 from chunkstore._rebuild import message_to_line, rebuild_message
+from chunkstore._records import encode_line
 from chunkstore._segment import SegmentIndex, seq_of_line
 
 

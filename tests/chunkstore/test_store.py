@@ -4,11 +4,13 @@ retention, updates and listing."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from chunkstore_support import conversation_dir, message_files, messages_dir, temp_files
 
 from chunkstore import (
     Conversation,
@@ -22,8 +24,6 @@ from chunkstore import (
     UserNotFound,
 )
 from chunkstore._records import decode, encode_line
-
-from chunkstore_support import conversation_dir, message_files, messages_dir, temp_files
 
 FUTURE = datetime.now(timezone.utc) + timedelta(days=365)
 
@@ -589,3 +589,114 @@ def test_threads_claim_unique_gap_free_seqs(store: Store, conv: Conversation, ro
     assert [m.seq for m in messages] == list(range(1, 61))
     assert sorted(m.content for m in messages) == sorted(f"{i}-{j}" for i in range(6) for j in range(10))
     assert store.check() == []
+
+
+# -- less travelled paths -------------------------------------------------------------------------
+
+
+def test_find_user_never_creates(store: Store) -> None:
+    assert store.find_user("unseen") is None
+    assert store.users() == []
+    user = store.user_for("seen")
+    assert store.find_user("seen") == user
+    with pytest.raises(InvalidArgument):
+        store.find_user("")
+
+
+def test_append_message_with_finish_reason_and_usage(store: Store, conv: Conversation) -> None:
+    usage = {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    message = store.append_message(
+        conv.id, "assistant", "done", finish_reason="length", usage=usage
+    )
+    assert (message.finish_reason, message.usage) == ("length", usage)
+    assert store.messages(conv.id) == [message]
+    with pytest.raises(InvalidArgument):
+        store.append_message(conv.id, "assistant", "x", usage=[1])  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgument):
+        store.append_message(conv.id, "assistant", "x", finish_reason="")
+    assert store.check() == []
+
+
+def test_strangers_are_not_users_or_conversations(store: Store, user: str, root: str) -> None:
+    conv = store.create_conversation(user)
+    Path(root, "us1").mkdir()
+    Path(root, "usXY").mkdir()
+    parent = conversation_dir(root, conv.id).parent
+    (parent / "us01-co1").mkdir()
+    (parent / "us01-coXY").mkdir()
+    assert store.users() == [user]
+    assert [c.id for c in store.list_conversations(user)] == [conv.id]
+    assert store.create_conversation(user).id == "us01-co02"
+
+
+def test_user_directory_without_user_record(store: Store, user: str, root: str) -> None:
+    Path(root, user, "user.json").unlink()
+    with pytest.raises(UserNotFound):
+        store.create_conversation(user)
+
+
+def test_user_without_conversations_directory_lists_nothing(
+    store: Store, user: str, root: str
+) -> None:
+    shutil.rmtree(Path(root, user, "data"))
+    assert store.list_conversations(user).items == []
+
+
+def test_unreadable_conversation_metadata(store: Store, conv: Conversation, root: str) -> None:
+    path = conversation_dir(root, conv.id) / "conversation.json"
+    path.unlink()
+    path.mkdir()  # reading it fails with something other than "missing"
+    with pytest.raises(OSError):
+        store.get_conversation(conv.id)
+
+
+def test_sweep_skips_a_conversation_without_messages(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    shutil.rmtree(messages_dir(root, conv.id))
+    assert store.sweep_retention(days=1, now=FUTURE) == []
+
+
+def test_two_processes_initializing_one_root(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunkstore import _fsio
+
+    real = _fsio.create_exclusive
+
+    def lose_the_race(path: str, data: bytes, *, durable: bool) -> None:
+        real(path, data, durable=durable)  # the other process wins ...
+        raise FileExistsError(path)  # ... and we find its FORMAT file
+
+    monkeypatch.setattr(_fsio, "create_exclusive", lose_the_race)
+    open_store(root)
+    monkeypatch.undo()
+    assert open_store(root).users() == []
+
+
+def test_a_seq_claimed_under_our_feet(
+    store: Store, conv: Conversation, root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chunkstore._ids import ConversationId
+
+    store.append_message(conv.id, "user", "first")  # this process now expects seq 2 next
+    # Another process claims seq 2 between our probe and our O_EXCL create.
+    monkeypatch.setattr(Store, "_seq_taken", lambda self, mid: False)
+    assert store._next_seq_hint[ConversationId.parse(conv.id)] == 2
+    (messages_dir(root, conv.id) / "us01-co01-ms02.lock").write_bytes(b"")
+    with pytest.raises(OSError, match="claimed concurrently"):
+        store.stream_message(conv.id)
+
+
+def test_writer_lock_that_cannot_be_created(
+    store: Store, conv: Conversation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from chunkstore import StorageError, _locks
+
+    def broken(path: str, timeout: float) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(_locks, "hold_writer_lock", broken)
+    with pytest.raises(StorageError) as info:
+        store.stream_message(conv.id)
+    assert info.value.errno == errno.EIO

@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+from chunkstore_support import chunk_files, message_files, messages_dir
 
 from chunkstore import (
     Conversation,
@@ -13,11 +14,9 @@ from chunkstore import (
     StorageError,
     Store,
     WriterClosed,
+    _writer,
 )
-from chunkstore import _writer
 from chunkstore._records import decode
-
-from chunkstore_support import chunk_files, message_files, messages_dir
 
 
 def test_a_chunk_file_every_n_tokens(store: Store, conv: Conversation, root: str) -> None:

@@ -1,0 +1,355 @@
+"""Reading conversations: liveness, pagination, the warm cache, and damaged files."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from chunkstore_support import (
+    conversation_dir,
+    flip_bit,
+    message_files,
+    messages_dir,
+    truncate,
+)
+
+from chunkstore import Conversation, ConversationNotFound, Store
+from chunkstore._ids import ConversationId
+from chunkstore._reader import MessageFiles
+
+
+def fresh(root: str) -> Store:
+    """Another store on the same root: a cold cache, as another process would have."""
+    return Store(root, durability="none", flush_interval=None)
+
+
+def contents(store: Store, conv_id: str) -> list[str]:
+    return [m.content for m in store.messages(conv_id, limit=None)]
+
+
+# -- liveness -------------------------------------------------------------------------------------
+
+
+def test_streaming_while_the_writer_lives_then_interrupted(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    w = store.stream_message(conv.id, chunk_tokens=2)
+    (message,) = store.messages(conv.id)
+    assert (message.status, message.content) == ("streaming", "")  # claimed, nothing written
+    for token in "abcde":
+        w.append(token)
+    assert [(m.status, m.content) for m in store.messages(conv.id)] == [("streaming", "abcd")]
+    assert [(m.status, m.content) for m in fresh(root).messages(conv.id)] == [("streaming", "abcd")]
+    w.abandon()
+    for reader in (store, fresh(root)):
+        (message,) = reader.messages(conv.id)
+        assert (message.status, message.content) == ("interrupted", "abcde")
+        assert message.completed_at is None
+        assert not message.damaged
+
+
+def test_liveness_seen_from_another_thread(store: Store, conv: Conversation, root: str) -> None:
+    w = store.stream_message(conv.id, chunk_tokens=1)
+    w.append("x")
+    seen: list[str] = []
+    t = threading.Thread(target=lambda: seen.append(fresh(root).messages(conv.id)[0].status))
+    t.start()
+    t.join()
+    assert seen == ["streaming"]
+    w.finish()
+
+
+def test_streaming_message_becomes_complete(store: Store, conv: Conversation, root: str) -> None:
+    reader = fresh(root)
+    w = store.stream_message(conv.id, chunk_tokens=1)
+    w.append("a")
+    assert reader.messages(conv.id)[0].status == "streaming"
+    w.append("b")
+    assert reader.messages(conv.id)[0].content == "ab"
+    w.finish()
+    assert [(m.status, m.content) for m in reader.messages(conv.id)] == [("complete", "ab")]
+
+
+# -- pagination -----------------------------------------------------------------------------------
+
+
+def test_pages_are_stable_and_non_overlapping(store: Store, conv: Conversation) -> None:
+    for i in range(1, 11):
+        if i % 3 == 0:
+            with store.stream_message(conv.id, chunk_tokens=1) as w:
+                w.append(f"m{i}")
+        else:
+            store.append_message(conv.id, "user", f"m{i}")
+    pages = []
+    after = 0
+    while True:
+        page = store.messages(conv.id, after_seq=after, limit=3)
+        if not page:
+            break
+        pages.append([m.seq for m in page])
+        after = page[-1].seq
+        if len(pages) <= 2:
+            store.append_message(conv.id, "user", "late")  # new messages only go to the end
+    assert pages == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+    seqs = [s for page in pages for s in page]
+    assert seqs == sorted(set(seqs))  # no overlap, no reordering
+    assert store.messages(conv.id, after_seq=2, limit=2) == store.messages(conv.id, limit=None)[2:4]
+
+
+def test_limit_none_and_beyond_the_end(store: Store, conv: Conversation) -> None:
+    for i in range(60):
+        store.append_message(conv.id, "user", str(i))
+    assert len(store.messages(conv.id)) == 50  # the default page
+    assert len(store.messages(conv.id, limit=None)) == 60
+    assert store.messages(conv.id, after_seq=60) == []
+    assert store.messages(conv.id, after_seq=1000) == []
+
+
+def test_empty_conversation(store: Store, conv: Conversation) -> None:
+    assert store.messages(conv.id) == []
+
+
+# -- the warm cache -------------------------------------------------------------------------------
+
+
+def test_warm_cache_sees_new_messages_from_anywhere(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    store.append_message(conv.id, "user", "one")
+    assert contents(store, conv.id) == ["one"]
+    store.append_message(conv.id, "user", "two")
+    assert contents(store, conv.id) == ["one", "two"]
+    other = fresh(root)  # another process, in effect
+    other.append_message(conv.id, "user", "three")
+    with other.stream_message(conv.id) as w:
+        w.append("four")
+    assert contents(store, conv.id) == ["one", "two", "three", "four"]
+    assert store.messages(conv.id, limit=None) == other.messages(conv.id, limit=None)
+
+
+def test_warm_cache_without_a_segment(store: Store, conv: Conversation, root: str) -> None:
+    for i in range(3):
+        store.append_message(conv.id, "user", str(i))
+    (conversation_dir(root, conv.id) / "segment.jsonl").unlink()
+    reader = fresh(root)
+    assert contents(reader, conv.id) == ["0", "1", "2"]  # from the sealed files
+    store.append_message(conv.id, "user", "3")
+    assert contents(reader, conv.id) == ["0", "1", "2", "3"]
+
+
+def test_warm_cache_notices_a_hard_delete_elsewhere(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    store.append_message(conv.id, "user", "x")
+    store.messages(conv.id)
+    fresh(root).delete_conversation(conv.id, hard=True)
+    with pytest.raises(ConversationNotFound):
+        store.messages(conv.id)
+
+
+def test_cache_is_bounded(root: str) -> None:
+    store = Store(root, durability="none", cache_conversations=1)
+    user = store.user_for("s")
+    convs = [store.create_conversation(user) for _ in range(3)]
+    for i, c in enumerate(convs):
+        store.append_message(c.id, "user", f"in {i}")
+    for _ in range(2):
+        for i, c in enumerate(convs):
+            assert contents(store, c.id) == [f"in {i}"]
+    assert len(store._reader._caches) == 1
+
+
+# -- damaged files --------------------------------------------------------------------------------
+
+
+def interrupted_message(store: Store, conv_id: str, tokens: str, chunk_tokens: int = 2) -> str:
+    w = store.stream_message(conv_id, chunk_tokens=chunk_tokens)
+    for token in tokens:
+        w.append(token)
+    w.abandon()
+    return w.message_id
+
+
+def surround(store: Store, conv_id: str) -> None:
+    store.append_message(conv_id, "user", "before")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: flip_bit(p, 40),  # inside the tokens
+        lambda p: flip_bit(p, -5, 2),  # inside the checksum
+        lambda p: truncate(p, 20),
+        lambda p: truncate(p, 0),
+        lambda p: p.unlink(),
+    ],
+    ids=["bit-flip-body", "bit-flip-crc", "truncated", "empty", "missing"],
+)
+def test_damaged_chunk_keeps_the_rest(
+    store: Store, conv: Conversation, root: str, damage: object
+) -> None:
+    surround(store, conv.id)
+    mid = interrupted_message(store, conv.id, "aabbcc")
+    store.append_message(conv.id, "user", "after")
+    damage(messages_dir(root, conv.id) / f"{mid}-002.json")  # type: ignore[operator]
+    for reader in (store, fresh(root)):
+        before, broken, after = reader.messages(conv.id)
+        assert (before.content, after.content) == ("before", "after")
+        assert not before.damaged and not after.damaged
+        assert broken.damaged
+        assert broken.content == "aacc"  # what is readable
+        assert broken.status == "interrupted"
+    assert any(p.kind in ("corrupt", "gap") for p in store.check())
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda p: flip_bit(p, 30), lambda p: truncate(p, 50), lambda p: p.write_bytes(b"")],
+    ids=["bit-flip", "truncated", "empty"],
+)
+def test_damaged_sealed_file_keeps_the_rest(
+    store: Store, conv: Conversation, root: str, damage: object
+) -> None:
+    surround(store, conv.id)
+    with store.stream_message(conv.id) as w:
+        w.append("lost")
+    store.append_message(conv.id, "user", "after")
+    damage(messages_dir(root, conv.id) / f"{w.message_id}.json")  # type: ignore[operator]
+    (conversation_dir(root, conv.id) / "segment.jsonl").unlink()  # no derived copy either
+    before, broken, after = fresh(root).messages(conv.id)
+    assert (before.content, after.content) == ("before", "after")
+    assert broken.damaged
+    assert broken.content == ""
+    assert [p.kind for p in store.check()] == ["corrupt"]
+
+
+def test_damaged_sealed_file_is_served_from_the_segment(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    message = store.append_message(conv.id, "user", "safe")
+    flip_bit(messages_dir(root, conv.id) / f"{message.id}.json", 30)
+    assert fresh(root).messages(conv.id) == [message]  # the derived copy is intact
+    assert [p.kind for p in store.check()] == ["corrupt"]
+
+
+def test_corrupt_segment_line_falls_back_to_the_sealed_file(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    first = store.append_message(conv.id, "user", "first")
+    second = store.append_message(conv.id, "user", "second")
+    flip_bit(conversation_dir(root, conv.id) / "segment.jsonl", 30)
+    assert fresh(root).messages(conv.id) == [first, second]
+
+
+def test_sealed_file_wins_over_leftover_chunks(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    mdir = messages_dir(root, conv.id)
+    w = store.stream_message(conv.id, chunk_tokens=1)
+    w.append("a")
+    w.append("b")
+    saved = {n: (mdir / n).read_bytes() for n in message_files(root, conv.id) if n.endswith("json")}
+    w.finish()
+    for name, data in saved.items():  # as if sealing crashed before removing the chunks
+        (mdir / name).write_bytes(data)
+    (conversation_dir(root, conv.id) / "segment.jsonl").unlink()
+    (message,) = fresh(root).messages(conv.id)
+    assert (message.status, message.content, message.damaged) == ("complete", "ab", False)
+
+
+def test_corrupt_sealed_file_with_leftover_chunks_is_damaged(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    mdir = messages_dir(root, conv.id)
+    w = store.stream_message(conv.id, chunk_tokens=1)
+    w.append("a")
+    saved = (mdir / f"{w.message_id}-001.json").read_bytes()
+    w.finish()
+    (mdir / f"{w.message_id}-001.json").write_bytes(saved)
+    flip_bit(mdir / f"{w.message_id}.json", 30)
+    (conversation_dir(root, conv.id) / "segment.jsonl").unlink()
+    (message,) = fresh(root).messages(conv.id)
+    assert message.content == "a"  # the leftover chunk is all that is readable
+    assert message.damaged
+
+
+def test_strangers_in_the_messages_directory_are_ignored(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    store.append_message(conv.id, "user", "x")
+    mdir = messages_dir(root, conv.id)
+    for name in ("notes.txt", "us01-co01-msXX.json", "us01-co01-ms9.lock", "us01-co02-ms01.json"):
+        (mdir / name).write_text("?")
+    (mdir / ".us01-co01-ms02.json.tmp-0123456789ab").write_text("half")
+    assert contents(fresh(root), conv.id) == ["x"]
+
+
+def test_misplaced_sealed_file_is_damaged(store: Store, conv: Conversation, root: str) -> None:
+    store.append_message(conv.id, "user", "one")
+    mdir = messages_dir(root, conv.id)
+    shutil.copy(mdir / "us01-co01-ms01.json", mdir / "us01-co01-ms02.json")
+    (conversation_dir(root, conv.id) / "segment.jsonl").unlink()
+    first, copy = fresh(root).messages(conv.id)
+    assert first.content == "one"
+    assert copy.damaged
+    assert "mismatch" in [p.kind for p in store.check()]
+
+
+# -- races between listing and reading ----------------------------------------------------------
+
+
+def test_chunks_vanishing_under_the_reader_fall_back_to_the_sealed_file(
+    store: Store, conv: Conversation
+) -> None:
+    with store.stream_message(conv.id, chunk_tokens=1) as w:
+        w.append("a")
+        w.append("b")
+    cid = ConversationId.parse(conv.id)
+    # The listing saw chunk files that the writer removed right after sealing.
+    stale = MessageFiles(sealed=False, chunks=[1, 2], lock=True)
+    message = store._reader._read_message(cid, w.seq, stale)
+    assert (message.status, message.content) == ("complete", "ab")
+
+
+def test_writer_sealing_between_listing_and_probe(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    mdir = messages_dir(root, conv.id)
+    w = store.stream_message(conv.id, chunk_tokens=1)
+    w.append("a")
+    saved = (mdir / f"{w.message_id}-001.json").read_bytes()
+    w.finish()
+    (mdir / f"{w.message_id}-001.json").write_bytes(saved)
+    cid = ConversationId.parse(conv.id)
+    # The listing saw the chunk and the lock, not yet the sealed file; the lock is gone now.
+    message = store._reader._read_message(cid, w.seq, MessageFiles(chunks=[1], lock=True))
+    assert (message.status, message.content) == ("complete", "a")
+
+
+def test_messages_of_a_conversation_whose_directory_is_a_file(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    mdir = messages_dir(root, conv.id)
+    shutil.rmtree(mdir)
+    Path(mdir).write_text("not a directory")
+    with pytest.raises(ConversationNotFound):
+        store.messages(conv.id)
+
+
+def test_unreadable_messages_directory_is_a_storage_error(
+    store: Store, conv: Conversation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import types
+
+    from chunkstore import StorageError, _reader
+
+    def listdir(path: str) -> list[str]:
+        raise OSError(errno.EIO, "I/O error", path)
+
+    monkeypatch.setattr(_reader, "os", types.SimpleNamespace(listdir=listdir))
+    with pytest.raises(StorageError) as info:
+        store.messages(conv.id)
+    assert info.value.errno == errno.EIO
