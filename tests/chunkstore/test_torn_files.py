@@ -39,7 +39,7 @@ def assert_damage_contained(root: Path, conversation_id: str, victim_seq: int) -
 
 
 def test_sealed_file_truncated_at_every_offset(tmp_path: Path) -> None:
-    store, conversation_id = build(tmp_path / "users")
+    _, conversation_id = build(tmp_path / "users")
     path = messages_dir(tmp_path / "users", conversation_id) / f"{conversation_id}-ms02.json"
     original = path.read_bytes()
     for offset in range(len(original) - 1):  # the last byte is the newline: harmless to lose
@@ -73,7 +73,7 @@ def test_chunk_file_truncated_at_every_offset(tmp_path: Path) -> None:
 
 
 def test_random_bit_flips_are_detected(tmp_path: Path) -> None:
-    store, conversation_id = build(tmp_path / "users")
+    _, conversation_id = build(tmp_path / "users")
     path = messages_dir(tmp_path / "users", conversation_id) / f"{conversation_id}-ms02.json"
     original = path.read_bytes()
     rng = random.Random(1234)
