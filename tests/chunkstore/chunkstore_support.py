@@ -78,3 +78,32 @@ def append_worker(root: str, conversation_id: str, worker: int, count: int) -> l
                     w.append(token)
             seqs.append(w.seq)
     return seqs
+
+
+def mixed_worker(
+    root: str, shared_id: str, user: str, worker: int, count: int
+) -> tuple[list[int], list[str], list[tuple[str, str]]]:
+    """Append to a shared conversation, create new ones and update the shared one's metadata.
+
+    Returns the seqs claimed, the conversations created, and each update's (updated_at, title).
+    Runs in a spawned process for ``test_multiprocess``.
+    """
+    store = Store(root, durability="none", flush_interval=None)
+    seqs: list[int] = []
+    created: list[str] = []
+    updates: list[tuple[str, str]] = []
+    for i in range(count):
+        kind = i % 3
+        if kind == 0:
+            seqs.append(store.append_message(shared_id, role="user", content=f"w{worker}-{i}").seq)
+        elif kind == 1:
+            conv = store.create_conversation(user, title=f"w{worker}-{i}")
+            store.append_message(conv.id, role="user", content="first")
+            created.append(conv.id)
+        else:
+            title = f"w{worker}-u{i}"
+            updated = store.update_conversation(
+                shared_id, title=title, metadata={"by": str(worker)}
+            )
+            updates.append((updated.updated_at, title))
+    return seqs, created, updates
