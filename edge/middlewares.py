@@ -129,7 +129,10 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    given = request.headers.get(SESSION_HEADER) or request.cookies.get(SESSION_COOKIE)
+    # A header that is present but empty is malformed, not absent.
+    given = request.headers.get(SESSION_HEADER)
+    if given is None:
+        given = request.cookies.get(SESSION_COOKIE)
     if given is not None:
         if not _SESSION_ID.fullmatch(given):
             raise ApiError(400, "Malformed session id.", code="invalid_session")

@@ -61,7 +61,7 @@ _TITLE = {"type": ["string", "null"], "maxLength": 512}
 _UNIX_TIME = {"type": "integer", "description": "Unix time in seconds."}
 _CONVERSATION_ID = {
     "type": "string",
-    "pattern": "^us[0-9]{2,18}-co[0-9]{2,18}$",
+    "pattern": "^us(0[1-9]|[1-9][0-9]{1,17})-co(0[1-9]|[1-9][0-9]{1,17})$",
     "maxLength": 64,
     "examples": ["us01-co01"],
 }
@@ -226,11 +226,11 @@ def _schemas() -> dict[str, Any]:
         "ChatMessage": {
             "type": "object",
             "properties": {
-                "role": {"type": "string"},
-                "content": {"type": ["string", "array", "null"]},
-                "name": {"type": "string"},
+                "role": {"type": "string", "minLength": 1, "maxLength": 256},
+                "content": {"type": ["string", "array", "null"], "items": {"type": "object"}},
+                "name": {"type": "string", "minLength": 1, "maxLength": 256},
                 "tool_calls": {"type": "array", "items": _ref(_SCHEMAS, "ToolCall")},
-                "tool_call_id": {"type": "string"},
+                "tool_call_id": {"type": "string", "minLength": 1, "maxLength": 256},
             },
             "required": ["role"],
         },
@@ -510,7 +510,19 @@ def _chat_completions() -> dict[str, Any]:
                     "headers": {"X-Conversation-ID": conversation_header},
                     "content": {
                         "application/json": {"schema": _ref(_SCHEMAS, "ChatCompletion")},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        # OpenAPI 3.1 tools apply this schema to each server-sent event.
+                        "text/event-stream": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "data": {"type": "string"},
+                                    "event": {"type": "string"},
+                                    "id": {"type": "string"},
+                                    "retry": {"type": "integer"},
+                                },
+                                "required": ["data"],
+                            }
+                        },
                     },
                 },
                 **_errors("400", "404", "422", "501", "503"),

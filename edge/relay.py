@@ -101,29 +101,48 @@ def merge_history(history: list[dict[str, Any]], sent: list[dict[str, Any]]) -> 
     return 0
 
 
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, message, code="invalid_messages", param="messages")
+
+
+def _short_text(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 256
+
+
 def _validate_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check every message before anything is stored: a turn is stored whole or not at all."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(
-            400, "'messages' must be a non-empty array.", code="invalid_messages", param="messages"
-        )
+        raise _invalid("'messages' must be a non-empty array.")
     for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ApiError(
-                400,
-                "Each message must be an object with a 'role'.",
-                code="invalid_messages",
-                param="messages",
-            )
+        if not isinstance(message, dict) or not _short_text(message.get("role")):
+            raise _invalid("Each message must be an object with a 'role'.")
         content = message.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise ApiError(
-                400,
-                "Message 'content' must be a string or an array.",
-                code="invalid_messages",
-                param="messages",
+        if content is not None and not isinstance(content, str):
+            if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):
+                raise _invalid("Message 'content' must be a string or an array of parts.")
+        for key in ("name", "tool_call_id"):
+            if message.get(key) is not None and not _short_text(message[key]):
+                raise _invalid(f"Message '{key}' must be a string of 1 to 256 characters.")
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(map(_valid_call, calls))):
+            raise _invalid(
+                "Message 'tool_calls' must be an array of {id, type, function: {name, arguments}}."
             )
     return messages
+
+
+def _valid_call(call: Any) -> bool:
+    if not isinstance(call, dict):
+        return False
+    function = call.get("function")
+    return (
+        (call.get("id") is None or isinstance(call["id"], str))
+        and isinstance(call.get("type", "function"), str)
+        and isinstance(function, dict)
+        and isinstance(function.get("name"), str)
+        and isinstance(function.get("arguments", ""), str)
+    )
 
 
 def _title_from(messages: list[dict[str, Any]]) -> str | None:
@@ -196,7 +215,7 @@ async def _plan_turn(
         body.get("model") if isinstance(body.get("model"), str) else None
     )
     if agent is not None:
-        agent = agent[:256]
+        agent = agent[:256] or None  # an empty model name is no agent name
     if wanted is not None:
         user = await session_user(request, create=False)
         conversation_id = owned_conversation(user, wanted)
