@@ -586,11 +586,13 @@ async def test_history_batch_flush_writes_a_partial_chunk_on_time(start_edge: St
         if chunk.choices and chunk.choices[0].delta.content:
             break
     # Far fewer than 60 tokens have arrived, yet the timer puts them on disk mid-stream.
+    reply = None
     for _ in range(250):
-        reply = edge.store().messages(conversation_id)[1]
-        if reply.token_count > 0 or reply.status != "streaming":
+        messages = edge.store().messages(conversation_id)
+        reply = messages[1] if len(messages) > 1 else None  # the writer opens in the background
+        if reply is not None and (reply.token_count > 0 or reply.status != "streaming"):
             break
         await asyncio.sleep(0.02)
-    assert reply.status == "streaming" and reply.token_count > 0
+    assert reply is not None and reply.status == "streaming" and reply.token_count > 0
     async for _ in stream:
         pass
