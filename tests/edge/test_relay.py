@@ -428,9 +428,10 @@ async def test_client_abort_stores_partial_reply_as_error(start_edge: Start) -> 
             received += await resp.content.readany()
         resp.close()  # the client goes away mid-stream
     store = edge.store()
-    for _ in range(200):
-        reply = store.messages(conversation_id)[1]
-        if reply.status != "streaming":
+    for _ in range(500):
+        messages = store.messages(conversation_id)
+        reply = messages[-1]
+        if len(messages) == 2 and reply.status != "streaming":
             break
         await asyncio.sleep(0.02)
     assert reply.status == "error"
