@@ -27,9 +27,9 @@ test: $(STAMP)
 	$(BIN)/python -m coverage report --include='chunkstore/*' --fail-under=90
 	$(BIN)/python -m coverage report --include='edge/*' --fail-under=85
 
-## stress: the reliability suites at their large sizes.
+## stress: the whole suite with the reliability tests at their large sizes (RELIABILITY.md).
 stress: $(STAMP)
-	STRESS=1 $(BIN)/python -m pytest -q -m stress tests
+	STRESS=1 $(BIN)/python -m pytest -q -p no:randomly --durations=25 tests
 
 ## bench: the performance suites (pytest-benchmark), results in benchmarks/README.md.
 bench: $(STAMP)
