@@ -1,0 +1,241 @@
+"""Listing a user's conversations, newest first: page 1 and page 50 (limit 20) of 10,000.
+
+SPEC §6: page 1 of a user with 10,000 conversations under 10 ms cold, at most SQLite's time warm.
+
+The fixture is built once per module. ``create_conversation`` lists the user's whole
+conversations directory on every call (see the README), so creating all 10,000 through the API
+would take minutes: the first ``listing_api_conversations`` go through the API (durability
+"none"), and the rest are written directly in on-disk format v1 (``conversation.json`` cloned
+from an API-made one, re-encoded with its checksum; ``user.json``'s counter moved on), which is
+exactly what the API would have left. ``test_create_conversation`` then times the API's
+``create_conversation`` at that size.
+
+Baseline: SQLite ``conversations`` table (``INTEGER PRIMARY KEY`` plus an index on
+``(user_id, id)``), page 50 both with ``OFFSET`` and keyset (``id < ?``), rows turned into dicts.
+chunkstore's page 50 uses its cursor (the id to continue after).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from benchmarks import _data
+from benchmarks.conftest import SIZES, Results
+from chunkstore import (
+    Store,  # the record codec: the fixture writes on-disk format v1
+)
+from chunkstore._ids import ConversationId, UserId
+
+SUITE = "listing"
+LIMIT = 20
+PAGE = 50
+
+
+@dataclass
+class Listing:
+    root: str
+    user: str
+    count: int
+    sqlite_path: str
+    api_create_ms: float  # create_conversation's time at the end of the API phase
+
+
+def _page_cursor(count: int, page: int) -> tuple[int, int]:
+    """The last conversation number before ``page`` (chunkstore's cursor), and the OFFSET."""
+    offset = (page - 1) * LIMIT
+    return count - offset + 1, offset
+
+
+@pytest.fixture(scope="module")
+def listing(tmp_path_factory: pytest.TempPathFactory) -> Listing:
+    base = tmp_path_factory.mktemp("listing")
+    root = str(base / "store")
+    count = SIZES.listing_conversations
+    user, template, last_create = _data.build_conversations(
+        root, count, SIZES.listing_api_conversations
+    )
+    uid = UserId.parse(user)
+
+    sqlite_path = str(base / "conversations.sqlite")
+    conn = _data.sqlite_connect(sqlite_path)
+    conn.execute(
+        "CREATE TABLE conversations (id INTEGER PRIMARY KEY, conversation_id TEXT NOT NULL, "
+        "user_id TEXT NOT NULL, title TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL, "
+        "pinned INTEGER NOT NULL DEFAULT 0, metadata TEXT, participants TEXT, deleted_at TEXT)"
+    )
+    conn.execute("CREATE INDEX conversations_user ON conversations (user_id, id)")
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO conversations VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (
+            (
+                i,
+                str(ConversationId(uid.n, i)),
+                user,
+                f"Conversation {i}",
+                template["createdAt"],
+                template["updatedAt"],
+                0,
+                orjson.dumps({"n": str(i)}).decode(),
+                "[]",
+                None,
+            )
+            for i in range(1, count + 1)
+        ),
+    )
+    conn.execute("COMMIT")
+    conn.execute("ANALYZE")
+    conn.close()
+    return Listing(root, user, count, sqlite_path, last_create * 1000)
+
+
+_SQL_COLUMNS = (
+    "SELECT conversation_id, user_id, title, created_at, updated_at, pinned, metadata, "
+    "participants, deleted_at FROM conversations"
+)
+SQL_OFFSET = (
+    f"{_SQL_COLUMNS} WHERE user_id = ? AND deleted_at IS NULL ORDER BY id DESC LIMIT ? OFFSET ?"
+)
+SQL_KEYSET = (
+    f"{_SQL_COLUMNS} WHERE user_id = ? AND deleted_at IS NULL AND id < ? ORDER BY id DESC LIMIT ?"
+)
+
+
+def _rows_to_dicts(rows: Any) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": r[0],
+            "user_id": r[1],
+            "title": r[2],
+            "created_at": r[3],
+            "updated_at": r[4],
+            "pinned": bool(r[5]),
+            "metadata": orjson.loads(r[6]) if r[6] else {},
+            "participants": orjson.loads(r[7]) if r[7] else [],
+            "deleted_at": r[8],
+        }
+        for r in rows
+    ]
+
+
+def sqlite_page(conn: sqlite3.Connection, user: str, offset: int) -> list[dict[str, Any]]:
+    return _rows_to_dicts(conn.execute(SQL_OFFSET, (user, LIMIT, offset)))
+
+
+def sqlite_page_after(conn: sqlite3.Connection, user: str, before: int) -> list[dict[str, Any]]:
+    return _rows_to_dicts(conn.execute(SQL_KEYSET, (user, before, LIMIT)))
+
+
+VARIANTS = (
+    "chunkstore cold",
+    "chunkstore warm",
+    "sqlite cold",
+    "sqlite warm",
+    "sqlite keyset cold",
+    "sqlite keyset warm",
+)
+
+
+@pytest.mark.parametrize(
+    ("page", "variant"),
+    [(1, v) for v in VARIANTS if "keyset" not in v] + [(PAGE, v) for v in VARIANTS],
+)
+def test_list_page(
+    benchmark: Any, results: Results, listing: Listing, page: int, variant: str
+) -> None:
+    case = f"page {page} of {listing.count:,}"
+    benchmark.group = f"listing {case}"
+    before, offset = _page_cursor(listing.count, page)
+    cursor = str(ConversationId(UserId.parse(listing.user).n, before)) if page > 1 else None
+    expected_first = listing.count - offset
+    rounds = SIZES.listing_rounds
+    target: Callable[..., Any]
+    kind, temperature = variant.rsplit(" ", 1)
+
+    if kind == "chunkstore":
+
+        def target(store: Store) -> list[str]:
+            return [c.id for c in store.list_conversations(listing.user, LIMIT, cursor)]
+
+        def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return (Store(listing.root, durability="none"),), {}
+
+    else:
+        keyset = kind == "sqlite keyset"
+
+        def target(conn: sqlite3.Connection) -> list[str]:
+            if keyset:
+                rows = sqlite_page_after(conn, listing.user, before)
+            else:
+                rows = sqlite_page(conn, listing.user, offset)
+            return [r["id"] for r in rows]
+
+        def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return (_data.sqlite_connect(listing.sqlite_path),), {}
+
+    if temperature == "cold":
+        ids = benchmark.pedantic(target, setup=setup, rounds=rounds)
+    else:
+        (handle,), _ = setup()
+        ids = benchmark.pedantic(target, args=(handle,), rounds=rounds, warmup_rounds=1)
+
+    user_n = UserId.parse(listing.user).n
+    assert ids == [str(ConversationId(user_n, expected_first - i)) for i in range(LIMIT)]
+    results.record(benchmark, SUITE, case, variant)
+    if page == 1:
+        results.limit(SUITE, case, "chunkstore cold", op="<", limit=0.010, target="< 10 ms")
+    results.ratio(SUITE, case, "chunkstore cold", "sqlite cold")
+    results.ratio(
+        SUITE,
+        case,
+        "chunkstore warm",
+        "sqlite warm",
+        op="<=" if page == 1 else None,
+        limit=1.0 if page == 1 else None,
+        target="≤ 1.0x SQLite" if page == 1 else "",
+    )
+    if page > 1:
+        results.ratio(SUITE, case, "chunkstore warm", "sqlite keyset warm")
+
+
+@pytest.mark.parametrize("variant", ["chunkstore", "sqlite"])
+def test_create_conversation(
+    benchmark: Any, results: Results, listing: Listing, variant: str
+) -> None:
+    """Creating one more conversation for a user who already has ``listing_conversations``.
+
+    Runs last: it adds conversations (newer than every page above). Durability "none" against
+    SQLite (WAL) with ``synchronous=OFF``: neither syncs, so this is the CPU and file-system cost.
+    """
+    case = f"create at {listing.count:,}"
+    benchmark.group = "create a conversation"
+    rounds = max(1, SIZES.listing_rounds // 6)
+    if variant == "chunkstore":
+        store = Store(listing.root, durability="none")
+        benchmark.pedantic(
+            lambda: store.create_conversation(listing.user, title="new"), rounds=rounds
+        )
+        results.record(
+            benchmark, SUITE, case, variant, api_phase_end_create_ms=listing.api_create_ms
+        )
+    else:
+        conn = _data.sqlite_connect(listing.sqlite_path, journal="WAL", synchronous="OFF")
+        counter = iter(range(listing.count + 1, 10**9))
+
+        def insert() -> None:
+            i = next(counter)
+            conn.execute(
+                "INSERT INTO conversations VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (i, f"us01-co{i}", listing.user, "new", "", "", 0, "{}", "[]", None),
+            )
+
+        benchmark.pedantic(insert, rounds=rounds)
+        conn.close()
+        results.record(benchmark, SUITE, case, variant)
+    results.ratio(SUITE, case, "chunkstore", "sqlite")

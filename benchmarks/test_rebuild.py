@@ -1,0 +1,239 @@
+"""Rebuilding a whole conversation: ``store.messages(conv, limit=None)`` against its baselines.
+
+SPEC §6: 50 and 500 messages, files in page cache, a fresh process: at most 1.0x SQLite; with the
+in-process cache at most 0.1x; 5000 messages under 50 ms.
+
+Variants, side by side for each conversation size:
+
+=========================  ===============================================================
+chunkstore cold            a fresh ``Store`` each round (built in the untimed setup): what a
+                           new process pays; files are in the OS page cache
+chunkstore warm            one ``Store`` reused: the in-process cache
+chunkstore cold, no        a fresh ``Store`` on a copy without ``segment.jsonl``: one sealed
+segment                    file per message (what the segment saves)
+chunkstore unsealed        a fresh ``Store`` on a copy where every message is still chunk
+                           files (what compaction saves, through chunkstore's own reader)
+sqlite cold / warm         indexed ``chunks`` table, grouped into message dicts; a fresh
+                           connection each round / one connection reused
+jsonl                      one JSONL file of chunk records per conversation
+naive files                every chunk its own file: list, read, parse, join
+=========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from benchmarks import _data
+from benchmarks.conftest import SIZES, Results, paired
+from chunkstore import Store
+from chunkstore._ids import ConversationId
+from chunkstore._layout import Layout
+
+SUITE = "rebuild"
+VARIANTS = (
+    "chunkstore cold",
+    "chunkstore warm",
+    "chunkstore cold, no segment",
+    "chunkstore unsealed",
+    "sqlite cold",
+    "sqlite warm",
+    "jsonl",
+    "naive files",
+)
+
+
+@dataclass
+class Corpus:
+    root: str  # the chunkstore store, one conversation per size
+    no_segment_root: str  # a copy without segment files
+    unsealed_root: str  # a copy with every message exploded into chunk files
+    sqlite_path: str
+    jsonl_dir: str
+    conversations: dict[int, str]  # size -> conversation id
+    expected: dict[int, list[str]]  # size -> message contents in seq order
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    base = tmp_path_factory.mktemp("rebuild")
+    root = str(base / "store")
+    store = Store(root, durability="none", flush_interval=None)
+    user = store.user_for("bench-rebuild")
+    conversations = {}
+    for n in SIZES.rebuild_messages:
+        conv = store.create_conversation(user, title=f"{n} messages")
+        _data.write_conversation(store, conv.id, n, seed=n)
+        conversations[n] = conv.id
+
+    no_segment_root = str(base / "no-segment")
+    shutil.copytree(root, no_segment_root)
+    unsealed_root = str(base / "unsealed")
+    shutil.copytree(root, unsealed_root)
+    sqlite_path = str(base / "chunks.sqlite")
+    jsonl_dir = str(base / "jsonl")
+    os.makedirs(jsonl_dir)
+    conn = _data.sqlite_connect(sqlite_path)
+    _data.sqlite_create_chunks(conn)
+    expected = {}
+    for n, conv_id in conversations.items():
+        cid = ConversationId.parse(conv_id)
+        records = _data.sealed_records(root, conv_id)
+        expected[n] = ["".join(r["tokens"] for r in recs) for recs in records.values()]
+        os.remove(Layout(no_segment_root).segment_file(cid))
+        unsealed = Layout(unsealed_root)
+        os.remove(unsealed.segment_file(cid))
+        shutil.rmtree(unsealed.messages_dir(cid))
+        _data.explode_to_chunk_files(records, conv_id, unsealed.messages_dir(cid))
+        _data.sqlite_insert_chunks(conn, conv_id, records)
+        _data.jsonl_write(os.path.join(jsonl_dir, f"{conv_id}.jsonl"), records)
+    conn.execute("ANALYZE")
+    conn.close()
+    return Corpus(
+        root, no_segment_root, unsealed_root, sqlite_path, jsonl_dir, conversations, expected
+    )
+
+
+def _contents(messages: list[Any]) -> list[str]:
+    return [m.content if hasattr(m, "content") else m["content"] for m in messages]
+
+
+def _fresh_store(root: str) -> Callable[[], tuple[tuple[Store], dict[str, Any]]]:
+    return lambda: ((Store(root, durability="none"),), {})
+
+
+@pytest.mark.parametrize(
+    ("n", "variant"), [(n, v) for n in SIZES.rebuild_messages for v in VARIANTS]
+)
+def test_rebuild(benchmark: Any, results: Results, corpus: Corpus, n: int, variant: str) -> None:
+    conv_id = corpus.conversations[n]
+    rounds = SIZES.rebuild_rounds[n]
+    if variant == "naive files" or variant == "chunkstore unsealed":
+        rounds = max(1, rounds // 2)
+    benchmark.group = f"rebuild {n} msgs"
+    benchmark.extra_info["messages"] = n
+
+    def rebuild(store: Store) -> list[Any]:
+        return store.messages(conv_id, limit=None)
+
+    if variant == "chunkstore cold":
+        out = benchmark.pedantic(rebuild, setup=_fresh_store(corpus.root), rounds=rounds)
+    elif variant == "chunkstore cold, no segment":
+        out = benchmark.pedantic(rebuild, setup=_fresh_store(corpus.no_segment_root), rounds=rounds)
+    elif variant == "chunkstore unsealed":
+        out = benchmark.pedantic(rebuild, setup=_fresh_store(corpus.unsealed_root), rounds=rounds)
+    elif variant == "chunkstore warm":
+        store = Store(corpus.root, durability="none")
+        out = benchmark.pedantic(rebuild, args=(store,), rounds=rounds, warmup_rounds=1)
+    elif variant == "sqlite cold":
+
+        def fresh_connection() -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return (_data.sqlite_connect(corpus.sqlite_path),), {}
+
+        def read_and_close(conn: Any) -> list[dict[str, Any]]:
+            return _data.sqlite_read_conversation(conn, conv_id)
+
+        out = benchmark.pedantic(
+            read_and_close,
+            setup=fresh_connection,
+            teardown=lambda conn: conn.close(),
+            rounds=rounds,
+        )
+    elif variant == "sqlite warm":
+        conn = _data.sqlite_connect(corpus.sqlite_path)
+        out = benchmark.pedantic(
+            _data.sqlite_read_conversation, args=(conn, conv_id), rounds=rounds, warmup_rounds=1
+        )
+        conn.close()
+    elif variant == "jsonl":
+        path = os.path.join(corpus.jsonl_dir, f"{conv_id}.jsonl")
+        out = benchmark.pedantic(_data.jsonl_read, args=(path,), rounds=rounds)
+    else:
+        conv = ConversationId.parse(conv_id)
+        messages_dir = Layout(corpus.unsealed_root).messages_dir(conv)
+        out = benchmark.pedantic(_data.naive_read, args=(messages_dir,), rounds=rounds)
+
+    # Every variant returns the same messages, or the comparison means nothing.
+    assert _contents(out) == corpus.expected[n]
+    results.record(benchmark, SUITE, f"{n} msgs", variant)
+
+    case = f"{n} msgs"
+    spec = n in (50, 500)
+    results.ratio(
+        SUITE,
+        case,
+        "chunkstore cold",
+        "sqlite cold",
+        op="<=" if spec else None,
+        limit=1.0 if spec else None,
+        target="≤ 1.0x SQLite" if spec else "",
+    )
+    results.ratio(
+        SUITE,
+        case,
+        "chunkstore warm",
+        "sqlite warm",
+        op="<=" if spec else None,
+        limit=0.1 if spec else None,
+        target="≤ 0.1x SQLite" if spec else "",
+    )
+    results.ratio(SUITE, case, "chunkstore cold, no segment", "sqlite cold")
+    results.ratio(SUITE, case, "chunkstore unsealed", "sqlite cold")
+    results.ratio(SUITE, case, "naive files", "sqlite cold", target="SPEC: about 9x today")
+    results.ratio(SUITE, case, "jsonl", "sqlite cold")
+    if n == 5000:
+        results.limit(SUITE, case, "chunkstore cold", op="<", limit=0.050, target="< 50 ms")
+        results.limit(SUITE, case, "chunkstore warm", op="<", limit=0.050, target="< 50 ms")
+
+
+@pytest.mark.parametrize(
+    ("n", "temperature"), [(n, t) for n in SIZES.rebuild_messages for t in ("cold", "warm")]
+)
+def test_rebuild_paired(
+    benchmark: Any, results: Results, corpus: Corpus, n: int, temperature: str
+) -> None:
+    """chunkstore against SQLite in alternating rounds (see ``conftest.paired``)."""
+    conv_id = corpus.conversations[n]
+    benchmark.group = f"rebuild {n} msgs, interleaved"
+    subject: tuple[Callable[[], Any], Callable[[Any], Any]]
+    baseline: tuple[Callable[[], Any], Callable[[Any], Any]]
+    if temperature == "cold":
+        subject = (
+            lambda: Store(corpus.root, durability="none"),
+            lambda store: store.messages(conv_id, limit=None),
+        )
+        baseline = (
+            lambda: _data.sqlite_connect(corpus.sqlite_path),
+            lambda conn: _data.sqlite_read_conversation(conn, conv_id),
+        )
+    else:
+        store = Store(corpus.root, durability="none")
+        conn = _data.sqlite_connect(corpus.sqlite_path)
+        store.messages(conv_id, limit=None)
+        _data.sqlite_read_conversation(conn, conv_id)
+        subject = (lambda: None, lambda _: store.messages(conv_id, limit=None))
+        baseline = (lambda: None, lambda _: _data.sqlite_read_conversation(conn, conv_id))
+    figures = benchmark.pedantic(
+        paired, args=(subject, baseline, SIZES.rebuild_rounds[n]), rounds=1, iterations=1
+    )
+    if temperature == "warm":
+        conn.close()
+    variant = f"chunkstore {temperature} vs sqlite {temperature}"
+    results.record(benchmark, SUITE, f"{n} msgs", variant, **figures)
+    spec = n in (50, 500)
+    limit = 1.0 if temperature == "cold" else 0.1
+    results.limit(
+        SUITE,
+        f"{n} msgs",
+        variant,
+        metric="paired_ratio",
+        op="<=" if spec else None,
+        limit=limit if spec else None,
+        target=f"≤ {limit}x SQLite" if spec else "",
+    )

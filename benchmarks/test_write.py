@@ -1,0 +1,174 @@
+"""Writing while streaming: chunkstore's durability modes against SQLite inserts.
+
+* **chunk**: one 60-token chunk, i.e. 60 ``MessageWriter.append`` calls, the 60th of which
+  writes the chunk file (``flush_interval=None``, so only the token count triggers a write).
+  Baseline: the same 60 tokens buffered in a list, joined, inserted as one row and committed.
+* **reply**: a 400-token reply end to end: ``stream_message`` → 400 appends → ``finish``
+  (7 chunk records, sealed into one file, the segment appended). Baseline: the same reply as 7
+  rows, each committed as it is written (what "persist while streaming" means in SQLite).
+
+SQLite runs in WAL mode (what an application would choose for concurrent readers) with
+``synchronous=FULL`` (every commit fsynced: comparable to durability "chunk") and ``NORMAL``
+(the WAL is synced only at checkpoints: comparable to "message"/"none").
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from benchmarks import _data
+from benchmarks.conftest import SIZES, Results
+from chunkstore import MessageWriter, Store
+
+SUITE = "write"
+MODES = ("chunk", "message", "none")
+SQLITE_MODES = ("FULL", "NORMAL")
+# A writer is finished and replaced after this many chunks (in the untimed setup), so no
+# message grows without bound.
+CHUNKS_PER_WRITER = 100
+
+
+@pytest.fixture(scope="module")
+def tokens() -> list[str]:
+    return _data.reply_tokens(_data.REPLY_TOKENS, random.Random(7))
+
+
+def _store(tmp_path_factory: pytest.TempPathFactory, mode: Any) -> tuple[Store, str]:
+    root = tmp_path_factory.mktemp(f"write-{mode}") / "store"
+    store = Store(root, durability=mode, flush_interval=None)
+    user = store.user_for("bench-write")
+    return store, store.create_conversation(user, title=mode).id
+
+
+def _sqlite(tmp_path_factory: pytest.TempPathFactory, synchronous: str) -> Any:
+    path = tmp_path_factory.mktemp(f"write-sqlite-{synchronous}") / "chunks.sqlite"
+    conn = _data.sqlite_connect(str(path), journal="WAL", synchronous=synchronous)
+    _data.sqlite_create_chunks(conn)
+    return conn
+
+
+@pytest.mark.parametrize(
+    "variant", [f"chunkstore {m}" for m in MODES] + [f"sqlite {s}" for s in SQLITE_MODES]
+)
+def test_append_chunk(
+    benchmark: Any,
+    results: Results,
+    tmp_path_factory: pytest.TempPathFactory,
+    tokens: list[str],
+    variant: str,
+) -> None:
+    benchmark.group = "write one 60-token chunk"
+    chunk = tokens[: _data.CHUNK_TOKENS]
+    if variant.startswith("chunkstore"):
+        store, conv_id = _store(tmp_path_factory, variant.split()[1])
+        state: dict[str, MessageWriter] = {}
+
+        def setup() -> None:
+            writer = state.get("writer")
+            if writer is None or writer.chunks_written >= CHUNKS_PER_WRITER:
+                if writer is not None:
+                    writer.finish()
+                state["writer"] = store.stream_message(conv_id)
+
+        def append_chunk() -> None:
+            append = state["writer"].append
+            for token in chunk:
+                append(token)
+
+        benchmark.pedantic(append_chunk, setup=setup, rounds=SIZES.write_rounds)
+        writer = state["writer"]
+        assert writer.chunks_written >= 1
+        writer.finish()
+    else:
+        conn = _sqlite(tmp_path_factory, variant.split()[1])
+        counter = iter(range(1, 10**9))
+
+        def insert_chunk() -> None:
+            pending = []
+            for token in chunk:
+                pending.append(token)
+            n = next(counter)
+            record = {
+                "messageId": "us01-co01-ms01",
+                "role": "assistant",
+                "tokens": "".join(pending),
+                "tokenCount": len(pending),
+                "timestamp": "2026-01-01T00:00:00.000000Z",
+                "status": "streaming",
+            }
+            conn.execute(_data.CHUNK_INSERT, _data.chunk_row("us01-co01", 1, n, record))
+            # isolation_level=None: the INSERT is its own transaction, committed here.
+
+        benchmark.pedantic(insert_chunk, rounds=SIZES.write_rounds)
+        conn.close()
+    results.record(benchmark, SUITE, "one 60-token chunk", variant)
+    _declare(results, "one 60-token chunk")
+
+
+@pytest.mark.parametrize(
+    "variant", [f"chunkstore {m}" for m in MODES] + [f"sqlite {s}" for s in SQLITE_MODES]
+)
+def test_reply(
+    benchmark: Any,
+    results: Results,
+    tmp_path_factory: pytest.TempPathFactory,
+    tokens: list[str],
+    variant: str,
+) -> None:
+    benchmark.group = "write a 400-token reply"
+    target: Callable[[], Any]
+    if variant.startswith("chunkstore"):
+        store, conv_id = _store(tmp_path_factory, variant.split()[1])
+
+        def target() -> Any:
+            with store.stream_message(conv_id, role="assistant") as writer:
+                for token in tokens:
+                    writer.append(token)
+                return writer.finish("stop", usage={"completion_tokens": len(tokens)})
+
+        message = benchmark.pedantic(target, rounds=SIZES.reply_rounds)
+        assert message.content == "".join(tokens)
+        assert message.status == "complete"
+    else:
+        conn = _sqlite(tmp_path_factory, variant.split()[1])
+        counter = iter(range(1, 10**9))
+
+        def target() -> Any:
+            seq = next(counter)
+            chunk_tokens = _data.CHUNK_TOKENS
+            pending: list[str] = []
+            n = 0
+            for i, token in enumerate(tokens):
+                pending.append(token)
+                last = i == len(tokens) - 1
+                if len(pending) == chunk_tokens or last:
+                    n += 1
+                    record = {
+                        "messageId": f"us01-co01-ms{seq:02d}",
+                        "role": "assistant",
+                        "tokens": "".join(pending),
+                        "tokenCount": len(pending),
+                        "timestamp": "2026-01-01T00:00:00.000000Z",
+                        "status": "complete" if last else "streaming",
+                    }
+                    if last:
+                        record["finishReason"] = "stop"
+                        record["usage"] = {"completion_tokens": len(tokens)}
+                    conn.execute(_data.CHUNK_INSERT, _data.chunk_row("us01-co01", seq, n, record))
+                    pending = []
+            return n
+
+        assert benchmark.pedantic(target, rounds=SIZES.reply_rounds) == 7
+        conn.close()
+    results.record(benchmark, SUITE, "400-token reply", variant)
+    _declare(results, "400-token reply")
+
+
+def _declare(results: Results, case: str) -> None:
+    results.ratio(SUITE, case, "chunkstore chunk", "sqlite FULL", target="(both fsync per chunk)")
+    results.ratio(SUITE, case, "chunkstore message", "sqlite NORMAL")
+    results.ratio(SUITE, case, "chunkstore none", "sqlite NORMAL")
