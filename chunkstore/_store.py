@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from . import _fsio, _locks, _records
@@ -501,7 +501,7 @@ class Store:
         """
         if not isinstance(days, (int, float)) or isinstance(days, bool) or days <= 0:
             raise InvalidArgument("days must be a positive number")
-        cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=days)
+        cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
         expired = []
         for user in self._user_ids():
             for conv in sorted(self._conversation_ids(user)):
@@ -510,7 +510,7 @@ class Store:
                     activity = max(
                         _parse_time(conversation.updated_at),
                         datetime.fromtimestamp(
-                            os.stat(self._layout.messages_dir(conv)).st_mtime, timezone.utc
+                            os.stat(self._layout.messages_dir(conv)).st_mtime, UTC
                         ),
                     )
                 except (ConversationNotFound, FileNotFoundError):

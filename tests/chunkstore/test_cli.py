@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -306,7 +306,7 @@ def test_check_unfixable_problem_stays_an_error(store: Store, root: Path, cli: R
 @pytest.fixture
 def ten_days_later(monkeypatch: Any) -> None:
     """Run sweeps as if ten days had passed (``sweep_retention`` takes the clock as ``now``)."""
-    later = datetime.now(timezone.utc) + timedelta(days=10)
+    later = datetime.now(UTC) + timedelta(days=10)
     original = Store.sweep_retention
     monkeypatch.setattr(Store, "sweep_retention", functools.partialmethod(original, now=later))
 

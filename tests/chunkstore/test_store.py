@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from chunkstore import (
 )
 from chunkstore._records import decode, encode_line
 
-FUTURE = datetime.now(timezone.utc) + timedelta(days=365)
+FUTURE = datetime.now(UTC) + timedelta(days=365)
 
 
 def open_store(root: str, **options: object) -> Store:
@@ -366,7 +366,7 @@ def test_sweep_retention(store: Store, user: str) -> None:
 
 def test_sweep_counts_recent_messages_as_activity(store: Store, user: str) -> None:
     conv = store.create_conversation(user)
-    later = datetime.now(timezone.utc) + timedelta(days=20)
+    later = datetime.now(UTC) + timedelta(days=20)
     assert store.sweep_retention(days=10, now=later) == [conv.id]
     os.utime(messages_dir(store.root, conv.id), (later.timestamp(), later.timestamp()))
     assert store.sweep_retention(days=10, now=later) == []
