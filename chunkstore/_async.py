@@ -1,24 +1,59 @@
 """``AsyncStore``: the asyncio facade over ``Store``.
 
-Same method names, same arguments. Each call runs as *one* ``asyncio.to_thread`` unit: a
-conversation rebuild touches many files, and one thread hop per file would cost far more than
-the reads themselves. Streaming buffers tokens on the event loop and only hops to a thread when
-a chunk is due.
+Same method names, same arguments. Each call runs as *one* job on the store's own thread pool
+(like ``asyncio.to_thread``, context variables included): a conversation rebuild touches many
+files, and one thread hop per file would cost far more than the reads themselves. Streaming
+buffers tokens on the event loop and only hops to a thread when a chunk is due.
+
+The pool is the store's own, not the event loop's default executor (``min(32, cpus + 4)``
+threads, shared with everything else that uses ``to_thread``): its threads mostly *wait on the
+disk* (``fsync``), not compute, so there can usefully be more of them than cores, and a burst
+of chunk writes does not hold up unrelated ``to_thread`` work (or the other way round).
+``max_workers`` sizes it; ``executor=`` passes one in (which the caller then shuts down).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import os
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from ._check import Problem
 from ._models import Conversation, ConversationPage, Message
 from ._store import Store
 from ._writer import MessageWriter
 
-__all__ = ["AsyncMessageWriter", "AsyncStore"]
+__all__ = ["DEFAULT_MAX_WORKERS", "AsyncMessageWriter", "AsyncStore"]
+
+T = TypeVar("T")
+
+#: Threads of an ``AsyncStore``'s own pool: threads that wait on the disk, not CPU work.
+DEFAULT_MAX_WORKERS = 32
+
+_Run = Callable[..., Awaitable[Any]]
+
+
+def _runner(executor: Executor) -> _Run:
+    """``await run(func, *args, **kw)``: one job on ``executor``, as ``asyncio.to_thread`` does
+    on the default executor (the caller's context variables are copied into the job)."""
+
+    async def run(func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        return await loop.run_in_executor(executor, call)
+
+    return run
+
+
+def _new_executor(max_workers: int) -> ThreadPoolExecutor:
+    if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+        raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
+    return ThreadPoolExecutor(max_workers, thread_name_prefix="chunkstore")
 
 
 class AsyncMessageWriter:

@@ -16,7 +16,14 @@ from dataclasses import dataclass
 
 from ._exceptions import InvalidId
 
-__all__ = ["ConversationId", "MessageId", "UserId", "chunk_name", "parse_chunk_name"]
+__all__ = [
+    "ConversationId",
+    "MessageId",
+    "UserId",
+    "chunk_name",
+    "parse_chunk_name",
+    "parse_message_file",
+]
 
 # No id has more digits than this: a bound keeps hostile input ("us" + 10**6 digits) cheap.
 MAX_DIGITS = 18
@@ -24,8 +31,6 @@ MAX_DIGITS = 18
 _USER = re.compile(r"us(\d{2,18})")
 _CONVERSATION = re.compile(r"us(\d{2,18})-co(\d{2,18})")
 _MESSAGE = re.compile(r"us(\d{2,18})-co(\d{2,18})-ms(\d{2,18})")
-# File names inside messages/: a sealed message, or one chunk of a streamed one.
-_MESSAGE_FILE = re.compile(r"us(\d{2,18})-co(\d{2,18})-ms(\d{2,18})(?:-(\d{3,18}))?\.json")
 
 
 def _number(digits: str, width: int, text: str) -> int:
@@ -108,19 +113,45 @@ def chunk_name(message_id: MessageId | str, seq: int) -> str:
 
 
 def parse_chunk_name(name: str) -> tuple[int, int] | None:
-    """``(message seq, chunk seq)`` for a file name in ``messages/``; chunk seq 0 = sealed file.
-
-    None for anything else (temp files, lock files, strangers), which readers skip and
-    ``check`` reports.
-    """
-    m = _MESSAGE_FILE.fullmatch(name)
-    if m is None:
-        return None
+    """``(message seq, chunk seq)`` for a whole file name in ``messages/``; chunk seq 0 is the
+    sealed file. None for anything else (temp files, lock files, strangers)."""
+    head, marker, rest = name.partition("-ms")
     try:
-        seq = _number(m[3], 2, name)
-        _number(m[1], 2, name)
-        _number(m[2], 2, name)
-        chunk = _number(m[4], 3, name) if m[4] is not None else 0
+        ConversationId.parse(head)
     except InvalidId:
         return None
-    return seq, chunk
+    parsed = parse_message_file(rest) if marker else None
+    if parsed is None or parsed[2]:
+        return None
+    return parsed[0], parsed[1]
+
+
+def _canonical_digits(text: str, width: int) -> bool:
+    """``text`` is the one spelling of a positive number at minimum ``width`` (no regex: this
+    runs once per file name on the rebuild path)."""
+    n = len(text)
+    if not (text.isascii() and text.isdigit()) or n < width or n > MAX_DIGITS:
+        return False
+    return text[0] != "0" if n > width else text != "0" * width
+
+
+def parse_message_file(rest: str) -> tuple[int, int, bool] | None:
+    """``(message seq, chunk seq, is_lock)`` for the part of a ``messages/`` file name after
+    ``<conversation id>-ms``: ``02.json`` (sealed: chunk 0), ``02-001.json``, ``02.lock``.
+
+    None for anything else (temp files, strangers), which readers skip and ``check`` reports.
+    """
+    if rest.endswith(".json"):
+        is_lock = False
+    elif rest.endswith(".lock"):
+        is_lock = True
+    else:
+        return None
+    seq_text, dash, chunk_text = rest[:-5].partition("-")
+    if not _canonical_digits(seq_text, 2):
+        return None
+    if not dash:
+        return int(seq_text), 0, is_lock
+    if is_lock or not _canonical_digits(chunk_text, 3):
+        return None
+    return int(seq_text), int(chunk_text), False

@@ -6,28 +6,38 @@ messages still streaming (or cut by a crash) are rebuilt from their chunk files,
 need a liveness probe of their writer lock.
 
 Finished messages never change, so what has been rebuilt is kept in memory per conversation
-(``ConversationCache``, LRU-bounded): a warm read costs one ``listdir``, one ``fstat`` of the
-segment and a list. The cache is keyed by conversation id; ids are never reused, and the
-``listdir`` runs on every read, so a deleted conversation is noticed at once.
+(``ConversationCache``, LRU-bounded). A warm read of a quiet conversation costs a ``stat`` of
+``messages/`` and of the segment: the listing is reused while the directory's identity and
+mtime are unchanged (and that mtime was already old when it was listed, so no later change can
+hide behind the timestamp granularity). Only messages still streaming, or cut by a crash, are
+read again on every call, with a liveness probe of their writer lock. The cache is keyed by
+conversation id; ids are never reused, and a deleted conversation fails the ``stat`` at once.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from . import _fsio, _locks, _records
 from ._exceptions import ConversationNotFound, StorageError
-from ._ids import ConversationId, MessageId, parse_chunk_name
+from ._ids import ConversationId, MessageId, parse_message_file
 from ._layout import Layout
 from ._models import Message
 from ._rebuild import TERMINAL, rebuild_message
 from ._segment import SegmentIndex
 
 __all__ = ["ConversationReader", "MessageFiles", "list_message_files"]
+
+# Directory mtimes are only as fine as the filesystem's clock: a jiffy on Linux, up to 2 s on
+# FAT. A listing is trusted as long as the directory's mtime is unchanged only once that mtime
+# is older than this when the listing is taken.
+_SETTLED_NS = 2_000_000_000
 
 
 @dataclass(slots=True)
@@ -42,25 +52,21 @@ class MessageFiles:
 def list_message_files(names: list[str], conv: ConversationId) -> dict[int, MessageFiles]:
     """Group the names of a ``messages/`` directory by message seq (strangers are skipped)."""
     prefix = f"{conv}-ms"
+    cut = len(prefix)
     files: dict[int, MessageFiles] = {}
     for name in names:
         if not name.startswith(prefix):
             continue
-        if name.endswith(".lock"):
-            try:
-                seq = MessageId.parse(name[:-5]).seq
-            except ValueError:
-                continue
-            files.setdefault(seq, MessageFiles()).lock = True
-            continue
-        parsed = parse_chunk_name(name)
+        parsed = parse_message_file(name[cut:])
         if parsed is None:
             continue
-        seq, chunk = parsed
+        seq, chunk, is_lock = parsed
         entry = files.get(seq)
         if entry is None:
             entry = files[seq] = MessageFiles()
-        if chunk == 0:
+        if is_lock:
+            entry.lock = True
+        elif chunk == 0:
             entry.sealed = True
         else:
             entry.chunks.append(chunk)
@@ -70,13 +76,18 @@ def list_message_files(names: list[str], conv: ConversationId) -> dict[int, Mess
 class ConversationCache:
     """What one process knows of one conversation's messages."""
 
-    __slots__ = ("finished", "listing", "names", "segment")
+    __slots__ = ("dir_identity", "finished", "listing", "names", "segment", "seqs", "settled")
 
     def __init__(self, segment_path: str) -> None:
         self.segment = SegmentIndex(segment_path)
         self.names: list[str] | None = None
         self.listing: dict[int, MessageFiles] = {}
+        self.seqs: list[int] = []  # the listing's seqs, sorted
         self.finished: dict[int, Message] = {}  # read from sealed files, not in the segment
+        # (device, inode, mtime) of messages/ when it was listed, and whether its mtime was
+        # old enough then that any later change must show as a new mtime (see _SETTLED_NS).
+        self.dir_identity: tuple[int, int, int] | None = None
+        self.settled = False
 
 
 class ConversationReader:
@@ -99,22 +110,26 @@ class ConversationReader:
                 cache.finished[message.seq] = message
 
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
+        mdir = self._layout.messages_dir(conv)
+        now = time.time_ns()
         try:
-            names = os.listdir(self._layout.messages_dir(conv))
+            st = os.stat(mdir)
         except (FileNotFoundError, NotADirectoryError):
             raise ConversationNotFound(f"no conversation {conv}") from None
         except OSError as exc:
             raise StorageError.wrap(exc, f"cannot list messages of {conv}") from exc
+        identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
         with self._lock:
             cache = self._cache_for(conv)
-            if names != cache.names:
-                cache.listing = list_message_files(names, conv)
-                cache.names = names
-            listing = cache.listing
+            if identity != cache.dir_identity or not cache.settled:
+                self._relist(conv, cache, mdir, identity, now)
             cache.segment.refresh()
-            seqs = sorted(s for s in listing if s > after_seq)
+            seqs = cache.seqs
+            if after_seq:
+                seqs = seqs[bisect.bisect_right(seqs, after_seq) :]
             if limit is not None:
                 seqs = seqs[:limit]
+            listing = cache.listing
             out: list[Message] = []
             for seq in seqs:
                 message = cache.finished.get(seq) or cache.segment.get(seq)
@@ -124,6 +139,35 @@ class ConversationReader:
                         cache.finished[seq] = message
                 out.append(message)
             return out
+
+    def _relist(
+        self,
+        conv: ConversationId,
+        cache: ConversationCache,
+        mdir: str,
+        identity: tuple[int, int, int],
+        now: int,
+    ) -> None:
+        """List ``messages/`` again: it changed, or it changed too recently to trust its mtime."""
+        if cache.dir_identity is None or cache.dir_identity[:2] != identity[:2]:
+            # A directory we have not vetted: the store never creates links, so a symlink on
+            # the way is planted and could lead outside the root.
+            if self._layout.has_symlink(conv):
+                raise ConversationNotFound(f"no conversation {conv}")
+        try:
+            names = os.listdir(mdir)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConversationNotFound(f"no conversation {conv}") from None
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot list messages of {conv}") from exc
+        if names != cache.names:
+            cache.listing = list_message_files(names, conv)
+            cache.seqs = sorted(cache.listing)
+            cache.names = names
+        cache.dir_identity = identity
+        # A change after this listing gets a later mtime only if the current one is older than
+        # the filesystem's timestamp granularity; until then, list on every read.
+        cache.settled = now - identity[2] > _SETTLED_NS
 
     def _cache_for(self, conv: ConversationId) -> ConversationCache:
         key = str(conv)

@@ -53,6 +53,13 @@ class SegmentIndex:
     def refresh(self) -> None:
         """Read whatever was appended since the last call (or everything, if replaced)."""
         try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._reset(None)
+            return
+        if (st.st_dev, st.st_ino) == self._identity and st.st_size == self._offset:
+            return  # the warm path: nothing appended
+        try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             self._reset(None)

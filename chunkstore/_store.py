@@ -679,8 +679,6 @@ class Store:
             raise InvalidArgument("after_seq must be an integer >= 0")
         if limit is not None:
             _positive_int("limit", limit)
-        if self._layout.has_symlink(conv):
-            raise ConversationNotFound(f"no conversation {conv}")
         return self._reader.messages(conv, after_seq, limit)
 
     def message_count(self, conversation_id: str) -> int:

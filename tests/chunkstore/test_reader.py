@@ -349,7 +349,10 @@ def test_unreadable_messages_directory_is_a_storage_error(
     def listdir(path: str) -> list[str]:
         raise OSError(errno.EIO, "I/O error", path)
 
-    monkeypatch.setattr(_reader, "os", types.SimpleNamespace(listdir=listdir))
+    real = _reader.os
+    proxy = types.SimpleNamespace(**{n: getattr(real, n) for n in dir(real) if not n.startswith("__")})
+    proxy.listdir = listdir
+    monkeypatch.setattr(_reader, "os", proxy)
     with pytest.raises(StorageError) as info:
         store.messages(conv.id)
     assert info.value.errno == errno.EIO
