@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._check import Problem
+from ._exceptions import InvalidArgument
 from ._models import Conversation, ConversationPage, Message
 from ._store import Store
 from ._writer import MessageWriter
@@ -52,20 +53,25 @@ def _runner(executor: Executor) -> _Run:
 
 def _new_executor(max_workers: int) -> ThreadPoolExecutor:
     if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
-        raise ValueError(f"max_workers must be an integer >= 1, got {max_workers!r}")
+        raise InvalidArgument(f"max_workers must be an integer >= 1, got {max_workers!r}")
     return ThreadPoolExecutor(max_workers, thread_name_prefix="chunkstore")
 
 
 class AsyncMessageWriter:
-    """Async twin of ``MessageWriter``: ``await w.append(token)``, ``await w.finish(...)``."""
+    """Async twin of ``MessageWriter``: ``await w.append(token)``, ``await w.finish(...)``.
 
-    def __init__(self, opener: Any) -> None:
+    ``run`` is how blocking calls are made (``AsyncStore`` passes its pool's); by default
+    ``asyncio.to_thread``.
+    """
+
+    def __init__(self, opener: Any, *, run: _Run | None = None) -> None:
         self._opener = opener
+        self._run: _Run = run if run is not None else asyncio.to_thread
         self._writer: MessageWriter | None = None
 
     async def open(self) -> AsyncMessageWriter:
         if self._writer is None:
-            self._writer = await asyncio.to_thread(self._opener)
+            self._writer = await self._run(self._opener)
         return self
 
     @property
@@ -84,14 +90,14 @@ class AsyncMessageWriter:
 
     async def append(self, token: str) -> None:
         if self.writer.add(token):
-            await asyncio.to_thread(self.writer.flush)
+            await self._run(self.writer.flush)
 
     def add(self, token: str) -> bool:
         """Buffer a token without I/O; True when a chunk is due (then ``await flush()``)."""
         return self.writer.add(token)
 
     async def flush(self) -> None:
-        await asyncio.to_thread(self.writer.flush)
+        await self._run(self.writer.flush)
 
     async def finish(
         self,
@@ -99,13 +105,13 @@ class AsyncMessageWriter:
         usage: dict[str, Any] | None = None,
         tool_calls: list[dict[str, Any]] | None = None,
     ) -> Message:
-        return await asyncio.to_thread(self.writer.finish, finish_reason, usage, tool_calls)
+        return await self._run(self.writer.finish, finish_reason, usage, tool_calls)
 
     async def fail(self, error: object = "error", usage: dict[str, Any] | None = None) -> Message:
-        return await asyncio.to_thread(self.writer.fail, error, usage)
+        return await self._run(self.writer.fail, error, usage)
 
     async def abandon(self) -> None:
-        await asyncio.to_thread(self.writer.abandon)
+        await self._run(self.writer.abandon)
 
     @property
     def closed(self) -> bool:
@@ -120,19 +126,61 @@ class AsyncMessageWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.to_thread(self.writer.__exit__, exc_type, exc, tb)
+        await self._run(self.writer.__exit__, exc_type, exc, tb)
 
 
 class AsyncStore:
-    """``Store`` for asyncio code. Accepts the same arguments, or wraps an existing ``Store``."""
+    """``Store`` for asyncio code. Accepts the same arguments, or wraps an existing ``Store``.
 
-    def __init__(self, root: str | os.PathLike[str] | Store = "users", **options: Any) -> None:
+    ``max_workers``: threads of the store's own pool, i.e. how many calls may wait on the disk
+    at once (chunk writes are ``fsync``-bound, so this is not tied to the number of cores).
+    ``executor``: run the calls on this executor instead (its owner shuts it down;
+    ``max_workers`` is then ignored). ``close()`` shuts down the store's own pool.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | Store = "users",
+        *,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        executor: Executor | None = None,
+        **options: Any,
+    ) -> None:
         self.store = root if isinstance(root, Store) else Store(root, **options)
+        self._owns_executor = executor is None
+        self._executor: Executor = executor if executor is not None else _new_executor(max_workers)
+        self._run = _runner(self._executor)
 
     @classmethod
-    async def open(cls, root: str | os.PathLike[str] = "users", **options: Any) -> AsyncStore:
+    async def open(
+        cls,
+        root: str | os.PathLike[str] = "users",
+        *,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        executor: Executor | None = None,
+        **options: Any,
+    ) -> AsyncStore:
         """Open without blocking the loop (opening may create the root and its FORMAT)."""
-        return cls(await asyncio.to_thread(Store, root, **options))
+        pool = executor if executor is not None else _new_executor(max_workers)
+        try:
+            store = await _runner(pool)(Store, root, **options)
+        except BaseException:
+            if executor is None:
+                pool.shutdown(wait=False)
+            raise
+        opened = cls(store, executor=pool)
+        opened._owns_executor = executor is None
+        return opened
+
+    @property
+    def executor(self) -> Executor:
+        """The executor every call runs on."""
+        return self._executor
+
+    async def run(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``func(*args, **kwargs)`` as one job on the store's pool (for callers that batch
+        several ``Store`` calls into one thread hop)."""
+        return await self._run(func, *args, **kwargs)
 
     async def __aenter__(self) -> AsyncStore:
         return self
@@ -141,50 +189,56 @@ class AsyncStore:
         await self.close()
 
     async def close(self) -> None:
+        """Close the store and shut down its own pool once the calls already queued are done."""
+        if self._owns_executor:
+            # Waiting for the workers blocks: do it off the loop.
+            await asyncio.to_thread(self._executor.shutdown, True)
         self.store.close()
 
     async def user_for(self, principal: str) -> str:
-        return await asyncio.to_thread(self.store.user_for, principal)
+        return await self._run(self.store.user_for, principal)
 
     async def find_user(self, principal: str) -> str | None:
-        return await asyncio.to_thread(self.store.find_user, principal)
+        return await self._run(self.store.find_user, principal)
 
     async def users(self) -> list[str]:
-        return await asyncio.to_thread(self.store.users)
+        return await self._run(self.store.users)
 
     async def create_conversation(self, user_id: str, *args: Any, **kw: Any) -> Conversation:
-        return await asyncio.to_thread(self.store.create_conversation, user_id, *args, **kw)
+        return await self._run(self.store.create_conversation, user_id, *args, **kw)
 
     async def get_conversation(self, conversation_id: str) -> Conversation:
-        return await asyncio.to_thread(self.store.get_conversation, conversation_id)
+        return await self._run(self.store.get_conversation, conversation_id)
 
     async def list_conversations(self, user_id: str, *args: Any, **kw: Any) -> ConversationPage:
-        return await asyncio.to_thread(self.store.list_conversations, user_id, *args, **kw)
+        return await self._run(self.store.list_conversations, user_id, *args, **kw)
 
     async def update_conversation(self, conversation_id: str, **kw: Any) -> Conversation:
-        return await asyncio.to_thread(self.store.update_conversation, conversation_id, **kw)
+        return await self._run(self.store.update_conversation, conversation_id, **kw)
 
     async def delete_conversation(self, conversation_id: str, hard: bool = False) -> None:
-        await asyncio.to_thread(self.store.delete_conversation, conversation_id, hard)
+        await self._run(self.store.delete_conversation, conversation_id, hard)
 
     async def restore_conversation(self, conversation_id: str) -> Conversation:
-        return await asyncio.to_thread(self.store.restore_conversation, conversation_id)
+        return await self._run(self.store.restore_conversation, conversation_id)
 
     async def sweep_retention(self, *args: Any, **kw: Any) -> list[str]:
-        return await asyncio.to_thread(self.store.sweep_retention, *args, **kw)
+        return await self._run(self.store.sweep_retention, *args, **kw)
 
     async def append_message(self, conversation_id: str, *args: Any, **kw: Any) -> Message:
-        return await asyncio.to_thread(self.store.append_message, conversation_id, *args, **kw)
+        return await self._run(self.store.append_message, conversation_id, *args, **kw)
 
     def stream_message(self, conversation_id: str, *args: Any, **kw: Any) -> AsyncMessageWriter:
         """Use as ``async with store.stream_message(conv_id) as w:`` (opened on entry)."""
-        return AsyncMessageWriter(lambda: self.store.stream_message(conversation_id, *args, **kw))
+        return AsyncMessageWriter(
+            lambda: self.store.stream_message(conversation_id, *args, **kw), run=self._run
+        )
 
     async def messages(self, conversation_id: str, *args: Any, **kw: Any) -> list[Message]:
-        return await asyncio.to_thread(self.store.messages, conversation_id, *args, **kw)
+        return await self._run(self.store.messages, conversation_id, *args, **kw)
 
     async def message_count(self, conversation_id: str) -> int:
-        return await asyncio.to_thread(self.store.message_count, conversation_id)
+        return await self._run(self.store.message_count, conversation_id)
 
     async def check(self, fix: bool = False) -> list[Problem]:
-        return await asyncio.to_thread(self.store.check, fix)
+        return await self._run(self.store.check, fix)

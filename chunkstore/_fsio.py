@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from ._exceptions import StorageError
 
 __all__ = [
+    "SETTLED_NS",
     "TEMP_MARKER",
     "append_to",
     "create_exclusive",
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 TEMP_MARKER = ".tmp-"
+# Directory mtimes are only as fine as the filesystem's clock: a jiffy on Linux, up to 2 s on
+# FAT. A cached listing is trusted while the directory's mtime is unchanged only if that mtime
+# was already older than this when the listing was taken: then any later change must show.
+SETTLED_NS = 2_000_000_000
 # Directory fsync is how POSIX makes a new name durable; Windows has no such call.
 _CAN_FSYNC_DIRS = os.name == "posix"
 _O_BINARY = getattr(os, "O_BINARY", 0)

@@ -23,6 +23,7 @@ __all__ = [
     "chunk_name",
     "parse_chunk_name",
     "parse_message_file",
+    "parse_number",
 ]
 
 # No id has more digits than this: a bound keeps hostile input ("us" + 10**6 digits) cheap.
@@ -124,6 +125,11 @@ def parse_chunk_name(name: str) -> tuple[int, int] | None:
     if parsed is None or parsed[2]:
         return None
     return parsed[0], parsed[1]
+
+
+def parse_number(text: str, width: int) -> int | None:
+    """The number ``text`` spells canonically at minimum ``width``, else None."""
+    return int(text) if _canonical_digits(text, width) else None
 
 
 def _canonical_digits(text: str, width: int) -> bool:

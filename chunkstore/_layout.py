@@ -64,6 +64,15 @@ class Layout:
     def conversations_dir(self, user: UserId) -> str:
         return os.path.join(self.root, str(user), "data", "conversations")
 
+    def user_has_symlink(self, user: UserId) -> bool:
+        """Whether a directory on the way to ``user``'s conversations is a symlink."""
+        path = self.root
+        for part in (str(user), "data", "conversations"):
+            path = os.path.join(path, part)
+            if os.path.islink(path):
+                return True
+        return False
+
     def has_symlink(self, conv: ConversationId) -> bool:
         """Whether a directory on the way to ``conv``'s messages is a symlink.
 

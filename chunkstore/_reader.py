@@ -34,11 +34,6 @@ from ._segment import SegmentIndex
 
 __all__ = ["ConversationReader", "MessageFiles", "list_message_files"]
 
-# Directory mtimes are only as fine as the filesystem's clock: a jiffy on Linux, up to 2 s on
-# FAT. A listing is trusted as long as the directory's mtime is unchanged only once that mtime
-# is older than this when the listing is taken.
-_SETTLED_NS = 2_000_000_000
-
 
 @dataclass(slots=True)
 class MessageFiles:
@@ -165,9 +160,8 @@ class ConversationReader:
             cache.seqs = sorted(cache.listing)
             cache.names = names
         cache.dir_identity = identity
-        # A change after this listing gets a later mtime only if the current one is older than
-        # the filesystem's timestamp granularity; until then, list on every read.
-        cache.settled = now - identity[2] > _SETTLED_NS
+        # Until the mtime is older than the timestamp granularity, list on every read.
+        cache.settled = now - identity[2] > _fsio.SETTLED_NS
 
     def _cache_for(self, conv: ConversationId) -> ConversationCache:
         key = str(conv)

@@ -11,7 +11,10 @@ claimed under the conversation's file lock by creating the message's first file 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
+import operator
 import os
 import shutil
 import time
@@ -30,7 +33,7 @@ from ._exceptions import (
     StoreFormatError,
     UserNotFound,
 )
-from ._ids import ConversationId, MessageId, UserId
+from ._ids import ConversationId, MessageId, UserId, parse_number
 from ._layout import FORMAT_VERSION, Layout
 from ._models import Conversation, ConversationPage, Message
 from ._reader import ConversationReader, list_message_files
@@ -56,6 +59,7 @@ MAX_METADATA_VALUE = 512
 MAX_PAGE = 1000
 
 _UNSET: Any = object()
+_META_CACHE_SIZE = 8192
 
 
 class Store:
@@ -101,6 +105,10 @@ class Store:
         self._durable = durability != "none"
         self._reader = ConversationReader(self._layout, cache_conversations)
         self._next_seq_hint: dict[ConversationId, int] = {}
+        # Stat-validated caches: (directory identity, settled, numbers newest first) per user,
+        # and (file identity, metadata) per conversation.
+        self._numbers_cache: dict[UserId, tuple[tuple[int, int, int], bool, list[int]]] = {}
+        self._meta_cache: dict[ConversationId, tuple[tuple[int, int, int, int], Conversation]] = {}
         self._open_root()
 
     def __repr__(self) -> str:
@@ -243,7 +251,7 @@ class Store:
     def _require_user(self, user_id: str) -> UserId:
         user = UserId.parse(user_id)
         user_dir = self._layout.user_dir(user)
-        if os.path.islink(user_dir) or not os.path.isdir(user_dir):
+        if self._layout.user_has_symlink(user) or not os.path.isdir(user_dir):
             raise UserNotFound(f"no user {user}")
         return user
 
@@ -265,19 +273,16 @@ class Store:
         if not isinstance(pinned, bool):
             raise InvalidArgument("pinned must be a bool")
         with _locks.exclusive(self._layout.user_lock(user), self.lock_timeout):
-            existing = self._conversation_ids(user)
-            if (
-                self.max_conversations_per_user is not None
-                and len(existing) >= self.max_conversations_per_user
-            ):
-                raise LimitExceeded(
-                    f"user {user} has reached the limit of "
-                    f"{self.max_conversations_per_user} conversations"
-                )
+            limit = self.max_conversations_per_user
+            if limit is not None and len(self._conversation_numbers(user)) >= limit:
+                raise LimitExceeded(f"user {user} has reached the limit of {limit} conversations")
             user_record = self._read_user(user)
             # Ids are never reused, even after a hard delete: the counter in user.json only
-            # grows. The directory scan covers a crash between creating and counting.
-            n = max([user_record.get("lastConversation", 0)] + [c.n for c in existing]) + 1
+            # grows, and is moved on before the directory exists. Probing past existing
+            # directories covers a user.json that was lost or restored from a backup.
+            n = user_record.get("lastConversation", 0) + 1
+            while os.path.lexists(self._layout.conversation_dir(ConversationId(user.n, n))):
+                n += 1
             conv = ConversationId(user.n, n)
             user_record["lastConversation"] = n
             _fsio.replace_atomic(
@@ -328,31 +333,59 @@ class Store:
             # user.json only holds a counter the directory scan can recover; start afresh.
             return {"v": 1, "id": str(user), "createdAt": utc_now(), "lastConversation": 0}
 
-    def _conversation_ids(self, user: UserId) -> list[ConversationId]:
+    def _conversation_numbers(self, user: UserId) -> list[int]:
+        """The user's conversation numbers, newest first (cached; see ``SETTLED_NS``)."""
+        path = self._layout.conversations_dir(user)
+        now = time.time_ns()
         try:
-            names = os.listdir(self._layout.conversations_dir(user))
+            st = os.stat(path)
         except FileNotFoundError:
             return []
-        out = []
+        identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
+        cached = self._numbers_cache.get(user)
+        if cached is not None and cached[0] == identity and cached[1]:
+            return cached[2]
         prefix = f"{user}-co"
-        for name in names:
+        cut = len(prefix)
+        numbers = []
+        for name in os.listdir(path):
             if name.startswith(prefix):
-                try:
-                    conv = ConversationId.parse(name)
-                except InvalidId:
-                    continue
-                if conv.user == user.n:
-                    out.append(conv)
-        return out
+                n = parse_number(name[cut:], 2)
+                if n is not None:
+                    numbers.append(n)
+        numbers.sort(reverse=True)
+        self._numbers_cache[user] = (identity, now - st.st_mtime_ns > _fsio.SETTLED_NS, numbers)
+        return numbers
+
+    def _conversation_ids(self, user: UserId) -> list[ConversationId]:
+        return [ConversationId(user.n, n) for n in self._conversation_numbers(user)]
 
     def get_conversation(self, conversation_id: str) -> Conversation:
         """Metadata of a conversation (soft-deleted ones too: see ``deleted_at``)."""
         return self._read_conversation(ConversationId.parse(conversation_id))
 
-    def _read_conversation(self, conv: ConversationId) -> Conversation:
-        if self._layout.has_symlink(conv):
+    def _read_conversation(
+        self, conv: ConversationId, *, parents_vetted: bool = False
+    ) -> Conversation:
+        layout = self._layout
+        if parents_vetted:
+            if os.path.islink(layout.conversation_dir(conv)):
+                raise ConversationNotFound(f"no conversation {conv}")
+        elif layout.has_symlink(conv):
             raise ConversationNotFound(f"no conversation {conv}")
-        path = self._layout.conversation_file(conv)
+        path = layout.conversation_file(conv)
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ConversationNotFound(f"no conversation {conv}") from None
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot read {path}") from exc
+        # conversation.json is only ever replaced (a new inode) and the old inode stays alive
+        # until the replace, so the same identity means the same content.
+        identity = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+        cached = self._meta_cache.get(conv)
+        if cached is not None and cached[0] == identity:
+            return cached[1]
         try:
             record = _records.decode(_fsio.read_bytes(path))
         except (FileNotFoundError, NotADirectoryError):
@@ -361,7 +394,7 @@ class Store:
             raise StorageError(0, f"{path} is corrupt: {exc}", path) from exc
         except OSError as exc:
             raise StorageError.wrap(exc, f"cannot read {path}") from exc
-        return Conversation(
+        conversation = Conversation(
             id=record["id"],
             user_id=record["userId"],
             title=record.get("title"),
@@ -372,6 +405,10 @@ class Store:
             participants=list(record.get("participants") or []),
             deleted_at=record.get("deletedAt"),
         )
+        if len(self._meta_cache) >= _META_CACHE_SIZE:
+            self._meta_cache.clear()  # crude but bounded; the hot set refills at once
+        self._meta_cache[conv] = (identity, conversation)
+        return conversation
 
     def list_conversations(
         self,
@@ -393,14 +430,17 @@ class Store:
         if after is not None and after.user != user.n:
             raise InvalidArgument("cursor does not belong to this user")
         self._require_user(user_id)
-        ids = sorted(self._conversation_ids(user), reverse=True)
+        numbers = self._conversation_numbers(user)
+        start = 0
         if after is not None:
-            ids = [c for c in ids if c.n < after.n]
+            # Newest first: skip every number >= the cursor's (bisect on the negated order).
+            start = bisect.bisect_right(numbers, -after.n, key=operator.neg)
         items: list[Conversation] = []
         more = False
-        for conv in ids:
+        for n in itertools.islice(numbers, start, None):
+            conv = ConversationId(user.n, n)
             try:
-                conversation = self._read_conversation(conv)
+                conversation = self._read_conversation(conv, parents_vetted=True)
             except ConversationNotFound:
                 continue  # deleted while we listed
             if conversation.deleted and not include_deleted:
