@@ -1,5 +1,10 @@
-"""The values the store hands out. Frozen: the in-process cache shares them between callers,
-so treat the dicts and lists inside (usage, tool_calls, metadata) as read-only too."""
+"""The values the store hands out.
+
+The in-process cache shares ``Message`` objects between callers, so treat them (and the dicts
+and lists inside: usage, tool_calls) as read-only. ``Message`` is not a frozen dataclass only
+because building frozen instances costs three times as much, and a cold rebuild builds one per
+message; ``Conversation`` and ``ConversationPage`` are frozen.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 MessageStatus = Literal["complete", "error", "streaming", "interrupted"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message:
     id: str
     seq: int

@@ -26,7 +26,7 @@ from typing import Any
 
 from . import _fsio, _locks, _records
 from ._exceptions import ConversationNotFound, StorageError
-from ._ids import ConversationId, MessageId, parse_message_file
+from ._ids import ConversationId, MessageId, scan_message_files
 from ._layout import Layout
 from ._models import Message
 from ._rebuild import TERMINAL, rebuild_message
@@ -46,16 +46,8 @@ class MessageFiles:
 
 def list_message_files(names: list[str], conv: ConversationId) -> dict[int, MessageFiles]:
     """Group the names of a ``messages/`` directory by message seq (strangers are skipped)."""
-    prefix = f"{conv}-ms"
-    cut = len(prefix)
     files: dict[int, MessageFiles] = {}
-    for name in names:
-        if not name.startswith(prefix):
-            continue
-        parsed = parse_message_file(name[cut:])
-        if parsed is None:
-            continue
-        seq, chunk, is_lock = parsed
+    for seq, chunk, is_lock in scan_message_files(names, conv):
         entry = files.get(seq)
         if entry is None:
             entry = files[seq] = MessageFiles()

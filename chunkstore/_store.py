@@ -33,7 +33,7 @@ from ._exceptions import (
     StoreFormatError,
     UserNotFound,
 )
-from ._ids import ConversationId, MessageId, UserId, parse_number
+from ._ids import ConversationId, MessageId, UserId, scan_conversation_numbers
 from ._layout import FORMAT_VERSION, Layout
 from ._models import Conversation, ConversationPage, Message
 from ._reader import ConversationReader, list_message_files
@@ -345,14 +345,7 @@ class Store:
         cached = self._numbers_cache.get(user)
         if cached is not None and cached[0] == identity and cached[1]:
             return cached[2]
-        prefix = f"{user}-co"
-        cut = len(prefix)
-        numbers = []
-        for name in os.listdir(path):
-            if name.startswith(prefix):
-                n = parse_number(name[cut:], 2)
-                if n is not None:
-                    numbers.append(n)
+        numbers = scan_conversation_numbers(os.listdir(path), user)
         numbers.sort(reverse=True)
         self._numbers_cache[user] = (identity, now - st.st_mtime_ns > _fsio.SETTLED_NS, numbers)
         return numbers
