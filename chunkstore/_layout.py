@@ -29,6 +29,7 @@ from ._ids import ConversationId, MessageId, UserId
 __all__ = ["FORMAT_VERSION", "Layout"]
 
 FORMAT_VERSION = 1
+_SEP = os.sep
 
 
 class Layout:
@@ -87,10 +88,11 @@ class Layout:
         return False
 
     def conversation_dir(self, conv: ConversationId) -> str:
-        return os.path.join(self.root, f"us{conv.user:02d}", "data", "conversations", str(conv))
+        # Concatenation, not os.path.join: listings build this for every item they show.
+        return f"{self.root}{_SEP}us{conv.user:02d}{_SEP}data{_SEP}conversations{_SEP}{conv}"
 
     def conversation_file(self, conv: ConversationId) -> str:
-        return os.path.join(self.conversation_dir(conv), "conversation.json")
+        return f"{self.conversation_dir(conv)}{_SEP}conversation.json"
 
     def conversation_lock(self, conv: ConversationId) -> str:
         return os.path.join(self.conversation_dir(conv), ".lock")
