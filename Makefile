@@ -29,7 +29,7 @@ test: $(STAMP)
 
 ## stress: the whole suite with the reliability tests at their large sizes (RELIABILITY.md).
 stress: $(STAMP)
-	STRESS=1 $(BIN)/python -m pytest -q -p no:randomly --durations=25 tests
+	STRESS=1 $(BIN)/python -m pytest -q -p no:randomly --timeout=3600 --durations=25 tests
 
 ## bench: the performance suites (pytest-benchmark), results in benchmarks/README.md.
 bench: $(STAMP)

@@ -19,6 +19,7 @@ of one process that open the file separately exclude each other just as two proc
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +31,10 @@ from ._exceptions import LockTimeout, StorageError
 
 __all__ = ["exclusive", "hold_writer_lock", "is_held", "release"]
 
-_POLL_INTERVAL = 0.002
+# Waiters poll (a blocking flock cannot time out). The jitter keeps waiters out of step with a
+# holder that re-locks in a loop, which otherwise starves them under heavy contention.
+_POLL_MIN = 0.0005
+_POLL_MAX = 0.003
 
 
 @contextmanager
@@ -78,7 +82,7 @@ def _lock_handle(handle: IO[bytes], timeout: float) -> None:
         except portalocker.exceptions.LockException:
             if time.monotonic() >= deadline:
                 raise LockTimeout(f"could not lock {handle.name} within {timeout}s") from None
-            time.sleep(_POLL_INTERVAL)
+            time.sleep(random.uniform(_POLL_MIN, _POLL_MAX))
 
 
 def release(handle: IO[bytes]) -> None:

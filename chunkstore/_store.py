@@ -46,7 +46,8 @@ Durability = Literal["chunk", "message", "none"]
 DURABILITY_MODES: tuple[str, ...] = ("chunk", "message", "none")
 DEFAULT_CHUNK_TOKENS = 60
 DEFAULT_FLUSH_INTERVAL = 1.0
-DEFAULT_LOCK_TIMEOUT = 10.0
+# Locks are held for milliseconds; a long bound only matters under extreme contention.
+DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_CACHE_CONVERSATIONS = 256
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})

@@ -113,10 +113,10 @@ async def test_sigkill_mid_stream_then_restart(tmp_path: Path, upstream: FakeUps
         # Restarted, the edge serves the cut reply as interrupted, with its durable prefix.
         edge = await start_edge(root, upstream.base_url)
         async with aiohttp.ClientSession(headers={"x-session-id": "s1"}) as http:
-            page = await (
-                await http.get(f"{edge.url}/v1/conversations/{conversation_id}/messages?limit=100")
-            ).json()
-            cut = page["data"][-1]
+            # The cut reply is the last message: the second-to-last seq is 4 * kill + 1.
+            url = f"{edge.url}/v1/conversations/{conversation_id}/messages"
+            page = await (await http.get(url, params={"after_seq": 4 * kill + 1})).json()
+            [cut] = page["data"]
             assert cut["status"] == "interrupted"
             # Chunks of 60 tokens were fsynced before the next one: at least one is durable.
             assert len(cut["content"].split()) >= 60 and len(cut["content"].split()) % 60 == 0
