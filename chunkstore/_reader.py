@@ -21,6 +21,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +34,18 @@ from ._models import Message
 from ._rebuild import TERMINAL, rebuild_message
 from ._segment import SegmentIndex
 
-__all__ = ["ConversationReader", "MessageFiles", "list_message_files"]
+__all__ = ["ConversationReader", "MessageFiles", "conversation_io", "list_message_files"]
+
+
+@contextmanager
+def conversation_io(conv: ConversationId, action: str) -> Iterator[None]:
+    """Map the OS errors of a conversation's files: absent → not found, others → storage."""
+    try:
+        yield
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConversationNotFound(f"no conversation {conv}") from None
+    except OSError as exc:
+        raise StorageError.wrap(exc, f"cannot {action} of {conv}") from exc
 
 
 @dataclass(slots=True)
@@ -99,12 +112,8 @@ class ConversationReader:
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
         mdir = self._layout.messages_dir(conv)
         now = time.time_ns()
-        try:
+        with conversation_io(conv, "list messages"):
             st = os.stat(mdir)
-        except (FileNotFoundError, NotADirectoryError):
-            raise ConversationNotFound(f"no conversation {conv}") from None
-        except OSError as exc:
-            raise StorageError.wrap(exc, f"cannot list messages of {conv}") from exc
         identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
         with self._lock:
             cache = self._cache_for(conv)
@@ -141,12 +150,8 @@ class ConversationReader:
             # the way is planted and could lead outside the root.
             if self._layout.has_symlink(conv):
                 raise ConversationNotFound(f"no conversation {conv}")
-        try:
+        with conversation_io(conv, "list messages"):
             names = os.listdir(mdir)
-        except (FileNotFoundError, NotADirectoryError):
-            raise ConversationNotFound(f"no conversation {conv}") from None
-        except OSError as exc:
-            raise StorageError.wrap(exc, f"cannot list messages of {conv}") from exc
         if names != cache.names:
             cache.listing = list_message_files(names, conv)
             cache.seqs = sorted(cache.listing)

@@ -36,7 +36,7 @@ from ._exceptions import (
 from ._ids import ConversationId, MessageId, UserId, scan_conversation_numbers
 from ._layout import FORMAT_VERSION, Layout
 from ._models import Conversation, ConversationPage, Message
-from ._reader import ConversationReader, list_message_files
+from ._reader import ConversationReader, conversation_io, list_message_files
 from ._rebuild import message_to_line, rebuild_message
 from ._writer import MessageWriter, utc_now
 
@@ -368,12 +368,8 @@ class Store:
         elif layout.has_symlink(conv):
             raise ConversationNotFound(f"no conversation {conv}")
         path = layout.conversation_file(conv)
-        try:
+        with conversation_io(conv, "read the metadata"):
             st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            raise ConversationNotFound(f"no conversation {conv}") from None
-        except OSError as exc:
-            raise StorageError.wrap(exc, f"cannot read {path}") from exc
         # conversation.json is only ever replaced (a new inode) and the old inode stays alive
         # until the replace, so the same identity means the same content.
         identity = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
@@ -381,13 +377,10 @@ class Store:
         if cached is not None and cached[0] == identity:
             return cached[1]
         try:
-            record = _records.decode(_fsio.read_bytes(path))
-        except (FileNotFoundError, NotADirectoryError):
-            raise ConversationNotFound(f"no conversation {conv}") from None
+            with conversation_io(conv, "read the metadata"):
+                record = _records.decode(_fsio.read_bytes(path))
         except ValueError as exc:
             raise StorageError(0, f"{path} is corrupt: {exc}", path) from exc
-        except OSError as exc:
-            raise StorageError.wrap(exc, f"cannot read {path}") from exc
         conversation = Conversation(
             id=record["id"],
             user_id=record["userId"],
