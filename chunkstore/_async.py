@@ -21,7 +21,7 @@ import os
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from ._check import Problem
 from ._exceptions import InvalidArgument
@@ -36,7 +36,9 @@ T = TypeVar("T")
 #: Threads of an ``AsyncStore``'s own pool: threads that wait on the disk, not CPU work.
 DEFAULT_MAX_WORKERS = 32
 
-_Run = Callable[..., Awaitable[Any]]
+
+class _Run(Protocol):
+    def __call__(self, func: Callable[..., T], /, *args: Any, **kwargs: Any) -> Awaitable[T]: ...
 
 
 def _runner(executor: Executor) -> _Run:
@@ -66,7 +68,7 @@ class AsyncMessageWriter:
 
     def __init__(self, opener: Any, *, run: _Run | None = None) -> None:
         self._opener = opener
-        self._run: _Run = run if run is not None else asyncio.to_thread
+        self._run: _Run = run if run is not None else cast(_Run, asyncio.to_thread)
         self._writer: MessageWriter | None = None
 
     async def open(self) -> AsyncMessageWriter:

@@ -72,6 +72,10 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         chunk_tokens=config.chunk_tokens,
         max_conversations_per_user=config.max_conversations_per_session,
         max_messages_per_conversation=config.max_messages_per_conversation,
+        # The store's own pool (STORE_THREADS): its threads wait on fsync, so 200 streams'
+        # chunk writes and the writes before each upstream call do not queue behind the few
+        # threads of asyncio's default executor.
+        max_workers=config.store_threads,
     )
     app[STORE] = store
     try:
@@ -97,7 +101,12 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     # No total timeout: a stream may legitimately last minutes. Connecting and each read are
     # bounded instead, so a dead upstream cannot hold a request forever.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
-    session = aiohttp.ClientSession(timeout=timeout, auto_decompress=True)
+    # No connection cap (aiohttp's default is 100): every client stream holds one upstream
+    # connection for its whole length, so with a cap the 101st concurrent stream would wait for
+    # another stream to *end* before it even starts. The edge mirrors its clients' concurrency;
+    # limiting it is the job of whatever admits the clients.
+    connector = aiohttp.TCPConnector(limit=0)
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
     app[UPSTREAM_SESSION] = session
     try:
         yield

@@ -19,6 +19,10 @@ The contract:
 * ``UPSTREAM_BASE_URL`` follows the OpenAI SDK's convention: it includes the API prefix
   (``https://api.openai.com/v1``), and the edge appends the path after ``/v1`` to it. It is stored
   without a trailing slash. Unset, the edge answers from its built-in demo upstream.
+* ``STORE_THREADS`` (default 32) sizes the store's own thread pool: the threads that wait on the
+  disk (chunk writes are ``fsync``-bound, not CPU-bound), so it is not tied to the number of
+  cores. Every store call of the edge (the writes before an upstream call, each chunk write,
+  history reads) is one job on that pool, separate from asyncio's default executor.
 * ``DB_URL`` only supports the ``file:`` scheme in this version: ``file:./users`` (relative to the
   working directory), ``file:/abs/path`` or ``file:///abs/path``. The path is taken literally (no
   percent-decoding). :attr:`EdgeConfig.store_path` gives it as a :class:`pathlib.Path`.
@@ -52,6 +56,7 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_RETENTION_INTERVAL_S",
     "DEFAULT_STORAGE_FINAL_TIMEOUT_MS",
+    "DEFAULT_STORE_THREADS",
     "DEFAULT_STREAM_BUNDLE_TOKENS",
     "DEFAULT_STREAM_FLUSH_MS",
     "DURABILITY_MODES",
@@ -81,6 +86,7 @@ DEFAULT_HISTORY_BATCH_FLUSH_MS: Final = 1000
 DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_DURABILITY: Final[Durability] = "chunk"
 DEFAULT_STORAGE_FINAL_TIMEOUT_MS: Final = 5000
+DEFAULT_STORE_THREADS: Final = 32
 DEFAULT_RETENTION_INTERVAL_S: Final = 3600
 DEFAULT_LOG_LEVEL: Final[LogLevel] = "INFO"
 
@@ -115,6 +121,7 @@ class EdgeConfig:
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     durability: Durability = DEFAULT_DURABILITY
     storage_final_timeout_ms: int = DEFAULT_STORAGE_FINAL_TIMEOUT_MS
+    store_threads: int = DEFAULT_STORE_THREADS
     retention_interval_s: int = DEFAULT_RETENTION_INTERVAL_S
     log_level: LogLevel = DEFAULT_LOG_LEVEL
 
@@ -507,6 +514,14 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "STORAGE_FINAL_TIMEOUT_MS",
         "how long a stream waits for its final write before sending [DONE]",
         "MS",
+        _integer(1),
+    ),
+    _Option(
+        "store_threads",
+        "STORE_THREADS",
+        "threads that wait on the disk for the store (chunk writes, reads); "
+        "not tied to the number of cores",
+        "N",
         _integer(1),
     ),
     _Option(

@@ -1,10 +1,12 @@
 """Persisting a streamed reply without ever making the relay wait for the disk.
 
-The relay hands each token to a ``ReplyRecorder`` with a non-blocking ``put_nowait``; a
-background task owns the chunkstore ``MessageWriter`` and does the disk work in worker threads
-(one ``asyncio.to_thread`` per chunk, not per token). A slow or failing disk therefore delays
-only this task: the client's stream runs at upstream speed, and a storage failure is reported
-at the end instead of breaking the stream.
+The relay hands each token to a ``ReplyRecorder``, which appends it to a list (no await, no
+task, no timer per token). A background task owns the chunkstore ``MessageWriter``; it sleeps
+until a chunk is due (``chunk_tokens`` pending), the ``HISTORY_BATCH_FLUSH_MS`` timer fires
+(one ``call_at`` handle, armed only while tokens are pending) or the stream ends, and does the
+disk work on the store's threads: one job per chunk, not per token. A slow or failing disk
+therefore delays only this task: the client's stream runs at upstream speed, and a storage
+failure is reported at the end instead of breaking the stream.
 
 ``ToolCallAssembler`` rebuilds complete tool calls from their streamed deltas so the stored
 message replays upstream exactly as a non-streamed one would.
@@ -24,8 +26,6 @@ from edge.metrics import Metrics
 __all__ = ["ReplyRecorder", "ToolCallAssembler"]
 
 log = logging.getLogger("edge.persist")
-
-_END = object()
 
 
 class ToolCallAssembler:
@@ -82,7 +82,17 @@ class ReplyRecorder:
         self._chunk_tokens = chunk_tokens
         self._flush_s = flush_ms / 1000
         self._metrics = metrics
-        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        # The hand-off: tokens not yet given to the writer, in order. The relay appends, the
+        # consumer takes whole chunks from the front; both run on the event loop.
+        self._tokens: list[str] = []
+        self._end_item: tuple[Any, ...] | None = None
+        # Set while the consumer sleeps: resolved when a chunk is due, when the stream ends,
+        # or by the one flush timer (HISTORY_BATCH_FLUSH_MS after the last write).
+        self._wakeup: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_due = False  # the timer fired (asyncio may run it a hair before its time)
+        self._last_write = self._loop.time()
         self.failed = False
         self.message_id: str | None = None
         self._ended = False
@@ -91,9 +101,16 @@ class ReplyRecorder:
     # -- called by the relay (never blocks) ---------------------------------------------------
 
     def token(self, text: str) -> None:
-        # After a storage failure nothing consumes the queue: stop feeding it.
-        if not self._ended and not self.failed:
-            self._queue.put_nowait(text)
+        # After a storage failure nothing consumes the buffer: stop feeding it.
+        if self._ended or self.failed:
+            return
+        tokens = self._tokens
+        tokens.append(text)
+        if self._wakeup is not None:  # the consumer sleeps: wake it once per chunk, not token
+            if len(tokens) >= self._chunk_tokens:
+                self._wake()
+            elif self._timer is None:
+                self._arm_timer()
 
     def finish(
         self,
@@ -109,7 +126,21 @@ class ReplyRecorder:
     def _end(self, item: tuple[Any, ...]) -> None:
         if not self._ended:
             self._ended = True
-            self._queue.put_nowait(item)
+            self._end_item = item
+            self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._wakeup
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _arm_timer(self) -> None:
+        self._timer = self._loop.call_at(self._last_write + self._flush_s, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._flush_due = True
+        self._wake()
 
     @property
     def ended(self) -> bool:
@@ -152,26 +183,50 @@ class ReplyRecorder:
                     pass
 
     async def _consume(self, writer: AsyncMessageWriter) -> None:
-        pending = 0
-        last_flush = time.monotonic()
+        """Write whole chunks as they fill up, a partial one when ``HISTORY_BATCH_FLUSH_MS``
+        has passed since the last write with tokens pending, and seal at the end."""
+        loop = self._loop
+        chunk = self._chunk_tokens
+        tokens = self._tokens
+        add = writer.writer.add  # the sync writer's: buffers in memory, no I/O
+        self._last_write = loop.time()
         while True:
-            timeout = None
-            if pending:
-                timeout = max(0.0, last_flush + self._flush_s - time.monotonic())
-            try:
-                item = await asyncio.wait_for(self._queue.get(), timeout)
-            except TimeoutError:
-                await self._flush(writer, pending)
-                pending, last_flush = 0, time.monotonic()
+            pending = len(tokens)
+            if pending >= chunk:
+                take = chunk
+            elif self._end_item is not None:
+                # The rest (less than a chunk) goes into the sealing record.
+                for text in tokens:
+                    add(text)
+                tokens.clear()
+                await self._seal(writer, self._end_item)
+                return
+            elif pending and (self._flush_due or loop.time() >= self._last_write + self._flush_s):
+                take = pending
+            else:
+                await self._sleep(pending)
                 continue
-            if isinstance(item, str):
-                pending += 1
-                if writer.add(item):
-                    await self._flush(writer, pending)
-                    pending, last_flush = 0, time.monotonic()
-                continue
-            await self._seal(writer, item)
-            return
+            for text in tokens[:take]:
+                add(text)  # True on the last of a full chunk: flushed right below
+            del tokens[:take]
+            await self._flush(writer, take)
+            self._last_write = loop.time()
+            self._flush_due = False
+
+    async def _sleep(self, pending: int) -> None:
+        """Until ``token``/``_end``/the flush timer wakes us (the timer only with tokens pending:
+        otherwise ``token`` arms it when the first one comes)."""
+        loop = self._loop
+        self._wakeup = loop.create_future()
+        if pending:
+            self._arm_timer()
+        try:
+            await self._wakeup
+        finally:
+            self._wakeup = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
     async def _flush(self, writer: AsyncMessageWriter, tokens: int) -> None:
         before = writer.writer.chunks_written
@@ -207,6 +262,7 @@ class ReplyRecorder:
 
     def _storage_failed(self, exc: BaseException) -> None:
         self.failed = True
+        self._tokens.clear()  # nothing will consume them (``token`` stops buffering)
         self._metrics.storage_failures.inc()
         log_event(
             "storage_failed",

@@ -219,15 +219,14 @@ async def _plan_turn(
     if wanted is not None:
         user = await session_user(request, create=False)
         conversation_id = owned_conversation(user, wanted)
-        upstream = await asyncio.to_thread(
-            _continue_conversation, store.store, conversation_id, messages
-        )
+        # One job on the store's pool (not asyncio's default executor) for the whole turn.
+        upstream = await store.run(_continue_conversation, store.store, conversation_id, messages)
         return Turn(conversation_id, upstream, agent)
     if any(m.get("role") in _INSTRUCTION_ROLES for m in messages):
         return Turn(None, messages, agent)
     user = await session_user(request, create=True)
     assert user is not None
-    conversation_id = await asyncio.to_thread(_new_conversation, store.store, user, messages)
+    conversation_id = await store.run(_new_conversation, store.store, user, messages)
     return Turn(conversation_id, messages, agent)
 
 

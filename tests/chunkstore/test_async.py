@@ -1,12 +1,24 @@
-"""``AsyncStore``: the same names as ``Store``, each call one thread hop."""
+"""``AsyncStore``: the same names as ``Store``, each call one job on the store's own pool."""
 
 from __future__ import annotations
 
+import contextvars
 import inspect
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from chunkstore import AsyncMessageWriter, AsyncStore, InvalidId, MessageWriter, Store
+import chunkstore._async
+from chunkstore import (
+    AsyncMessageWriter,
+    AsyncStore,
+    InvalidArgument,
+    InvalidId,
+    MessageWriter,
+    Store,
+)
 
 
 def public_methods(cls: type) -> set[str]:
@@ -106,3 +118,71 @@ async def test_errors_come_through_unchanged(root: str) -> None:
     with pytest.raises(InvalidId):
         async with store.stream_message("us01-co01/../x"):
             pass
+
+
+# -- the store's own thread pool ----------------------------------------------------------------
+
+_WHO = contextvars.ContextVar("who", default="nobody")
+
+
+async def test_calls_run_on_the_stores_own_pool_with_context(root: str) -> None:
+    store = await AsyncStore.open(root, durability="none", max_workers=3)
+    assert isinstance(store.executor, ThreadPoolExecutor)
+    assert store.executor._max_workers == 3
+    _WHO.set("caller")
+
+    def where() -> tuple[str, str]:
+        return threading.current_thread().name, _WHO.get()
+
+    name, who = await store.run(where)
+    assert name.startswith("chunkstore") and who == "caller"
+    # Every call, the writer's included, is one job on that pool, not on the loop's default.
+    submitted: list[object] = []
+    real_submit = store.executor.submit
+
+    def counting_submit(fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        submitted.append(fn)
+        return real_submit(fn, *args, **kwargs)
+
+    store.executor.submit = counting_submit  # type: ignore[method-assign]
+    conv = await store.create_conversation(await store.user_for("s"))
+    async with store.stream_message(conv.id, chunk_tokens=2) as w:
+        await w.append("a")
+        await w.append("b")  # a chunk: one job
+    assert len(submitted) == 2 + 3  # user_for, create; open, flush, finish
+    await store.close()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        await store.run(where)
+
+
+async def test_a_given_executor_is_used_and_left_open(root: str) -> None:
+    with ThreadPoolExecutor(1, thread_name_prefix="mine") as pool:
+        async with AsyncStore(root, durability="none", executor=pool) as store:
+            assert store.executor is pool
+            assert (await store.run(threading.current_thread)).name.startswith("mine")
+        assert pool.submit(lambda: 1).result() == 1  # close() did not shut it down
+        opened = await AsyncStore.open(root, executor=pool)
+        assert opened.executor is pool
+        await opened.close()
+        assert pool.submit(lambda: 2).result() == 2
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "4"])
+def test_max_workers_is_validated(root: str, bad: Any) -> None:
+    with pytest.raises(InvalidArgument, match="max_workers"):
+        AsyncStore(root, max_workers=bad)
+
+
+async def test_open_failure_shuts_down_its_pool(root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pools: list[ThreadPoolExecutor] = []
+    real = chunkstore._async._new_executor
+
+    def tracking(max_workers: int) -> ThreadPoolExecutor:
+        pools.append(real(max_workers))
+        return pools[-1]
+
+    monkeypatch.setattr(chunkstore._async, "_new_executor", tracking)
+    with pytest.raises(InvalidArgument):
+        await AsyncStore.open(root, durability="sometimes")
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pools[0].submit(lambda: None)

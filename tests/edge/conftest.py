@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
-from fake_upstream import FakeUpstream
+from fake_upstream import FakeUpstream, MakeEdge
 
 from edge.app import create_app
 from edge.config import EdgeConfig
@@ -29,7 +29,6 @@ async def fake_upstream() -> AsyncIterator[FakeUpstream]:
 
 # --- an edge app behind aiohttp's test client ---------------------------------------------------
 
-MakeEdge = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture

@@ -23,13 +23,28 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["TOOL_ARGUMENT_FRAGMENTS", "TOOL_CALL_ID", "FakeUpstream", "RecordedRequest"]
+if TYPE_CHECKING:
+    from aiohttp.test_utils import TestClient
+
+__all__ = [
+    "TOOL_ARGUMENT_FRAGMENTS",
+    "TOOL_CALL_ID",
+    "FakeUpstream",
+    "MakeEdge",
+    "RecordedRequest",
+]
+
+# The type of the ``make_edge`` fixture (tests/edge/conftest.py): test modules import it from
+# here, because importing from ``conftest`` breaks when another test directory's conftest is
+# imported first under the same module name.
+MakeEdge = Callable[..., Awaitable["TestClient[Any, Any]"]]
 
 FAKE_MODEL = "fake"
 TOOL_CALL_ID = "call_fake_0001"

@@ -28,6 +28,7 @@ from edge.config import (
     DEFAULT_PORT,
     DEFAULT_RETENTION_INTERVAL_S,
     DEFAULT_STORAGE_FINAL_TIMEOUT_MS,
+    DEFAULT_STORE_THREADS,
     DEFAULT_STREAM_BUNDLE_TOKENS,
     DEFAULT_STREAM_FLUSH_MS,
     ConfigError,
@@ -56,6 +57,7 @@ ENV_VARS = (
     "MAX_REQUEST_BYTES",
     "STORE_DURABILITY",
     "STORAGE_FINAL_TIMEOUT_MS",
+    "STORE_THREADS",
     "RETENTION_INTERVAL_S",
     "EDGE_LOG_LEVEL",
 )
@@ -92,6 +94,7 @@ def test_defaults() -> None:
     assert config.max_request_bytes == DEFAULT_MAX_REQUEST_BYTES == 10 * 1024 * 1024
     assert config.durability == DEFAULT_DURABILITY == "chunk"
     assert config.storage_final_timeout_ms == DEFAULT_STORAGE_FINAL_TIMEOUT_MS == 5000
+    assert config.store_threads == DEFAULT_STORE_THREADS == 32
     assert config.retention_interval_s == DEFAULT_RETENTION_INTERVAL_S == 3600
     assert config.log_level == DEFAULT_LOG_LEVEL == "INFO"
 
@@ -150,6 +153,8 @@ def test_repr_hides_secrets() -> None:
         ("STORE_DURABILITY", "message", "durability", "message"),
         ("STORE_DURABILITY", "NONE", "durability", "none"),
         ("STORAGE_FINAL_TIMEOUT_MS", "100", "storage_final_timeout_ms", 100),
+        ("STORE_THREADS", "1", "store_threads", 1),
+        ("STORE_THREADS", "128", "store_threads", 128),
         ("RETENTION_INTERVAL_S", "60", "retention_interval_s", 60),
         ("EDGE_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("EDGE_LOG_LEVEL", "Warning", "log_level", "WARNING"),
@@ -209,6 +214,7 @@ def test_unrelated_env_is_ignored() -> None:
         (["--max-request-bytes", "2048"], "max_request_bytes", 2048),
         (["--store-durability", "none"], "durability", "none"),
         (["--storage-final-timeout-ms", "1"], "storage_final_timeout_ms", 1),
+        (["--store-threads", "8"], "store_threads", 8),
         (["--retention-interval-s", "1"], "retention_interval_s", 1),
         (["--log-level", "error"], "log_level", "ERROR"),
     ],
@@ -310,6 +316,8 @@ def test_argparse_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFix
          "MAX_MESSAGES_PER_CONVERSATION must be an integer >= 1"),
         ("MAX_REQUEST_BYTES", "10MiB", "MAX_REQUEST_BYTES must be an integer >= 1, got '10MiB'"),
         ("STORAGE_FINAL_TIMEOUT_MS", "0", "STORAGE_FINAL_TIMEOUT_MS must be an integer >= 1"),
+        ("STORE_THREADS", "0", "STORE_THREADS must be an integer >= 1, got '0'"),
+        ("STORE_THREADS", "many", "STORE_THREADS must be an integer >= 1, got 'many'"),
         ("RETENTION_INTERVAL_S", "1h", "RETENTION_INTERVAL_S must be an integer >= 1, got '1h'"),
         ("RETENTION_DAYS", "0", "RETENTION_DAYS must be a positive number"),
         ("RETENTION_DAYS", "-1", "RETENTION_DAYS must be a positive number"),
@@ -418,6 +426,7 @@ def test_config_error_is_a_value_error() -> None:
         ({"port": True}, "port must be an integer"),
         ({"port": "8080"}, "port must be an integer"),
         ({"stream_flush_ms": 0}, "stream_flush_ms must be an integer >= 1, got 0"),
+        ({"store_threads": 0}, "store_threads must be an integer >= 1, got 0"),
         ({"persist_transcripts": "yes"}, "persist_transcripts must be one of"),
         ({"upstream_base_url": "example.com"}, "upstream_base_url must be an absolute"),
         ({"db_url": "sqlite:x"}, "db_url must use the file: scheme"),

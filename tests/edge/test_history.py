@@ -10,8 +10,7 @@ from typing import Any
 import openai
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import MakeEdge
-from fake_upstream import FakeUpstream
+from fake_upstream import FakeUpstream, MakeEdge
 
 from chunkstore import Store
 

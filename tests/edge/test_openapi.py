@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import MakeEdge
+from fake_upstream import MakeEdge
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry

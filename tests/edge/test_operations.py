@@ -10,8 +10,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from conftest import MakeEdge
-from fake_upstream import FakeUpstream
+from fake_upstream import FakeUpstream, MakeEdge
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.logs import JsonFormatter
