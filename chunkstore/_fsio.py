@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from ._exceptions import StorageError
 
 __all__ = [
+    "SETTLED_FINE_NS",
     "SETTLED_NS",
     "TEMP_MARKER",
     "append_to",
@@ -36,14 +37,23 @@ __all__ = [
     "make_dirs",
     "read_bytes",
     "replace_atomic",
+    "settled",
     "unlink_quietly",
 ]
 
 TEMP_MARKER = ".tmp-"
-# Directory mtimes are only as fine as the filesystem's clock: a jiffy on Linux, up to 2 s on
-# FAT. A cached listing is trusted while the directory's mtime is unchanged only if that mtime
-# was already older than this when the listing was taken: then any later change must show.
-SETTLED_NS = 2_000_000_000
+# Directory mtimes are only as fine as the filesystem's clock: a kernel tick on ext4/xfs/btrfs,
+# a second on ext3/HFS+, two on FAT. A cached listing is trusted while the directory's mtime is
+# unchanged only if that mtime was already older than the granularity when the listing was
+# taken: then any later change must show as a new mtime.
+SETTLED_NS = 2_000_000_000  # whole-second timestamps: assume the coarsest (FAT)
+SETTLED_FINE_NS = 100_000_000  # sub-second timestamps: ten times a 100 Hz tick
+
+
+def settled(now_ns: int, mtime_ns: int) -> bool:
+    """Whether a directory last changed at ``mtime_ns`` can be trusted to show the next change."""
+    margin = SETTLED_FINE_NS if mtime_ns % 1_000_000_000 else SETTLED_NS
+    return now_ns - mtime_ns > margin
 # Directory fsync is how POSIX makes a new name durable; Windows has no such call.
 _CAN_FSYNC_DIRS = os.name == "posix"
 _O_BINARY = getattr(os, "O_BINARY", 0)

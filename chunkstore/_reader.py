@@ -85,7 +85,7 @@ class ConversationCache:
         self.seqs: list[int] = []  # the listing's seqs, sorted
         self.finished: dict[int, Message] = {}  # read from sealed files, not in the segment
         # (device, inode, mtime) of messages/ when it was listed, and whether its mtime was
-        # old enough then that any later change must show as a new mtime (see _SETTLED_NS).
+        # old enough then that any later change must show as a new mtime (see ``_fsio.settled``).
         self.dir_identity: tuple[int, int, int] | None = None
         self.settled = False
 
@@ -158,7 +158,7 @@ class ConversationReader:
             cache.names = names
         cache.dir_identity = identity
         # Until the mtime is older than the timestamp granularity, list on every read.
-        cache.settled = now - identity[2] > _fsio.SETTLED_NS
+        cache.settled = _fsio.settled(now, identity[2])
 
     def _cache_for(self, conv: ConversationId) -> ConversationCache:
         key = str(conv)

@@ -335,7 +335,7 @@ class Store:
             return {"v": 1, "id": str(user), "createdAt": utc_now(), "lastConversation": 0}
 
     def _conversation_numbers(self, user: UserId) -> list[int]:
-        """The user's conversation numbers, newest first (cached; see ``SETTLED_NS``)."""
+        """The user's conversation numbers, newest first (cached; see ``_fsio.settled``)."""
         path = self._layout.conversations_dir(user)
         now = time.time_ns()
         try:
@@ -348,7 +348,7 @@ class Store:
             return cached[2]
         numbers = scan_conversation_numbers(os.listdir(path), user)
         numbers.sort(reverse=True)
-        self._numbers_cache[user] = (identity, now - st.st_mtime_ns > _fsio.SETTLED_NS, numbers)
+        self._numbers_cache[user] = (identity, _fsio.settled(now, st.st_mtime_ns), numbers)
         return numbers
 
     def _conversation_ids(self, user: UserId) -> list[ConversationId]:

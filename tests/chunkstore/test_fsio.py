@@ -159,3 +159,28 @@ def test_short_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_fsio, "os", _os_with(write=one_byte_at_a_time))
     create_exclusive(str(tmp_path / "a"), b"hello", durable=False)
     assert (tmp_path / "a").read_bytes() == b"hello"
+
+
+def test_settled_margin_follows_timestamp_granularity() -> None:
+    from chunkstore._fsio import SETTLED_FINE_NS, SETTLED_NS, settled
+
+    fine = 1_700_000_000_123_456_789  # sub-second part: a fine-grained filesystem
+    assert not settled(fine + SETTLED_FINE_NS, fine)
+    assert settled(fine + SETTLED_FINE_NS + 1, fine)
+    coarse = 1_700_000_000_000_000_000  # whole seconds: assume the coarsest clock
+    assert not settled(coarse + SETTLED_FINE_NS + 1, coarse)
+    assert settled(coarse + SETTLED_NS + 1, coarse)
+
+
+def test_another_store_sees_changes_made_right_after_a_warm_read(tmp_path) -> None:
+    from chunkstore import Store
+
+    a = Store(tmp_path / "users", durability="none")
+    b = Store(tmp_path / "users", durability="none")
+    user = a.user_for("s")
+    conv = a.create_conversation(user)
+    for i in range(20):
+        assert len(a.messages(conv.id, limit=None)) == i
+        assert len(a.list_conversations(user, limit=100)) == i + 1
+        b.append_message(conv.id, role="user", content=str(i))  # another "process"
+        b.create_conversation(user)
