@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["ApiError", "error_body", "error_response"]
+__all__ = ["ApiError", "error_body", "error_response", "parse_json_object"]
 
 
 class ApiError(Exception):
@@ -48,3 +48,15 @@ def error_response(exc: ApiError, headers: dict[str, str] | None = None) -> web.
         content_type="application/json",
         headers=headers,
     )
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object; anything else is a 400 (deep nesting too:
+    orjson refuses it rather than recursing)."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "Request body is not valid JSON.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
+    return body

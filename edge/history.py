@@ -34,7 +34,7 @@ import orjson
 from aiohttp import web
 
 from chunkstore import AsyncStore, Conversation, ConversationId, InvalidId, Message
-from edge.errors import ApiError
+from edge.errors import ApiError, parse_json_object
 from edge.keys import METRICS
 from edge.logs import elapsed_ms, log_event
 from edge.scope import owned_conversation, require_store, session_user
@@ -188,15 +188,7 @@ def _bool_param(request: web.Request, name: str) -> bool:
 async def _json_body(request: web.Request) -> dict[str, Any] | None:
     """The request's JSON object, or None for an empty body."""
     raw = await request.read()
-    if not raw.strip():
-        return None
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "Request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
-    return body
+    return parse_json_object(raw) if raw.strip() else None
 
 
 def _conversation_fields(body: dict[str, Any]) -> dict[str, Any]:

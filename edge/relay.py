@@ -27,7 +27,7 @@ from aiohttp import web
 
 from chunkstore import AsyncStore, ChunkstoreError, Store
 from edge.bundling import Bundler
-from edge.errors import ApiError
+from edge.errors import ApiError, parse_json_object
 from edge.keys import CONFIG, INFLIGHT, METRICS, STORE, UPSTREAM_SESSION, UPSTREAM_URL
 from edge.persist import ReplyRecorder, ToolCallAssembler
 from edge.scope import owned_conversation, session_user
@@ -39,7 +39,7 @@ from edge.upstream import (
     upstream_error_response,
 )
 
-__all__ = ["Turn", "chat_completions", "merge_history", "parse_json_object"]
+__all__ = ["Turn", "chat_completions", "merge_history"]
 
 log = logging.getLogger("edge.relay")
 
@@ -48,16 +48,6 @@ AGENT_HEADER = "X-Agent-ID"
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
 _STORED_ROLES = frozenset({"user", "assistant", "tool"})
 _TITLE_CHARS = 80
-
-
-def parse_json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "Request body is not valid JSON.", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object.", code="invalid_json")
-    return body
 
 
 @dataclass
