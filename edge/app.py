@@ -83,7 +83,8 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     finally:
         # By now aiohttp has cancelled the handlers still streaming; each sealed its partial
         # reply as an error through its recorder task. Let those writes land before closing.
-        tasks = list(app[INFLIGHT])
+        inflight: set[asyncio.Task[None]] = app[INFLIGHT]
+        tasks = list(inflight)
         if tasks:
             await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
         await store.close()

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 
 from aiohttp import hdrs, web
+from aiohttp.typedefs import Middleware
 
 import chunkstore
 from edge.errors import ApiError, error_response
@@ -161,5 +162,5 @@ async def set_session_cookie(request: web.Request, response: web.StreamResponse)
         response.headers.add(hdrs.SET_COOKIE, morsel.OutputString())
 
 
-def middlewares() -> list[Handler]:  # type: ignore[type-arg]
+def middlewares() -> list[Middleware]:
     return [metrics_middleware, error_middleware, auth_middleware, session_middleware]
