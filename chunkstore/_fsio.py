@@ -54,6 +54,8 @@ def settled(now_ns: int, mtime_ns: int) -> bool:
     """Whether a directory last changed at ``mtime_ns`` can be trusted to show the next change."""
     margin = SETTLED_FINE_NS if mtime_ns % 1_000_000_000 else SETTLED_NS
     return now_ns - mtime_ns > margin
+
+
 # Directory fsync is how POSIX makes a new name durable; Windows has no such call.
 _CAN_FSYNC_DIRS = os.name == "posix"
 _O_BINARY = getattr(os, "O_BINARY", 0)
