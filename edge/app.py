@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -153,7 +155,7 @@ async def healthz(request: web.Request) -> web.Response:
     }
     status = 200
     if store is not None:
-        writable = await asyncio.to_thread(_store_writable, store)
+        writable = await store.run(_store_writable, store.store.root)
         checks["store_writable"] = writable
         if not writable:
             status = 503
@@ -161,12 +163,9 @@ async def healthz(request: web.Request) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _store_writable(store: AsyncStore) -> bool:
-    import os
-    import tempfile
-
+def _store_writable(root: str) -> bool:
     try:
-        fd, path = tempfile.mkstemp(prefix=".healthz.tmp-", dir=store.store.root)
+        fd, path = tempfile.mkstemp(prefix=".healthz.tmp-", dir=root)
         os.close(fd)
         os.unlink(path)
     except OSError:

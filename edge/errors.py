@@ -12,7 +12,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["ApiError", "error_body", "error_response", "parse_json_object"]
+__all__ = [
+    "ApiError",
+    "conversation_not_found",
+    "error_body",
+    "error_response",
+    "parse_json_object",
+]
 
 
 class ApiError(Exception):
@@ -33,6 +39,15 @@ class ApiError(Exception):
         self.type = type
         self.code = code
         self.param = param
+
+
+def conversation_not_found() -> ApiError:
+    """The one 404 for a missing *or foreign* conversation, so the two cannot be told apart.
+
+    A fresh instance each time: re-raising one shared exception object would chain every
+    raise's traceback onto it and keep those frames alive for the life of the server.
+    """
+    return ApiError(404, "Conversation not found.", code="not_found")
 
 
 def error_body(

@@ -24,7 +24,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 import chunkstore
-from edge.errors import ApiError, error_response
+from edge.errors import ApiError, conversation_not_found, error_response
 from edge.keys import CONFIG, METRICS, SESSION_ID, SESSION_IS_NEW, SESSION_USED
 
 __all__ = ["SESSION_COOKIE", "SESSION_HEADER", "middlewares", "set_session_cookie"]
@@ -66,7 +66,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except chunkstore.InvalidId as exc:
         return error_response(ApiError(400, str(exc), code="invalid_id"))
     except chunkstore.ConversationNotFound:
-        return error_response(ApiError(404, "Conversation not found.", code="not_found"))
+        return error_response(conversation_not_found())
     except chunkstore.LimitExceeded as exc:
         return error_response(ApiError(422, str(exc), code="limit_exceeded"))
     except chunkstore.ConversationDeleted as exc:

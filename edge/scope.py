@@ -10,12 +10,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from chunkstore import AsyncStore, ConversationId, InvalidId
-from edge.errors import ApiError
+from edge.errors import ApiError, conversation_not_found
 from edge.keys import SESSION_ID, SESSION_USED, STORE
 
-__all__ = ["NOT_FOUND", "owned_conversation", "require_store", "session_user"]
-
-NOT_FOUND = ApiError(404, "Conversation not found.", code="not_found")
+__all__ = ["owned_conversation", "require_store", "session_user"]
 
 
 def require_store(request: web.Request) -> AsyncStore:
@@ -47,5 +45,5 @@ def owned_conversation(user: str | None, conversation_id: str) -> str:
     except InvalidId:
         raise ApiError(400, "Malformed conversation id.", code="invalid_id") from None
     if user is None or str(conv.user_id) != user:
-        raise NOT_FOUND
+        raise conversation_not_found()
     return str(conv)
