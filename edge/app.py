@@ -24,11 +24,12 @@ from chunkstore import AsyncStore
 from edge.config import EdgeConfig
 from edge.demo import start_demo_upstream
 from edge.history import add_history_routes
-from edge.keys import CONFIG, INFLIGHT, METRICS, STORE, UPSTREAM_SESSION, UPSTREAM_URL
+from edge.keys import CONFIG, METRICS, PENDING_REPLIES, STORE, UPSTREAM_SESSION, UPSTREAM_URL
 from edge.logs import log_event
 from edge.metrics import CONTENT_TYPE_LATEST, Metrics
 from edge.middlewares import middlewares, set_session_cookie
 from edge.openapi import openapi_document
+from edge.persist import PendingReplies
 from edge.relay import chat_completions
 from edge.upstream import relay_other
 
@@ -48,7 +49,7 @@ def create_app(config: EdgeConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = Metrics.create()
-    app[INFLIGHT] = set()
+    app[PENDING_REPLIES] = PendingReplies()
     app.on_response_prepare.append(set_session_cookie)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
@@ -84,9 +85,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         # By now aiohttp has cancelled the handlers still streaming; each sealed its partial
-        # reply as an error through its recorder task. Let those writes land before closing.
-        inflight: set[asyncio.Task[None]] = app[INFLIGHT]
-        tasks = list(inflight)
+        # reply as an error through its recorder task, and replies that ended may still be
+        # sealing (``[DONE]`` does not wait for them). Let those writes land before closing.
+        tasks = app[PENDING_REPLIES].tasks()
         if tasks:
             await asyncio.wait(tasks, timeout=_SHUTDOWN_GRACE_S)
         await store.close()

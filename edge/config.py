@@ -85,7 +85,7 @@ DEFAULT_CHUNK_TOKENS: Final = 60
 DEFAULT_HISTORY_BATCH_FLUSH_MS: Final = 1000
 DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_DURABILITY: Final[Durability] = "chunk"
-DEFAULT_STORAGE_FINAL_TIMEOUT_MS: Final = 5000
+DEFAULT_STORAGE_FINAL_TIMEOUT_MS: Final = 0
 DEFAULT_STORE_THREADS: Final = 32
 DEFAULT_RETENTION_INTERVAL_S: Final = 3600
 DEFAULT_LOG_LEVEL: Final[LogLevel] = "INFO"
@@ -512,9 +512,10 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
     _Option(
         "storage_final_timeout_ms",
         "STORAGE_FINAL_TIMEOUT_MS",
-        "how long a stream waits for its final write before sending [DONE]",
+        "how long [DONE] may wait for the reply to be sealed (0: never; storage_failed then "
+        "reports the failures known when the stream ends)",
         "MS",
-        _integer(1),
+        _integer(0),
     ),
     _Option(
         "store_threads",

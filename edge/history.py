@@ -35,8 +35,9 @@ from aiohttp import web
 
 from chunkstore import AsyncStore, Conversation, ConversationId, InvalidId, Message
 from edge.errors import ApiError, parse_json_object
-from edge.keys import METRICS
+from edge.keys import METRICS, PENDING_REPLIES
 from edge.logs import elapsed_ms, log_event
+from edge.persist import SETTLE_TIMEOUT_S
 from edge.scope import owned_conversation, require_store, session_user
 
 __all__ = [
@@ -231,9 +232,13 @@ def _metadata(value: Any) -> dict[str, str]:
 
 
 async def _owned(request: web.Request) -> tuple[AsyncStore, str]:
+    """The store and the session's conversation named in the path, once no reply of it is
+    still being stored by this edge: what a stream relayed is what its history shows."""
     store = require_store(request)
     user = await session_user(request, create=False)
-    return store, owned_conversation(user, request.match_info["conversation_id"])
+    conversation_id = owned_conversation(user, request.match_info["conversation_id"])
+    await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S)
+    return store, conversation_id
 
 
 # -- conversations ------------------------------------------------------------------------------

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import ClientSession, web
 
 from chunkstore import AsyncStore
 from edge.config import EdgeConfig
 from edge.metrics import Metrics
+from edge.persist import PendingReplies
 
 __all__ = [
     "CONFIG",
-    "INFLIGHT",
     "METRICS",
+    "PENDING_REPLIES",
     "SESSION_ID",
     "SESSION_IS_NEW",
     "SESSION_USED",
@@ -28,8 +27,8 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", AsyncStore)
 UPSTREAM_SESSION = web.AppKey("upstream_session", ClientSession)
 UPSTREAM_URL = web.AppKey("upstream_url", str)
-# Persistence tasks of streams in flight, finalized on shutdown.
-INFLIGHT = web.AppKey("inflight", set[asyncio.Task[None]])
+# Replies still being stored: readers of their conversation wait for them; shutdown too.
+PENDING_REPLIES = web.AppKey("pending_replies", PendingReplies)
 
 # Per-request values set by the session middleware (and whether a handler used the session,
 # which is when a new session gets its cookie).

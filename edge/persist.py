@@ -8,6 +8,12 @@ disk work on the store's threads: one job per chunk, not per token. A slow or fa
 therefore delays only this task: the client's stream runs at upstream speed, and a storage
 failure is reported at the end instead of breaking the stream.
 
+The relay does not wait for the disk at the end of a stream either: ``[DONE]`` goes out as soon
+as the upstream's last event is relayed, while the recorder writes the last chunk and seals.
+``PendingReplies`` keeps read-your-writes anyway: it knows which replies are still being
+stored, per conversation, and the edge's readers of a conversation (the history endpoints, the
+next turn) wait for them first.
+
 ``ToolCallAssembler`` rebuilds complete tool calls from their streamed deltas so the stored
 message replays upstream exactly as a non-streamed one would.
 """
@@ -23,9 +29,13 @@ from chunkstore import AsyncMessageWriter, AsyncStore, ChunkstoreError
 from edge.logs import elapsed_ms, log_event
 from edge.metrics import Metrics
 
-__all__ = ["ReplyRecorder", "ToolCallAssembler"]
+__all__ = ["SETTLE_TIMEOUT_S", "PendingReplies", "ReplyRecorder", "ToolCallAssembler"]
 
 log = logging.getLogger("edge.persist")
+
+# How long a reader of a conversation waits for a reply of it still being stored. Long enough
+# for any healthy disk; bounded so a stuck one cannot hang every read of the conversation.
+SETTLE_TIMEOUT_S = 10.0
 
 
 class ToolCallAssembler:
@@ -61,6 +71,46 @@ class ToolCallAssembler:
         if not self._calls:
             return None
         return [self._calls[i] for i in sorted(self._calls)]
+
+
+class PendingReplies:
+    """The recorder tasks still storing a reply, by conversation.
+
+    A task leaves on its own once done. ``settle`` is what a reader of a conversation awaits
+    first so it sees the replies this edge already finished relaying; shutdown awaits ``tasks``.
+    """
+
+    def __init__(self) -> None:
+        self._by_conversation: dict[str, set[asyncio.Task[None]]] = {}
+
+    def track(self, conversation_id: str, task: asyncio.Task[None]) -> None:
+        tasks = self._by_conversation.setdefault(conversation_id, set())
+        tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            tasks.discard(finished)
+            if not tasks and self._by_conversation.get(conversation_id) is tasks:
+                del self._by_conversation[conversation_id]
+
+        task.add_done_callback(done)
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        return [task for tasks in self._by_conversation.values() for task in tasks]
+
+    def __len__(self) -> int:
+        return sum(len(tasks) for tasks in self._by_conversation.values())
+
+    async def settle(self, conversation_id: str, timeout: float) -> bool:
+        """Wait (bounded) until the conversation has no reply being stored; False on timeout.
+
+        Past the bound the caller reads what is stored: the reply then shows as ``streaming``.
+        A stuck disk must not hang every reader of the conversation.
+        """
+        tasks = self._by_conversation.get(conversation_id)
+        if not tasks:
+            return True
+        _done, pending = await asyncio.wait(list(tasks), timeout=timeout)
+        return not pending
 
 
 class ReplyRecorder:

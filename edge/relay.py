@@ -10,8 +10,11 @@ A request is one *turn* of a conversation, in one of four modes:
 * a system (or developer) message and no id → stateless: relayed, nothing stored.
 
 Stateful responses carry ``X-Conversation-ID``. Streams are relayed in bundles (``Bundler``)
-while a ``ReplyRecorder`` stores the reply in the background; ``[DONE]`` is sent once the reply
-is sealed (read-your-writes), or after ``STORAGE_FINAL_TIMEOUT_MS`` with ``storage_failed``.
+while a ``ReplyRecorder`` stores the reply in the background. Disk work never holds up the
+relay: ``[DONE]`` follows the upstream's last event at once, flagged ``storage_failed`` if
+storing has failed by then (``STORAGE_FINAL_TIMEOUT_MS`` > 0 makes it wait that long for the
+seal instead, so the flag also covers the last write). The next turn of the conversation and
+its history endpoints wait for the reply to be stored (``PendingReplies``): read-your-writes.
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ from aiohttp import web
 from chunkstore import AsyncStore, ChunkstoreError, Store
 from edge.bundling import Bundler
 from edge.errors import ApiError, parse_json_object
-from edge.keys import CONFIG, INFLIGHT, METRICS, STORE, UPSTREAM_SESSION, UPSTREAM_URL
-from edge.persist import ReplyRecorder, ToolCallAssembler
+from edge.keys import (
+    CONFIG,
+    METRICS,
+    PENDING_REPLIES,
+    STORE,
+    UPSTREAM_SESSION,
+    UPSTREAM_URL,
+)
+from edge.persist import SETTLE_TIMEOUT_S, ReplyRecorder, ToolCallAssembler
 from edge.scope import owned_conversation, session_user
 from edge.sse import DONE_EVENT, SSEDecoder, SSEProtocolError, encode_data
 from edge.upstream import (
@@ -209,6 +219,8 @@ async def _plan_turn(
     if wanted is not None:
         user = await session_user(request, create=False)
         conversation_id = owned_conversation(user, wanted)
+        # The previous turn's reply may still be sealing: its history must include it.
+        await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S)
         # One job on the store's pool (not asyncio's default executor) for the whole turn.
         upstream = await store.run(_continue_conversation, store.store, conversation_id, messages)
         return Turn(conversation_id, upstream, agent)
@@ -328,9 +340,7 @@ async def _relay_stream(
             flush_ms=config.history_batch_flush_ms,
             metrics=metrics,
         )
-        inflight = request.app[INFLIGHT]
-        inflight.add(recorder.task)
-        recorder.task.add_done_callback(inflight.discard)
+        request.app[PENDING_REPLIES].track(turn.conversation_id, recorder.task)
 
     relay = _StreamRelay(out, Bundler(config.stream_bundle_tokens), recorder, metrics)
     metrics.active_streams.inc()
@@ -342,7 +352,7 @@ async def _relay_stream(
             raise _UpstreamBroke("the upstream stream ended before [DONE]")
         if recorder is not None:
             recorder.finish(relay.finish_reason, relay.usage, relay.tool_calls.calls())
-            if not await recorder.wait(config.storage_final_timeout_ms / 1000):
+            if not await _stored(recorder, config.storage_final_timeout_ms):
                 await relay.send([relay.storage_failed_chunk()])
         await relay.write(DONE_EVENT)
         await out.write_eof()
@@ -357,8 +367,7 @@ async def _relay_stream(
         outcome = "upstream_error"
         if recorder is not None:
             recorder.fail({"type": "upstream_error", "message": str(exc)})
-            # Read-your-writes holds for failed replies too: the error is stored first.
-            await recorder.wait(config.storage_final_timeout_ms / 1000)
+            await _stored(recorder, config.storage_final_timeout_ms)
         try:
             await relay.send(relay.bundler.flush())  # what arrived before the break is valid
             await relay.write(
@@ -394,6 +403,15 @@ async def _relay_stream(
                     {"type": "cancelled", "message": "the edge stopped before the stream ended"}
                 )
     return out
+
+
+async def _stored(recorder: ReplyRecorder, timeout_ms: int) -> bool:
+    """Whether the reply is stored as far as the end of the stream can tell: with no timeout,
+    "nothing has failed so far" (the last chunk and the seal may still be in flight); with
+    one, the seal itself, waited for at most that long."""
+    if timeout_ms == 0:
+        return not recorder.failed
+    return await recorder.wait(timeout_ms / 1000)
 
 
 class _StreamRelay:

@@ -93,7 +93,7 @@ def test_defaults() -> None:
     assert config.edge_api_keys == frozenset()
     assert config.max_request_bytes == DEFAULT_MAX_REQUEST_BYTES == 10 * 1024 * 1024
     assert config.durability == DEFAULT_DURABILITY == "chunk"
-    assert config.storage_final_timeout_ms == DEFAULT_STORAGE_FINAL_TIMEOUT_MS == 5000
+    assert config.storage_final_timeout_ms == DEFAULT_STORAGE_FINAL_TIMEOUT_MS == 0
     assert config.store_threads == DEFAULT_STORE_THREADS == 32
     assert config.retention_interval_s == DEFAULT_RETENTION_INTERVAL_S == 3600
     assert config.log_level == DEFAULT_LOG_LEVEL == "INFO"
@@ -315,7 +315,7 @@ def test_argparse_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFix
         ("MAX_MESSAGES_PER_CONVERSATION", "many",
          "MAX_MESSAGES_PER_CONVERSATION must be an integer >= 1"),
         ("MAX_REQUEST_BYTES", "10MiB", "MAX_REQUEST_BYTES must be an integer >= 1, got '10MiB'"),
-        ("STORAGE_FINAL_TIMEOUT_MS", "0", "STORAGE_FINAL_TIMEOUT_MS must be an integer >= 1"),
+        ("STORAGE_FINAL_TIMEOUT_MS", "-1", "STORAGE_FINAL_TIMEOUT_MS must be an integer >= 0"),
         ("STORE_THREADS", "0", "STORE_THREADS must be an integer >= 1, got '0'"),
         ("STORE_THREADS", "many", "STORE_THREADS must be an integer >= 1, got 'many'"),
         ("RETENTION_INTERVAL_S", "1h", "RETENTION_INTERVAL_S must be an integer >= 1, got '1h'"),

@@ -16,7 +16,7 @@ import chunkstore
 from chunkstore import AsyncStore, Store
 from edge.keys import STORE, UPSTREAM_SESSION
 from edge.metrics import Metrics
-from edge.persist import ReplyRecorder
+from edge.persist import PendingReplies, ReplyRecorder
 
 
 @pytest.fixture
@@ -203,3 +203,23 @@ async def test_the_app_sizes_the_store_pool_and_does_not_cap_upstream_connection
     assert app[STORE].executor._max_workers == 5
     # One upstream connection per client stream, however many: no 100-connection cap.
     assert app[UPSTREAM_SESSION].connector.limit == 0
+
+
+async def test_pending_replies_settle_per_conversation_and_forget_finished_tasks() -> None:
+    pending = PendingReplies()
+    release = asyncio.Event()
+
+    async def storing() -> None:
+        await release.wait()
+
+    slow = asyncio.create_task(storing())
+    pending.track("us01-co01", slow)
+    assert len(pending) == 1 and pending.tasks() == [slow]
+    # Another conversation has nothing to wait for; this one times out, leaving the task be.
+    assert await pending.settle("us01-co02", timeout=5) is True
+    assert await pending.settle("us01-co01", timeout=0.01) is False
+    assert not slow.done()
+    release.set()
+    assert await pending.settle("us01-co01", timeout=5) is True
+    await asyncio.sleep(0)  # done callbacks run on the next loop iteration
+    assert len(pending) == 0 and pending.tasks() == []

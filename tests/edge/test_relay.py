@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import chunkstore
 from chunkstore import Store
 from edge.app import create_app
 from edge.config import EdgeConfig
+from edge.keys import PENDING_REPLIES
 
 Start = Callable[..., Awaitable["Edge"]]
 
@@ -42,6 +44,16 @@ class Edge:
 
     def store(self) -> Store:
         return Store(self.root, durability="none")
+
+    async def settled(self) -> Store:
+        """The store once this edge has finished storing the replies it relayed.
+
+        ``[DONE]`` does not wait for the seal; a test reading the files directly waits for the
+        edge's pending replies, as the edge's own readers do (``PendingReplies``)."""
+        pending = self.server.app[PENDING_REPLIES]
+        if pending.tasks():
+            await asyncio.wait(pending.tasks())
+        return self.store()
 
     def files(self) -> list[str]:
         return sorted(
@@ -124,7 +136,7 @@ async def test_stream_through_openai_sdk_is_bundled_and_persisted(start_edge: St
     assert len(content_events) * 10 <= 130
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 130
     # Read-your-writes: the reply is sealed before [DONE] reaches the client.
-    messages = edge.store().messages(conversation_id)
+    messages = (await edge.settled()).messages(conversation_id)
     assert [(m.role, m.status) for m in messages] == [
         ("user", "complete"),
         ("assistant", "complete"),
@@ -186,6 +198,7 @@ async def test_chunk_files_hold_60_tokens_while_streaming(start_edge: Start) -> 
     assert live.token_count in (60, 120)
     assert expected_text(150).startswith(live.content)
     # Sealed at the end: the records keep the chunking (60, 60, then the last 30).
+    await edge.settled()
     mdir = edge.root / "us01/data/conversations" / conversation_id / "messages"
     sealed = chunkstore._records.decode((mdir / f"{conversation_id}-ms02.json").read_bytes())
     assert [r["tokenCount"] for r in sealed["records"]] == [60, 60, 30]
@@ -211,6 +224,41 @@ async def test_slow_stream_is_flushed_on_time_not_held_for_a_bundle(start_edge: 
 # -- conversation modes ---------------------------------------------------------------------------
 
 
+async def test_history_right_after_done_shows_the_sealed_reply(
+    start_edge: Start, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # [DONE] does not wait for the seal; a slow one must still not show through the edge:
+    # its history endpoints and the next turn wait for the reply being stored.
+    real_finish = chunkstore.MessageWriter.finish
+
+    def slow_finish(self: chunkstore.MessageWriter, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)  # in the store's thread, like a slow fsync
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(chunkstore.MessageWriter, "finish", slow_finish)
+    edge = await start_edge()
+    resp, events = await raw_stream(
+        edge, {"model": "tokens-30", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert events[-1] == "[DONE]" and "metadata" not in events[-2]
+    conversation_id = resp.headers["X-Conversation-ID"]
+    async with aiohttp.ClientSession(headers={"x-session-id": "s1"}) as http:
+        url = str(edge.server.make_url(f"/v1/conversations/{conversation_id}/messages"))
+        page = await (await http.get(url)).json()
+    assert [m["status"] for m in page["data"]] == ["complete", "complete"]
+    assert page["data"][1]["content"] == expected_text(30)
+    # The next turn, sent at once, replays the whole reply upstream.
+    resp, events = await raw_stream(
+        edge,
+        {"model": "echo", "messages": [{"role": "user", "content": "again"}]},
+        **{"X-Conversation-ID": conversation_id},
+    )
+    assert events[-1] == "[DONE]"
+    sent = fake_upstream.chat_requests[-1].json["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "user"]
+    assert sent[1]["content"] == expected_text(30)
+
+
 async def test_continue_conversation_prepends_history_once(
     start_edge: Start, fake_upstream: FakeUpstream
 ) -> None:
@@ -234,7 +282,7 @@ async def test_continue_conversation_prepends_history_once(
     assert "conversation_id" not in sent
 
     # The whole conversation resent (OpenAI style), id in the body: nothing twice.
-    stored = [m.to_openai() for m in edge.store().messages(conversation_id)]
+    stored = [m.to_openai() for m in (await edge.settled()).messages(conversation_id)]
     await client.chat.completions.create(
         model="tokens-3",
         messages=[*stored, {"role": "user", "content": "three"}],
@@ -243,7 +291,7 @@ async def test_continue_conversation_prepends_history_once(
     sent = fake_upstream.chat_requests[-1].json
     assert sent["messages"] == [*stored, {"role": "user", "content": "three"}]
     assert "conversation_id" not in sent
-    roles = [m.role for m in edge.store().messages(conversation_id)]
+    roles = [m.role for m in (await edge.settled()).messages(conversation_id)]
     assert roles == ["user", "assistant"] * 3
 
 
@@ -276,7 +324,7 @@ async def test_edge_headers_and_cookie_are_stripped_before_upstream(
     assert headers["authorization"] == "Bearer sk-client"  # passed through without UPSTREAM_API_KEY
     headers = {k.lower(): v for k, v in fake_upstream.chat_requests[1].headers.items()}
     assert "x-conversation-id" not in headers
-    assert edge.store().messages(conversation_id)[1].agent_id == "planner"
+    assert (await edge.settled()).messages(conversation_id)[1].agent_id == "planner"
 
 
 async def test_upstream_api_key_replaces_client_authorization(
@@ -310,7 +358,7 @@ async def test_tool_calls_are_assembled_stored_and_replayed(
     )
     conversation_id = raw.headers["x-conversation-id"]
     [c async for c in raw.parse()]
-    reply = edge.store().messages(conversation_id)[1]
+    reply = (await edge.settled()).messages(conversation_id)[1]
     assert reply.finish_reason == "tool_calls"
     assert reply.tool_calls == [
         {
@@ -339,7 +387,7 @@ async def test_non_streaming_reply_is_one_message(start_edge: Start) -> None:
     )
     completion = raw.parse()
     assert completion.choices[0].message.content == expected_text(7)
-    reply = edge.store().messages(raw.headers["x-conversation-id"])[1]
+    reply = (await edge.settled()).messages(raw.headers["x-conversation-id"])[1]
     assert (reply.content, reply.status, reply.finish_reason) == (
         expected_text(7),
         "complete",
@@ -403,8 +451,8 @@ async def test_foreign_unknown_and_malformed_ids(start_edge: Start) -> None:
                 extra_headers={"X-Conversation-ID": wanted},
             )
         assert info.value.status_code == status
-    assert [m.content for m in edge.store().messages(conversation_id)][0] == "secret"
-    assert len(edge.store().messages(conversation_id)) == 2
+    assert [m.content for m in (await edge.settled()).messages(conversation_id)][0] == "secret"
+    assert len((await edge.settled()).messages(conversation_id)) == 2
 
 
 # -- failures -------------------------------------------------------------------------------------
@@ -427,7 +475,7 @@ async def test_client_abort_stores_partial_reply_as_error(start_edge: Start) -> 
         while received.count(b"tok") < 30:
             received += await resp.content.readany()
         resp.close()  # the client goes away mid-stream
-    store = edge.store()
+    store = await edge.settled()
     for _ in range(500):
         messages = store.messages(conversation_id)
         reply = messages[-1]
@@ -450,7 +498,7 @@ async def test_dropped_upstream_ends_stream_with_error_and_stores_partial(
     assert "[DONE]" not in events
     assert events[-1]["error"]["code"] == "upstream_stream_error"
     assert content_of(events[:-1]) == expected_text(30)
-    reply = edge.store().messages(resp.headers["X-Conversation-ID"])[1]
+    reply = (await edge.settled()).messages(resp.headers["X-Conversation-ID"])[1]
     assert reply.status == "error" and reply.content == expected_text(30)
     # The SDK surfaces the error event as an exception.
     with pytest.raises(openai.APIError):
@@ -482,10 +530,8 @@ async def test_unreachable_upstream_is_502(start_edge: Start) -> None:
     assert info.value.body["code"] == "upstream_unreachable"  # type: ignore[index]
 
 
-async def test_storage_failure_still_completes_the_stream(
-    start_edge: Start, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    edge = await start_edge()
+def _fail_writes_of_the_reply(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENOSPC on every file of message 2 (the first reply): chunks and the sealed file."""
     real = chunkstore._fsio.create_exclusive
 
     def failing(path: str, data: bytes, *, durable: bool) -> None:
@@ -494,17 +540,37 @@ async def test_storage_failure_still_completes_the_stream(
         real(path, data, durable=durable)
 
     monkeypatch.setattr(chunkstore._fsio, "create_exclusive", failing)
+
+
+async def _storage_failures(edge: Edge) -> str:
+    async with aiohttp.ClientSession() as http:
+        metrics = await (await http.get(str(edge.server.make_url("/metrics")))).text()
+    return next(line for line in metrics.splitlines() if line.startswith("edge_storage_failures"))
+
+
+@pytest.mark.parametrize(
+    ("model", "final_timeout_ms"),
+    [
+        # A failure during the stream (the first chunk, 60 tokens in) is known at its end.
+        ("slow-100-5", 0),
+        # Waiting for the seal (STORAGE_FINAL_TIMEOUT_MS) flags a failure of the last write too.
+        ("tokens-100", 5000),
+    ],
+)
+async def test_storage_failure_still_completes_the_stream(
+    start_edge: Start, monkeypatch: pytest.MonkeyPatch, model: str, final_timeout_ms: int
+) -> None:
+    edge = await start_edge(storage_final_timeout_ms=final_timeout_ms)
+    _fail_writes_of_the_reply(monkeypatch)
     resp, events = await raw_stream(
-        edge, {"model": "tokens-100", "messages": [{"role": "user", "content": "x"}]}
+        edge, {"model": model, "messages": [{"role": "user", "content": "x"}]}
     )
     assert resp.status == 200
     assert events[-1] == "[DONE]"
     assert content_of(events[:-1]) == expected_text(100)
     assert events[-2]["metadata"] == {"storage_failed": True}
-    async with aiohttp.ClientSession() as http:
-        metrics = await (await http.get(str(edge.server.make_url("/metrics")))).text()
-    assert "edge_storage_failures_total 1.0" in metrics
-    monkeypatch.setattr(chunkstore._fsio, "create_exclusive", real)
+    assert await _storage_failures(edge) == "edge_storage_failures_total 1.0"
+    monkeypatch.undo()
     # Later writes succeed once the disk recovers.
     conversation_id = resp.headers["X-Conversation-ID"]
     resp, events = await raw_stream(
@@ -513,8 +579,27 @@ async def test_storage_failure_still_completes_the_stream(
         **{"X-Conversation-ID": conversation_id},
     )
     assert events[-1] == "[DONE]" and "metadata" not in events[-2]
-    statuses = [m.status for m in edge.store().messages(conversation_id)]
+    statuses = [m.status for m in (await edge.settled()).messages(conversation_id)]
     assert statuses == ["complete", "interrupted", "complete", "complete"]
+
+
+async def test_a_failure_after_the_stream_is_counted_and_reads_back_interrupted(
+    start_edge: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default: [DONE] does not wait for the disk, so a write that fails after the last
+    # upstream event (here the whole reply: a fast stream outruns its recorder) cannot flag
+    # the stream. It is counted, logged, and the history says what was kept.
+    edge = await start_edge()
+    _fail_writes_of_the_reply(monkeypatch)
+    resp, events = await raw_stream(
+        edge, {"model": "tokens-100", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert events[-1] == "[DONE]"
+    assert content_of(events[:-1]) == expected_text(100)
+    store = await edge.settled()
+    assert await _storage_failures(edge) == "edge_storage_failures_total 1.0"
+    reply = store.messages(resp.headers["X-Conversation-ID"])[1]
+    assert reply.status == "interrupted"
 
 
 async def test_bad_json_and_oversized_bodies(start_edge: Start) -> None:
