@@ -32,6 +32,7 @@ __all__ = [
     "run_round",
     "session_id",
     "start_server",
+    "storage_drained",
     "summarize",
 ]
 
@@ -236,6 +237,23 @@ def summarize(rounds: list[Round], tokens: int) -> dict[str, float]:
         "tokens_per_event": tokens / statistics.median(events),
         "failed_requests": failed,
     }
+
+
+async def storage_drained(session: aiohttp.ClientSession, url: str) -> float:
+    """``perf_counter()`` once the edge at ``url`` has no reply left to store (its
+    ``edge_pending_replies`` gauge, polled every 10 ms)."""
+    metrics_url = url.removesuffix("/v1") + "/metrics"
+    while True:
+        async with session.get(metrics_url) as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith("edge_pending_replies "):
+                if float(line.split()[1]) == 0:
+                    return time.perf_counter()
+                break
+        else:
+            raise AssertionError("the edge exports no edge_pending_replies gauge")
+        await asyncio.sleep(0.01)
 
 
 async def make_session() -> aiohttp.ClientSession:

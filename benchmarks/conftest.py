@@ -304,6 +304,8 @@ METRIC_LABELS = {
     "median": "time (median)",
     "tokens_per_s": "throughput",
     "body_tokens_per_s": "throughput to last upstream event",
+    "sustained_tokens_per_s": "sustained throughput (until storage idle)",
+    "storage_drain_ms": "storing still running after the last [DONE]",
     "gap_p50_ms": "inter-event p50",
     "gap_p99_ms": "inter-event p99",
     "stream_gap_p50_ms": "inter-event p50, stream body",

@@ -43,6 +43,7 @@ from benchmarks._relay import (
     run_round,
     session_id,
     start_server,
+    storage_drained,
     summarize,
 )
 from benchmarks._relay_servers import expected_content
@@ -144,6 +145,13 @@ def test_relay(
                 rounds.append(loop.run_until_complete(run_round(session, server.url, concurrency)))
 
             benchmark.pedantic(one_round, rounds=rounds_n, iterations=1)
+            # [DONE] does not wait for the disk: storing may run behind the streams. Sustained
+            # throughput counts until the edge has stored everything it relayed.
+            drained = (
+                loop.run_until_complete(storage_drained(session, server.url))
+                if server.store is not None
+                else rounds[-1].start + rounds[-1].seconds
+            )
         finally:
             loop.run_until_complete(session.close())
 
@@ -159,6 +167,9 @@ def test_relay(
         assert done
         storage_failed += flagged
     figures = summarize(rounds, SIZES.relay_tokens)
+    answered = sum(t.status == 200 for r in rounds for t in r.traces)
+    figures["sustained_tokens_per_s"] = SIZES.relay_tokens * answered / (drained - rounds[0].start)
+    figures["storage_drain_ms"] = (drained - rounds[-1].start - rounds[-1].seconds) * 1000
     figures["storage_failed_streams"] = storage_failed
     figures["rounds"] = len(rounds)
     results.record(benchmark, SUITE, f"{concurrency} streams", variant, **figures)
@@ -191,12 +202,15 @@ def _check_persisted(root: str) -> None:
 def _declare(results: Results, concurrency: int) -> None:
     case = f"{concurrency} streams"
     spec = concurrency == max(SIZES.relay_concurrency)
+    # The throughput target is judged on the sustained figure: per-round throughput stops at
+    # the last [DONE], which no longer waits for storing to finish.
+    results.ratio(SUITE, case, "edge on", "edge off", metric="tokens_per_s")
     results.ratio(
         SUITE,
         case,
         "edge on",
         "edge off",
-        metric="tokens_per_s",
+        metric="sustained_tokens_per_s",
         op=">=" if spec else None,
         limit=0.9 if spec else None,
         target="≥ 0.9x off" if spec else "",
@@ -211,6 +225,7 @@ def _declare(results: Results, concurrency: int) -> None:
         limit=2.0 if spec else None,
         target="≤ +2 ms" if spec else "",
     )
+    results.limit(SUITE, case, "edge on", metric="storage_drain_ms")
     results.ratio(SUITE, case, "edge on", "edge off", metric="body_tokens_per_s")
     results.delta(SUITE, case, "edge on", "edge off", metric="stream_gap_p99_ms")
     results.delta(SUITE, case, "edge on", "edge off", metric="done_wait_p50_ms")
@@ -219,7 +234,7 @@ def _declare(results: Results, concurrency: int) -> None:
     if spec:
         results.ratio(SUITE, case, "edge on, durability none", "edge off", metric="tokens_per_s")
         results.ratio(
-            SUITE, case, "edge on, durability none", "edge off", metric="body_tokens_per_s"
+            SUITE, case, "edge on, durability none", "edge off", metric="sustained_tokens_per_s"
         )
         results.delta(SUITE, case, "edge on, durability none", "edge off", metric="gap_p99_ms")
         results.limit(SUITE, case, "edge on, durability none", metric="storage_failed_streams")

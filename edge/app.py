@@ -49,7 +49,8 @@ def create_app(config: EdgeConfig) -> web.Application:
     )
     app[CONFIG] = config
     app[METRICS] = Metrics.create()
-    app[PENDING_REPLIES] = PendingReplies()
+    pending = app[PENDING_REPLIES] = PendingReplies()
+    app[METRICS].pending_replies.set_function(pending.__len__)
     app.on_response_prepare.append(set_session_cookie)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)

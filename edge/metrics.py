@@ -16,6 +16,7 @@ class Metrics:
     registry: CollectorRegistry
     requests: Counter
     active_streams: Gauge
+    pending_replies: Gauge
     streams: Counter
     stream_events: Counter
     stream_tokens: Counter
@@ -32,6 +33,11 @@ class Metrics:
                 "edge_requests", "HTTP requests", ["route", "method", "status"], registry=registry
             ),
             active_streams=Gauge("edge_active_streams", "Streams in flight", registry=registry),
+            pending_replies=Gauge(
+                "edge_pending_replies",
+                "Replies whose stream ended or is in flight and whose storing is not done",
+                registry=registry,
+            ),
             streams=Counter("edge_streams", "Streams relayed", ["outcome"], registry=registry),
             stream_events=Counter(
                 "edge_stream_events", "SSE events sent to clients", registry=registry

@@ -109,6 +109,8 @@ async def test_metrics_exposition(make_edge: MakeEdge) -> None:
     assert requests("/v1/conversations/{conversation_id}/messages", "GET", "200") == 1
     assert requests("/api/conversations/{conversation_id}", "GET", "200") == 1
     assert value(metrics, "edge_active_streams") == 0
+    # The reads above waited for the reply to be stored: nothing is left pending.
+    assert value(metrics, "edge_pending_replies") == 0
     assert value(metrics, "edge_streams_total", outcome="complete") == 1
     # 130 tokens at CHUNK_TOKENS=60: two full chunks, the rest flushed or sealed.
     assert value(metrics, "edge_chunks_written_total") >= 3
