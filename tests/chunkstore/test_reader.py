@@ -17,7 +17,7 @@ from chunkstore_support import (
 
 from chunkstore import Conversation, ConversationNotFound, Store
 from chunkstore._ids import ConversationId
-from chunkstore._reader import MessageFiles
+from chunkstore._reader import MessageFiles, list_message_files
 
 
 def fresh(root: str) -> Store:
@@ -243,9 +243,21 @@ def test_corrupt_segment_line_falls_back_to_the_sealed_file(
     assert fresh(root).messages(conv.id) == [first, second]
 
 
-def test_sealed_file_wins_over_leftover_chunks(
+def test_corrupt_segment_line_falls_back_on_a_page_and_on_a_whole_read(
     store: Store, conv: Conversation, root: str
 ) -> None:
+    # A page of a long conversation parses only its own lines; a whole read parses them all
+    # in one pass. Both skip the corrupt line.
+    messages = [store.append_message(conv.id, "user", f"m{i}") for i in range(8)]
+    flip_bit(conversation_dir(root, conv.id) / "segment.jsonl", 30)
+    assert fresh(root).messages(conv.id, limit=2) == messages[:2]
+    assert fresh(root).messages(conv.id, limit=None) == messages
+    reader = fresh(root)
+    assert reader.messages(conv.id, limit=2) == messages[:2]
+    assert reader.messages(conv.id, limit=None) == messages
+
+
+def test_sealed_file_wins_over_leftover_chunks(store: Store, conv: Conversation, root: str) -> None:
     mdir = messages_dir(root, conv.id)
     w = store.stream_message(conv.id, chunk_tokens=1)
     w.append("a")
@@ -273,6 +285,34 @@ def test_corrupt_sealed_file_with_leftover_chunks_is_damaged(
     (message,) = fresh(root).messages(conv.id)
     assert message.content == "a"  # the leftover chunk is all that is readable
     assert message.damaged
+
+
+def test_message_files_are_grouped_by_seq() -> None:
+    names = [
+        "us01-co01-ms03-002.json",
+        "us01-co01-ms01.json",
+        "us01-co01-ms03.lock",
+        "us01-co01-ms02.json",
+        "us01-co01-ms02-001.json",
+        "us01-co01-ms03-001.json",
+        "us01-co01-ms04.lock",
+        "us01-co01-ms05.json",
+        "us01-co01-ms05.lock",
+        "us01-co01-ms06-001.lock",  # not a name the store makes
+        "us01-co02-ms07.json",  # another conversation's
+        ".us01-co01-ms08.json.tmp-x",
+    ]
+    files = list_message_files(names, ConversationId.parse("us01-co01"))
+    assert sorted(files[3].chunks) == [1, 2]  # in listing order
+    assert files == {
+        1: MessageFiles(sealed=True),
+        2: MessageFiles(sealed=True, chunks=(1,)),
+        3: MessageFiles(chunks=files[3].chunks, lock=True),
+        4: MessageFiles(lock=True),
+        5: MessageFiles(sealed=True, lock=True),
+    }
+    with pytest.raises(AttributeError):  # entries are shared between messages: immutable
+        files[1].lock = True  # type: ignore[misc]
 
 
 def test_strangers_in_the_messages_directory_are_ignored(
@@ -350,7 +390,9 @@ def test_unreadable_messages_directory_is_a_storage_error(
         raise OSError(errno.EIO, "I/O error", path)
 
     real = _reader.os
-    proxy = types.SimpleNamespace(**{n: getattr(real, n) for n in dir(real) if not n.startswith("__")})
+    proxy = types.SimpleNamespace(
+        **{n: getattr(real, n) for n in dir(real) if not n.startswith("__")}
+    )
     proxy.listdir = listdir
     monkeypatch.setattr(_reader, "os", proxy)
     with pytest.raises(StorageError) as info:

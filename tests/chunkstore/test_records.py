@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import zlib
 
 import orjson
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chunkstore._records import CorruptRecord, decode, encode, encode_line
+from chunkstore._records import CorruptRecord, decode, decode_lines, encode, encode_line
 
 RECORD = {"v": 1, "messageId": "us01-co01-ms01", "seq": 1, "tokens": "héllo ✓", "tokenCount": 2}
 
@@ -79,3 +80,61 @@ def test_valid_checksum_over_invalid_json() -> None:
 )
 def test_round_trip_any_record(record: dict[str, object]) -> None:
     assert decode(encode_line(record)) == record
+
+
+def _decode_or_none(line: bytes) -> dict[str, object] | None:
+    try:
+        return decode(line)
+    except CorruptRecord:
+        return None
+
+
+def test_decode_lines_keeps_the_intact_lines_in_order() -> None:
+    first, second = dict(RECORD, n=1), dict(RECORD, n=2)
+    flipped = bytearray(encode_line(RECORD))
+    flipped[20] ^= 4
+    upper = next(line for i in range(100) if b"a" in (line := encode_line(dict(RECORD, n=i)))[-11:])
+    upper = upper[:-11] + upper[-11:-3].replace(b"a", b"A", 1) + upper[-3:]
+    head = b'{"a":'
+    not_json = head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+    data = b"".join(
+        [
+            encode_line(first),
+            bytes(flipped),
+            b"garbage\n",
+            b"\n",
+            upper,
+            not_json,
+            encode_line(second),
+            encode_line(RECORD).rstrip(b"\n"),  # a last line without its newline: not whole
+        ]
+    )
+    assert list(decode_lines(data)) == [first, second]
+    assert list(decode_lines(b"")) == []
+
+
+def test_decode_lines_agrees_with_decode_on_every_bit_flip() -> None:
+    data = encode_line(RECORD) + encode_line(dict(RECORD, n=2))
+    for offset in range(len(data)):
+        for bit in range(8):
+            flipped = bytearray(data)
+            flipped[offset] ^= 1 << bit
+            whole = [line for line in io.BytesIO(flipped) if line.endswith(b"\n")]
+            expected = [r for r in map(_decode_or_none, whole) if r is not None]
+            assert list(decode_lines(bytes(flipped))) == expected
+            assert len(expected) <= 1  # the flipped line is never among them
+
+
+@given(
+    st.lists(
+        st.dictionaries(
+            st.text(max_size=8).filter(lambda k: k != "crc"),
+            st.one_of(st.text(), st.integers(-(2**53), 2**53), st.none()),
+            min_size=1,
+            max_size=4,
+        ),
+        max_size=5,
+    )
+)
+def test_decode_lines_round_trip(records: list[dict[str, object]]) -> None:
+    assert list(decode_lines(b"".join(map(encode_line, records)))) == records

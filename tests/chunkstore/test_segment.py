@@ -95,6 +95,59 @@ def test_line_whose_seq_disagrees_with_its_place(tmp_path: Path) -> None:
     path.write_bytes(line(5))
     index = SegmentIndex(str(path))
     index.refresh()
+    assert 5 in index  # indexed by seq, not parsed yet
     index._lines[6] = index._lines.pop(5)  # as if the prefix said 6 but the record says 5
     assert index.get(6) is None
     assert 6 not in index
+
+
+def test_parse_all_keeps_intact_lines_by_their_seq(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    bad = bytearray(line(2, "bad"))
+    bad[30] ^= 1
+    third = line(3, "three")
+    path.write_bytes(line(1, "one") + bytes(bad) + b"garbage\n" + third[:10])
+    index = SegmentIndex(str(path))
+    index.refresh()
+    parsed = index.parse_all()
+    assert {seq: m.content for seq, m in parsed.items()} == {1: "one"}
+    assert index.get(1) is parsed[1]
+    assert index.get(2) is None  # the reader falls back to the message's own file
+    assert 2 not in index
+    with open(path, "ab") as f:
+        f.write(third[10:])
+    index.refresh()
+    assert {seq: m.content for seq, m in index.parse_all().items()} == {1: "one", 3: "three"}
+
+
+def test_parse_all_and_get_agree(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    path.write_bytes(b"".join(line(seq, f"m{seq}") for seq in (3, 1, 2)))
+    paged, whole = SegmentIndex(str(path)), SegmentIndex(str(path))
+    paged.refresh()
+    whole.refresh()
+    parsed = whole.parse_all()
+    assert sorted(parsed) == [1, 2, 3]
+    for seq in (1, 2, 3, 4):
+        assert paged.get(seq) == parsed.get(seq)
+        assert (seq in paged) == (seq in whole)
+
+
+def test_a_later_line_for_a_seq_wins_whichever_way_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    path.write_bytes(line(1, "old") + line(2, "two"))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    assert index.get(2).content == "two"  # line 1 indexed, not parsed
+    with open(path, "ab") as f:
+        f.write(line(1, "new"))
+    index.refresh()
+    assert index.parse_all()[1].content == "new"  # the indexed older line came first
+    with open(path, "ab") as f:
+        f.write(line(2, "newer"))
+    index.refresh()
+    assert index.get(2).content == "newer"  # the parsed older message is superseded
+    with open(path, "ab") as f:
+        f.write(line(1, "newest"))
+    index.refresh()
+    assert index.parse_all()[1].content == "newest"
