@@ -64,19 +64,15 @@ def decode_lines(data: bytes) -> Iterator[dict[str, Any]]:
 
     The bulk form, for a whole segment: ``BytesIO`` finds the lines in C and hands out one
     short-lived copy at a time (splitting all lines up front allocates the whole file again,
-    and on a VM fresh memory costs a page fault per 4 KiB), and the checks are inlined.
-    A last line without its newline fails the suffix check and is skipped.
+    and on a VM fresh memory costs a page fault per 4 KiB). A last line without its newline
+    is not whole and is skipped.
     """
-    head, suffix_len, crc32, loads = _SUFFIX_HEAD, _SUFFIX_LEN + 1, zlib.crc32, orjson.loads
-    hex8 = b"%08x".__mod__
+    crc32, loads, suffix_len = zlib.crc32, orjson.loads, _SUFFIX_LEN + 1
+    suffix = b',"crc":"%08x"}\n'.__mod__
     for line in io.BytesIO(data):
-        # Each line ends in ``,"crc":"<8 hex>"}\n``: the same check as ``decode``, shifted by
-        # the newline, and again on the checksum's exact spelling.
-        if (
-            line[-3:] != b'"}\n'
-            or line[-suffix_len:-11] != head
-            or hex8(crc32(line[:-suffix_len])) != line[-11:-3]
-        ):
+        # The checks of ``decode`` in one comparison: the line must end in exactly the suffix
+        # its checksum spells (lower-case hex, closing brace, newline).
+        if line[-suffix_len:] != suffix(crc32(line[:-suffix_len])):
             continue
         try:
             record = loads(line)

@@ -105,9 +105,11 @@ class SegmentIndex:
         by the seq it holds; lines that fail are skipped (the seq is then missing, and the
         reader falls back to the message's own file).
         """
+        messages = self._messages
+        if not self._unread and not self._lines:
+            return messages  # the warm path: everything read is parsed
         for seq, line in list(self._lines.items()):  # older than anything unread
             self._parse(seq, line)
-        messages = self._messages
         for data in self._unread:
             for record in _records.decode_lines(data):
                 try:
