@@ -65,6 +65,13 @@ class Layout:
     def conversations_dir(self, user: UserId) -> str:
         return os.path.join(self.root, str(user), "data", "conversations")
 
+    def conversations_dir_chain(self, user: UserId) -> tuple[str, str, str]:
+        """The directories on the way to ``user``'s conversations, outermost first: each must be
+        checked for a planted symlink (see ``has_symlink``)."""
+        user_dir = f"{self.root}{_SEP}us{user.n:02d}"
+        data = f"{user_dir}{_SEP}data"
+        return user_dir, data, f"{data}{_SEP}conversations"
+
     def user_has_symlink(self, user: UserId) -> bool:
         """Whether a directory on the way to ``user``'s conversations is a symlink."""
         path = self.root
@@ -90,6 +97,13 @@ class Layout:
     def conversation_dir(self, conv: ConversationId) -> str:
         # Concatenation, not os.path.join: listings build this for every item they show.
         return f"{self.root}{_SEP}us{conv.user:02d}{_SEP}data{_SEP}conversations{_SEP}{conv}"
+
+    def conversation_dir_prefix(self, user: UserId) -> str:
+        """``conversation_dir`` of ``user``'s conversation ``n`` is this + ``f"{n:02d}"``:
+        listings build one per number they probe, without making a ConversationId."""
+        return (
+            f"{self.root}{_SEP}us{user.n:02d}{_SEP}data{_SEP}conversations{_SEP}us{user.n:02d}-co"
+        )
 
     def conversation_file(self, conv: ConversationId) -> str:
         return f"{self.conversation_dir(conv)}{_SEP}conversation.json"

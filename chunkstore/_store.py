@@ -12,13 +12,16 @@ claimed under the conversation's file lock by creating the message's first file 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
 import operator
 import os
 import shutil
+import stat
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -33,7 +36,7 @@ from ._exceptions import (
     StoreFormatError,
     UserNotFound,
 )
-from ._ids import ConversationId, MessageId, UserId, scan_conversation_numbers
+from ._ids import MAX_DIGITS, ConversationId, MessageId, UserId, scan_conversation_numbers
 from ._layout import FORMAT_VERSION, Layout
 from ._models import Conversation, ConversationPage, Message
 from ._reader import ConversationReader, conversation_io, list_message_files
@@ -61,6 +64,64 @@ MAX_PAGE = 1000
 
 _UNSET: Any = object()
 _META_CACHE_SIZE = 8192
+# Gaps a listing probes (one failed lstat each, ~3 us) before it lists the whole directory
+# instead (~0.5 us per entry): a few hundred microseconds at most, against ~5 ms at 10,000.
+_PROBE_MISSES = 128
+_MAX_NUMBER = 10**MAX_DIGITS - 1
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownNumbers:
+    """What is known of which conversation numbers exist for one user.
+
+    Every existing number >= ``floor`` is in ``numbers`` (newest first); below ``floor``
+    nothing is known. A full listing knows all (floor 1); a trusted counter alone knows that
+    nothing exists above it (floor counter + 1, no numbers); probing moves the floor down.
+
+    Validation rule: these facts hold while the conversations directory keeps ``identity``
+    (device, inode, mtime, ctime), because creating or removing a conversation renames a name
+    into or out of it, which moves its mtime and ctime. They are kept across calls only if that
+    ctime was ``settled`` (older than the filesystem's timestamp granularity) when the
+    directory was looked at: then any later change must show as a new ctime.
+    """
+
+    identity: tuple[int, int, int, int]
+    settled: bool
+    floor: int
+    numbers: list[int]
+
+    def extended(self, floor: int, found: list[int]) -> _KnownNumbers:
+        """These facts, plus a probe from ``self.floor - 1`` down to ``floor`` that found
+        ``found`` (newest first)."""
+        return _KnownNumbers(self.identity, self.settled, floor, self.numbers + found)
+
+
+# Conversation numbers with the lstat of their directory, newest first (a generator: closed
+# when done).
+_Directories = Generator[tuple[int, os.stat_result], None, None]
+
+
+def _counter_of(user_record: dict[str, Any], user: UserId) -> int | None:
+    """The conversation counter of a user.json record; None if it has none that can be used
+    (absent, not a count, too large for an id, or the record is another user's)."""
+    counter = user_record.get("lastConversation")
+    if user_record.get("id") != str(user) or type(counter) is not int:
+        return None
+    return counter if 0 <= counter < _MAX_NUMBER else None
+
+
+def _dir_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _lstat_or_none(path: str) -> os.stat_result | None:
+    """``os.lstat``, None for a missing name (another error is a StorageError)."""
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise StorageError.wrap(exc, f"cannot read {path}") from exc
 
 
 class Store:
@@ -106,10 +167,15 @@ class Store:
         self._durable = durability != "none"
         self._reader = ConversationReader(self._layout, cache_conversations)
         self._next_seq_hint: dict[ConversationId, int] = {}
-        # Stat-validated caches: (directory identity, settled, numbers newest first) per user,
-        # and (file identity, metadata) per conversation.
-        self._numbers_cache: dict[UserId, tuple[tuple[int, int, int], bool, list[int]]] = {}
-        self._meta_cache: dict[ConversationId, tuple[tuple[int, int, int, int], Conversation]] = {}
+        # Stat-validated caches (validation rules: ``_KnownNumbers`` and ``_metadata``): which
+        # conversation numbers exist, per user; and per conversation, by (user, conversation)
+        # number, (directory identity, file identity, metadata), an identity being None when it
+        # was not settled.
+        self._numbers_cache: dict[UserId, _KnownNumbers] = {}
+        self._meta_cache: dict[
+            tuple[int, int],
+            tuple[tuple[int, int, int, int] | None, tuple[int, int, int, int] | None, Conversation],
+        ] = {}
         self._open_root()
 
     def __repr__(self) -> str:
@@ -278,12 +344,7 @@ class Store:
             if limit is not None and len(self._conversation_numbers(user)) >= limit:
                 raise LimitExceeded(f"user {user} has reached the limit of {limit} conversations")
             user_record = self._read_user(user)
-            # Ids are never reused, even after a hard delete: the counter in user.json only
-            # grows, and is moved on before the directory exists. Probing past existing
-            # directories covers a user.json that was lost or restored from a backup.
-            n = user_record.get("lastConversation", 0) + 1
-            while os.path.lexists(self._layout.conversation_dir(ConversationId(user.n, n))):
-                n += 1
+            n = self._next_conversation_number(user, user_record)
             conv = ConversationId(user.n, n)
             user_record["lastConversation"] = n
             _fsio.replace_atomic(
@@ -304,6 +365,23 @@ class Store:
             )
             self._create_conversation_dir(conv, conversation)
         return conversation
+
+    def _next_conversation_number(self, user: UserId, user_record: dict[str, Any]) -> int:
+        """The number for a new conversation. Caller holds the user lock.
+
+        Ids are never reused, even after a hard delete: the counter in user.json only grows,
+        and is moved on before the directory exists, so it bounds every existing number
+        (listings rely on that: see ``_trusted_counter``). A counter that is missing, unusable
+        or behind (its next number exists: user.json was lost, restored from a backup or
+        written by hand) gives way to one past every existing number, from a full listing, so
+        the counter written next bounds them all again.
+        """
+        counter = _counter_of(user_record, user)
+        if counter is not None and not os.path.lexists(
+            self._layout.conversation_dir(ConversationId(user.n, counter + 1))
+        ):
+            return counter + 1
+        return max(counter or 0, max(self._conversation_numbers(user), default=0)) + 1
 
     def _create_conversation_dir(self, conv: ConversationId, conversation: Conversation) -> None:
         final = self._layout.conversation_dir(conv)
@@ -331,57 +409,237 @@ class Store:
         except FileNotFoundError:
             raise UserNotFound(f"no user {user}") from None
         except (OSError, ValueError):
-            # user.json only holds a counter the directory scan can recover; start afresh.
-            return {"v": 1, "id": str(user), "createdAt": utc_now(), "lastConversation": 0}
+            # user.json only holds a counter the directory scan can recover; start afresh
+            # (without a counter: _next_conversation_number recovers it).
+            return {"v": 1, "id": str(user), "createdAt": utc_now()}
+
+    # -- which conversations exist ------------------------------------------------------------
+    #
+    # A listing must not cost a scan of the user's whole conversations directory (~5 ms at
+    # 10,000 entries). Conversation numbers come from the counter in user.json, which
+    # create_conversation moves on (durably, under the user lock) *before* the directory is
+    # renamed into place: every existing number is at most the counter. So page 1 probes the
+    # numbers downward from the counter (page n from its cursor), one lstat each, and that lstat
+    # is the one the page needs anyway to vet the directory. Gaps (hard deletes) cost one failed
+    # lstat each; too many of them, or a counter that cannot be trusted, and the directory is
+    # listed instead. What was learned is kept in a ``_KnownNumbers`` (see its validation rule).
+
+    def _vetted_conversations_dir(self, user: UserId) -> os.stat_result | None:
+        """The lstat of ``user``'s conversations directory, every directory on the way vetted.
+
+        UserNotFound if the user's directory is missing, or if any of them is a symlink (the
+        store never creates one: it was planted, and is never followed). None if the user has
+        no conversations directory (nothing to list).
+        """
+        st = None
+        for depth, path in enumerate(self._layout.conversations_dir_chain(user)):
+            try:
+                st = os.lstat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            except OSError as exc:
+                raise StorageError.wrap(exc, f"cannot read the directory of {user}") from exc
+            if st is not None and stat.S_ISLNK(st.st_mode):
+                raise UserNotFound(f"no user {user}")
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                if depth == 0:
+                    raise UserNotFound(f"no user {user}")
+                return None
+        return st
+
+    def _known_numbers(self, user: UserId, dir_st: os.stat_result, now: int) -> _KnownNumbers:
+        """What is known of ``user``'s conversation numbers: the cached facts if the directory
+        is unchanged, else the counter's bound, else (no trustworthy counter) a full listing."""
+        identity = _dir_identity(dir_st)
+        cached = self._numbers_cache.get(user)
+        if cached is not None and cached.identity == identity:
+            return cached
+        counter = self._trusted_counter(user, dir_st)
+        if counter is None:
+            return self._list_numbers(user, dir_st, now)
+        known = _KnownNumbers(identity, _fsio.settled(now, dir_st.st_ctime_ns), counter + 1, [])
+        self._remember_numbers(user, known)
+        return known
+
+    def _trusted_counter(self, user: UserId, dir_st: os.stat_result) -> int | None:
+        """user.json's conversation counter if it bounds every existing number, else None.
+
+        The API keeps that invariant (see above), but a store can break it: user.json lost and
+        recreated, restored from an old backup, written by hand, or a crash with durability
+        "none" that kept the new directory but not the counter. Two cheap checks catch those:
+        the directory must not have more subdirectories than the counter allows (its link
+        count, where the filesystem keeps one: 2 + subdirectories), and the next number must
+        not exist yet (a counter behind the directories is almost always caught there).
+        """
+        try:
+            counter = _counter_of(
+                _records.decode(_fsio.read_bytes(self._layout.user_file(user))), user
+            )
+        except (OSError, ValueError):
+            return None
+        if counter is None:
+            return None
+        if dir_st.st_nlink >= 2 and dir_st.st_nlink - 2 > counter:
+            return None
+        if os.path.lexists(self._layout.conversation_dir(ConversationId(user.n, counter + 1))):
+            return None
+        return counter
+
+    def _list_numbers(self, user: UserId, dir_st: os.stat_result, now: int) -> _KnownNumbers:
+        """Every conversation number of ``user``, from a full listing of the directory (whose
+        lstat ``dir_st`` was taken before the listing: any later change shows as a new one)."""
+        path = self._layout.conversations_dir(user)
+        try:
+            names = os.listdir(path)
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot list the conversations of {user}") from exc
+        numbers = scan_conversation_numbers(names, user)
+        numbers.sort(reverse=True)
+        known = _KnownNumbers(
+            _dir_identity(dir_st), _fsio.settled(now, dir_st.st_ctime_ns), 1, numbers
+        )
+        self._remember_numbers(user, known)
+        return known
+
+    def _remember_numbers(self, user: UserId, known: _KnownNumbers) -> None:
+        if known.settled:
+            self._numbers_cache[user] = known
 
     def _conversation_numbers(self, user: UserId) -> list[int]:
-        """The user's conversation numbers, newest first (cached; see ``_fsio.settled``)."""
-        path = self._layout.conversations_dir(user)
+        """All of the user's conversation numbers, newest first (cached like listings)."""
         now = time.time_ns()
         try:
-            st = os.stat(path)
+            dir_st = os.stat(self._layout.conversations_dir(user))
         except FileNotFoundError:
             return []
-        identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
         cached = self._numbers_cache.get(user)
-        if cached is not None and cached[0] == identity and cached[1]:
-            return cached[2]
-        numbers = scan_conversation_numbers(os.listdir(path), user)
-        numbers.sort(reverse=True)
-        self._numbers_cache[user] = (identity, _fsio.settled(now, st.st_mtime_ns), numbers)
-        return numbers
+        if cached is not None and cached.identity == _dir_identity(dir_st) and cached.floor <= 1:
+            return cached.numbers
+        return self._list_numbers(user, dir_st, now).numbers
 
     def _conversation_ids(self, user: UserId) -> list[ConversationId]:
         return [ConversationId(user.n, n) for n in self._conversation_numbers(user)]
+
+    def _conversation_dirs(
+        self, user: UserId, dir_st: os.stat_result, before: int | None, now: int
+    ) -> _Directories:
+        """``user``'s conversation directories numbered below ``before`` (None: all), newest
+        first, each with its lstat. Close the iterator when done: what probing learned is kept
+        for the next call then."""
+        known = self._known_numbers(user, dir_st, now)
+        yield from self._directories(user, known.numbers, before)
+        below = known.floor if before is None else min(before, known.floor)
+        yield from self._probe_directories(user, dir_st, known, below, now)
+
+    def _directories(self, user: UserId, numbers: list[int], before: int | None) -> _Directories:
+        """The directories among ``numbers`` (newest first) below ``before``. Names that are not
+        directories (a planted symlink, a stray file) are skipped, never followed."""
+        prefix = self._layout.conversation_dir_prefix(user)
+        start = 0 if before is None else bisect.bisect_right(numbers, -before, key=operator.neg)
+        for n in itertools.islice(numbers, start, None):
+            st = _lstat_or_none(f"{prefix}{n:02d}")
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                yield n, st
+
+    def _probe_directories(
+        self,
+        user: UserId,
+        dir_st: os.stat_result,
+        known: _KnownNumbers,
+        below: int,
+        now: int,
+    ) -> _Directories:
+        """The directories numbered below ``below``, newest first, found by probing each number
+        (``_directories`` for what they are); a full listing after too many gaps."""
+        prefix = self._layout.conversation_dir_prefix(user)
+        found: list[int] = []
+        floor = below  # every number from here up to ``below`` has been probed
+        misses = 0
+        try:
+            for n in range(below - 1, 0, -1):
+                st = _lstat_or_none(f"{prefix}{n:02d}")
+                if st is None:
+                    misses += 1
+                    if misses > _PROBE_MISSES:
+                        break
+                else:
+                    found.append(n)
+                floor = n
+                if st is not None and stat.S_ISDIR(st.st_mode):
+                    yield n, st
+            else:
+                return
+        finally:
+            # Probed right below what was known: the facts now reach down to ``floor``.
+            if below == known.floor and floor < below:
+                self._remember_numbers(user, known.extended(floor, found))
+        # A long run of gaps (many hard deletes): listing costs less than probing on.
+        listed = self._list_numbers(user, dir_st, now)
+        yield from self._directories(user, listed.numbers, floor)
+
+    # -- conversation metadata ----------------------------------------------------------------
 
     def get_conversation(self, conversation_id: str) -> Conversation:
         """Metadata of a conversation (soft-deleted ones too: see ``deleted_at``)."""
         return self._read_conversation(ConversationId.parse(conversation_id))
 
-    def _read_conversation(
-        self, conv: ConversationId, *, parents_vetted: bool = False
-    ) -> Conversation:
+    def _read_conversation(self, conv: ConversationId) -> Conversation:
         layout = self._layout
-        if parents_vetted:
-            if os.path.islink(layout.conversation_dir(conv)):
-                raise ConversationNotFound(f"no conversation {conv}")
-        elif layout.has_symlink(conv):
+        if layout.has_symlink(conv):
             raise ConversationNotFound(f"no conversation {conv}")
-        path = layout.conversation_file(conv)
+        now = time.time_ns()
         with conversation_io(conv, "read the metadata"):
-            st = os.lstat(path)
-        # conversation.json is only ever replaced (a new inode) and the old inode stays alive
-        # until the replace, so the same identity means the same content.
-        identity = (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
-        cached = self._meta_cache.get(conv)
-        if cached is not None and cached[0] == identity:
-            return cached[1]
+            dir_st = os.lstat(layout.conversation_dir(conv))
+        if not stat.S_ISDIR(dir_st.st_mode):
+            raise ConversationNotFound(f"no conversation {conv}")
+        return self._metadata(conv.user, conv.n, dir_st, now)
+
+    def _metadata(self, user: int, n: int, dir_st: os.stat_result, now: int) -> Conversation:
+        """The metadata of conversation ``n`` of user ``user``; ``dir_st`` is the lstat of its
+        (vetted) directory, taken at or after ``now``.
+
+        Cache validation rule. conversation.json is never modified in place, only replaced: a
+        temp file is written in the conversation's directory and renamed over it (users/
+        README.md). Both steps change the directory's names, so its mtime and ctime move: while
+        the directory keeps its (device, inode, mtime, ctime), the cached metadata is current.
+        Other changes move them too (a conversation's first message creates its lock file and
+        segment); then the file's own (inode, mtime, ctime, size) decides: a replaced file is a
+        new inode. Either identity is trusted only if its ctime was settled when it was taken
+        (``_fsio.settled``): a change within the same clock tick could leave the timestamps as
+        they were, and a freed inode number can come back.
+        """
+        key = (user, n)
+        dir_identity = _dir_identity(dir_st)
+        cached = self._meta_cache.get(key)
+        if cached is not None and cached[0] == dir_identity:
+            return cached[2]
+        conv = ConversationId(user, n)
+        path = self._layout.conversation_file(conv)
+        with conversation_io(conv, "read the metadata"):
+            file_st = os.lstat(path)
+        file_identity = (file_st.st_ino, file_st.st_mtime_ns, file_st.st_ctime_ns, file_st.st_size)
+        if cached is not None and cached[1] == file_identity:
+            conversation = cached[2]
+        else:
+            conversation = self._decode_metadata(conv, path)
+        if len(self._meta_cache) >= _META_CACHE_SIZE:
+            self._meta_cache.clear()  # crude but bounded; the hot set refills at once
+        self._meta_cache[key] = (
+            dir_identity if _fsio.settled(now, dir_st.st_ctime_ns) else None,
+            file_identity if _fsio.settled(now, file_st.st_ctime_ns) else None,
+            conversation,
+        )
+        return conversation
+
+    def _decode_metadata(self, conv: ConversationId, path: str) -> Conversation:
         try:
             with conversation_io(conv, "read the metadata"):
                 record = _records.decode(_fsio.read_bytes(path))
         except ValueError as exc:
             raise StorageError(0, f"{path} is corrupt: {exc}", path) from exc
-        conversation = Conversation(
+        return Conversation(
             id=record["id"],
             user_id=record["userId"],
             title=record.get("title"),
@@ -392,10 +650,6 @@ class Store:
             participants=list(record.get("participants") or []),
             deleted_at=record.get("deletedAt"),
         )
-        if len(self._meta_cache) >= _META_CACHE_SIZE:
-            self._meta_cache.clear()  # crude but bounded; the hot set refills at once
-        self._meta_cache[conv] = (identity, conversation)
-        return conversation
 
     def list_conversations(
         self,
@@ -416,26 +670,25 @@ class Store:
         after = ConversationId.parse(cursor) if cursor is not None else None
         if after is not None and after.user != user.n:
             raise InvalidArgument("cursor does not belong to this user")
-        self._require_user(user_id)
-        numbers = self._conversation_numbers(user)
-        start = 0
-        if after is not None:
-            # Newest first: skip every number >= the cursor's (bisect on the negated order).
-            start = bisect.bisect_right(numbers, -after.n, key=operator.neg)
+        now = time.time_ns()  # before any lstat: see _fsio.settled
+        dir_st = self._vetted_conversations_dir(user)
+        if dir_st is None:
+            return ConversationPage([], None)
         items: list[Conversation] = []
         more = False
-        for n in itertools.islice(numbers, start, None):
-            conv = ConversationId(user.n, n)
-            try:
-                conversation = self._read_conversation(conv, parents_vetted=True)
-            except ConversationNotFound:
-                continue  # deleted while we listed
-            if conversation.deleted and not include_deleted:
-                continue
-            if len(items) == limit:
-                more = True
-                break
-            items.append(conversation)
+        before = after.n if after is not None else None
+        with contextlib.closing(self._conversation_dirs(user, dir_st, before, now)) as found:
+            for n, conv_st in found:
+                try:
+                    conversation = self._metadata(user.n, n, conv_st, now)
+                except ConversationNotFound:
+                    continue  # deleted while we listed
+                if conversation.deleted and not include_deleted:
+                    continue
+                if len(items) == limit:
+                    more = True
+                    break
+                items.append(conversation)
         return ConversationPage(items, items[-1].id if more else None)
 
     def update_conversation(

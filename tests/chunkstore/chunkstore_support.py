@@ -107,3 +107,21 @@ def mixed_worker(
             )
             updates.append((updated.updated_at, title))
     return seqs, created, updates
+
+
+def listing_mutator(root: str, user: str, ids: list[str], step: int) -> None:
+    """One change to ``user``'s conversations (``ids`` oldest first), as another process makes
+    it while ``test_listing`` holds a warm store. Runs in a spawned process."""
+    store = Store(root, durability="none")
+    if step == 0:
+        store.update_conversation(ids[-1], title="renamed elsewhere")
+    elif step == 1:
+        store.delete_conversation(ids[-2])
+    elif step == 2:
+        store.delete_conversation(ids[-3], hard=True)
+    elif step == 3:
+        store.create_conversation(user, title="created elsewhere")
+    elif step == 4:
+        store.restore_conversation(ids[-2])
+    else:
+        store.update_conversation(ids[0], metadata={"by": "another process"})
