@@ -68,11 +68,11 @@ def decode_lines(data: bytes) -> Iterator[dict[str, Any]]:
     is not whole and is skipped.
     """
     crc32, loads, suffix_len = zlib.crc32, orjson.loads, _SUFFIX_LEN + 1
-    suffix = b',"crc":"%08x"}\n'.__mod__
+    suffix = b',"crc":"%08x"}\n'
     for line in io.BytesIO(data):
         # The checks of ``decode`` in one comparison: the line must end in exactly the suffix
         # its checksum spells (lower-case hex, closing brace, newline).
-        if line[-suffix_len:] != suffix(crc32(line[:-suffix_len])):
+        if line[-suffix_len:] != suffix % crc32(line[:-suffix_len]):
             continue
         try:
             record = loads(line)
