@@ -132,7 +132,11 @@ class StallingOS:
 
 
 def edge_app(
-    upstream: str, store: str | None, stall: float, durability: str = "chunk"
+    upstream: str,
+    store: str | None,
+    stall: float,
+    durability: str = "chunk",
+    store_threads: int | None = None,
 ) -> web.Application:
     if stall > 0:
         from chunkstore import _fsio
@@ -146,6 +150,7 @@ def edge_app(
         persist_transcripts=store is not None,
         db_url=f"file:{store}" if store else "file:./users",
         durability=durability,  # type: ignore[arg-type]
+        **({} if store_threads is None else {"store_threads": store_threads}),
     )
     return create_app(config)
 
@@ -184,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--store", help="edge: persist into this directory (else: off)")
     parser.add_argument("--fsync-stall", type=float, default=0.0)
     parser.add_argument("--durability", default="chunk", choices=["chunk", "message", "none"])
+    parser.add_argument("--store-threads", type=int, help="edge: STORE_THREADS (default: its own)")
     parser.add_argument("--profile", help="write a cProfile of the event loop here at exit")
     args = parser.parse_args(argv)
     if args.kind == "upstream":
@@ -191,7 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     elif args.kind == "passthrough":
         app = passthrough_app(args.upstream)
     else:
-        app = edge_app(args.upstream, args.store, args.fsync_stall, args.durability)
+        app = edge_app(
+            args.upstream, args.store, args.fsync_stall, args.durability, args.store_threads
+        )
     asyncio.run(serve(app, args.profile))
 
 
