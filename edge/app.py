@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 
@@ -82,9 +83,15 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         max_workers=config.store_threads,
     )
     app[STORE] = store
+    # Process-wide, so set while the store's threads exist and restored after (tests run many
+    # apps in one process).
+    previous_switch = sys.getswitchinterval()
+    if config.gil_switch_interval_us:
+        sys.setswitchinterval(config.gil_switch_interval_us / 1_000_000)
     try:
         yield
     finally:
+        sys.setswitchinterval(previous_switch)
         # By now aiohttp has cancelled the handlers still streaming; each sealed its partial
         # reply as an error through its recorder task, and replies that ended may still be
         # sealing (``[DONE]`` does not wait for them). Let those writes land before closing.

@@ -20,6 +20,7 @@ from edge.config import (
     DEFAULT_CHUNK_TOKENS,
     DEFAULT_DB_URL,
     DEFAULT_DURABILITY,
+    DEFAULT_GIL_SWITCH_INTERVAL_US,
     DEFAULT_HISTORY_BATCH_FLUSH_MS,
     DEFAULT_HOST,
     DEFAULT_LOG_LEVEL,
@@ -58,6 +59,7 @@ ENV_VARS = (
     "STORE_DURABILITY",
     "STORAGE_FINAL_TIMEOUT_MS",
     "STORE_THREADS",
+    "GIL_SWITCH_INTERVAL_US",
     "RETENTION_INTERVAL_S",
     "EDGE_LOG_LEVEL",
 )
@@ -95,6 +97,7 @@ def test_defaults() -> None:
     assert config.durability == DEFAULT_DURABILITY == "chunk"
     assert config.storage_final_timeout_ms == DEFAULT_STORAGE_FINAL_TIMEOUT_MS == 0
     assert config.store_threads == DEFAULT_STORE_THREADS == 32
+    assert config.gil_switch_interval_us == DEFAULT_GIL_SWITCH_INTERVAL_US == 200
     assert config.retention_interval_s == DEFAULT_RETENTION_INTERVAL_S == 3600
     assert config.log_level == DEFAULT_LOG_LEVEL == "INFO"
 
@@ -155,6 +158,8 @@ def test_repr_hides_secrets() -> None:
         ("STORAGE_FINAL_TIMEOUT_MS", "100", "storage_final_timeout_ms", 100),
         ("STORE_THREADS", "1", "store_threads", 1),
         ("STORE_THREADS", "128", "store_threads", 128),
+        ("GIL_SWITCH_INTERVAL_US", "0", "gil_switch_interval_us", 0),
+        ("GIL_SWITCH_INTERVAL_US", "1000", "gil_switch_interval_us", 1000),
         ("RETENTION_INTERVAL_S", "60", "retention_interval_s", 60),
         ("EDGE_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("EDGE_LOG_LEVEL", "Warning", "log_level", "WARNING"),
@@ -317,6 +322,11 @@ def test_argparse_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFix
         ("MAX_REQUEST_BYTES", "10MiB", "MAX_REQUEST_BYTES must be an integer >= 1, got '10MiB'"),
         ("STORAGE_FINAL_TIMEOUT_MS", "-1", "STORAGE_FINAL_TIMEOUT_MS must be an integer >= 0"),
         ("STORE_THREADS", "0", "STORE_THREADS must be an integer >= 1, got '0'"),
+        (
+            "GIL_SWITCH_INTERVAL_US",
+            "-1",
+            "GIL_SWITCH_INTERVAL_US must be an integer from 0 to 1000000, got '-1'",
+        ),
         ("STORE_THREADS", "many", "STORE_THREADS must be an integer >= 1, got 'many'"),
         ("RETENTION_INTERVAL_S", "1h", "RETENTION_INTERVAL_S must be an integer >= 1, got '1h'"),
         ("RETENTION_DAYS", "0", "RETENTION_DAYS must be a positive number"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -223,3 +224,13 @@ async def test_pending_replies_settle_per_conversation_and_forget_finished_tasks
     assert await pending.settle("us01-co01", timeout=5) is True
     await asyncio.sleep(0)  # done callbacks run on the next loop iteration
     assert len(pending) == 0 and pending.tasks() == []
+
+
+async def test_the_switch_interval_is_set_while_the_store_is_open_and_restored(
+    make_edge: MakeEdge,
+) -> None:
+    before = sys.getswitchinterval()
+    client = await make_edge(gil_switch_interval_us=300)
+    assert sys.getswitchinterval() == pytest.approx(0.0003)
+    await client.close()
+    assert sys.getswitchinterval() == before
