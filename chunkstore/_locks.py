@@ -45,7 +45,7 @@ def exclusive(path: str, timeout: float) -> Iterator[None]:
     except OSError as exc:
         raise StorageError.wrap(exc, f"cannot open lock {path}") from exc
     try:
-        _lock_handle(handle, timeout)
+        _lock_handle(handle, path, timeout)
     except BaseException:
         handle.close()
         raise
@@ -65,14 +65,15 @@ def hold_writer_lock(path: str, timeout: float) -> IO[bytes]:
     try:
         # Readers only probe this lock for an instant, so the wait is short; the timeout
         # guards against a reader stuck on a hung filesystem.
-        _lock_handle(handle, timeout)
+        _lock_handle(handle, path, timeout)
     except BaseException:
         handle.close()
         raise
     return handle
 
 
-def _lock_handle(handle: IO[bytes], timeout: float) -> None:
+def _lock_handle(handle: IO[bytes], path: str, timeout: float) -> None:
+    # ``path``, not ``handle.name``: a handle from ``os.fdopen`` is named by its descriptor.
     deadline = time.monotonic() + timeout
     flags = portalocker.LockFlags.EXCLUSIVE | portalocker.LockFlags.NON_BLOCKING
     while True:
@@ -81,7 +82,7 @@ def _lock_handle(handle: IO[bytes], timeout: float) -> None:
             return
         except portalocker.exceptions.LockException:
             if time.monotonic() >= deadline:
-                raise LockTimeout(f"could not lock {handle.name} within {timeout}s") from None
+                raise LockTimeout(f"could not lock {path} within {timeout}s") from None
             time.sleep(random.uniform(_POLL_MIN, _POLL_MAX))
 
 

@@ -18,6 +18,7 @@ def test_exclusive_excludes_a_second_holder(tmp_path: Path) -> None:
         with pytest.raises(LockTimeout) as info, exclusive(path, timeout=0.05):
             pass
         assert isinstance(info.value, TimeoutError)
+        assert str(info.value) == f"could not lock {path} within 0.05s"  # the path, not an fd
     with exclusive(path, timeout=0.05):  # released on exit
         pass
 
@@ -60,7 +61,7 @@ def test_writer_lock_is_a_claim_and_a_liveness_signal(tmp_path: Path) -> None:
 def test_writer_lock_failure_closes_the_handle(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(handle: object, timeout: float) -> None:
+    def refuse(handle: object, path: str, timeout: float) -> None:
         raise LockTimeout("busy")
 
     monkeypatch.setattr(_locks, "_lock_handle", refuse)
