@@ -4,11 +4,11 @@ SPEC §6: page 1 of a user with 10,000 conversations under 10 ms cold, at most S
 
 The fixture is built once per module. ``create_conversation`` replaces ``user.json`` and makes
 two directories (about 1 ms on the README's machine), so creating all 10,000 through the API
-would add 10 s or more to every run: the first ``listing_api_conversations`` go through the API (durability
-"none"), and the rest are written directly in on-disk format v1 (``conversation.json`` cloned
-from an API-made one, re-encoded with its checksum; ``user.json``'s counter moved on), which is
-exactly what the API would have left. ``test_create_conversation`` then times the API's
-``create_conversation`` at that size.
+would add 10 s or more to every run: the first ``listing_api_conversations`` go through the
+API (durability "none"), and the rest are written directly in on-disk format v1
+(``conversation.json`` cloned from an API-made one, re-encoded with its checksum;
+``user.json``'s counter moved on), which is exactly what the API would have left.
+``test_create_conversation`` then times the API's ``create_conversation`` at that size.
 
 Baseline: SQLite ``conversations`` table (``INTEGER PRIMARY KEY`` plus an index on
 ``(user_id, id)``), page 50 both with ``OFFSET`` and keyset (``id < ?``), rows turned into dicts.

@@ -164,25 +164,10 @@ def test_rebuild(benchmark: Any, results: Results, corpus: Corpus, n: int, varia
     results.record(benchmark, SUITE, f"{n} msgs", variant)
 
     case = f"{n} msgs"
-    spec = n in (50, 500)
-    results.ratio(
-        SUITE,
-        case,
-        "chunkstore cold",
-        "sqlite cold",
-        op="<=" if spec else None,
-        limit=1.0 if spec else None,
-        target="≤ 1.0x SQLite" if spec else "",
-    )
-    results.ratio(
-        SUITE,
-        case,
-        "chunkstore warm",
-        "sqlite warm",
-        op="<=" if spec else None,
-        limit=0.1 if spec else None,
-        target="≤ 0.1x SQLite" if spec else "",
-    )
+    # Medians taken minutes apart: load drift shows in their ratio, so the ratio targets are
+    # judged on the interleaved rounds (test_rebuild_paired) and only shown here.
+    results.ratio(SUITE, case, "chunkstore cold", "sqlite cold")
+    results.ratio(SUITE, case, "chunkstore warm", "sqlite warm")
     results.ratio(SUITE, case, "chunkstore cold, no segment", "sqlite cold")
     results.ratio(SUITE, case, "chunkstore unsealed", "sqlite cold")
     results.ratio(SUITE, case, "naive files", "sqlite cold", target="SPEC: about 9x today")
