@@ -68,7 +68,7 @@ FULL = Sizes(
     relay_rounds={1: 40, 50: 8, 200: 5},
     stall_seconds=0.2,
     stall_concurrency=(1, 50),
-    stall_rounds={1: 10, 50: 1},
+    stall_rounds={1: 10, 50: 3},
     memory_tokens=(10_000, 100_000),
 )
 
