@@ -8,14 +8,17 @@ Invariants of format v1:
 * ``messages/`` holds only files of that conversation; every record passes its checksum and
   names its own message; message seqs run 1..N without a gap; a streamed message's chunks run
   1..k without a gap; a sealed message has no leftover chunk files;
-* no temp files or trash directories are left behind; every segment line matches its message.
+* no temp files or trash directories are left behind; every segment line matches its message;
+* ``user.json``'s ``lastConversation`` is at least every conversation number of the user (the
+  counter bounds them: listings probe downward from it).
 
 Interrupted messages (a writer that crashed) are a valid state, not a problem: they read back
 ``interrupted`` with their durable prefix.
 
 ``fix=True`` repairs only what is derived or leftover: temp files and trash are removed, chunk
-files already covered by a sealed file are removed, and the segment is rebuilt. It never
-deletes a message's only copy.
+files already covered by a sealed file are removed, the segment is rebuilt, and a counter found
+behind is moved up to the highest existing number (never down: numbers of hard-deleted
+conversations above it are not reused). It never deletes a message's only copy.
 """
 
 from __future__ import annotations
@@ -116,11 +119,12 @@ class _Checker:
                     self.report(path, "orphan", f"session names missing user {missing}")
 
     def check_user(self, user: UserId) -> None:
-        self.decode(self.layout.user_file(user))
+        record = self.decode(self.layout.user_file(user))
         conversations = self.layout.conversations_dir(user)
         if not os.path.isdir(conversations):
             self.report(conversations, "missing", "user has no conversations directory")
             return
+        highest = 0
         for name in sorted(os.listdir(conversations)):
             path = os.path.join(conversations, name)
             if _fsio.is_temp_name(name):
@@ -134,7 +138,26 @@ class _Checker:
             if conv.user != user.n:
                 self.report(path, "stranger", f"conversation of another user in {user}")
                 continue
+            highest = max(highest, conv.n)
             self.check_conversation(conv)
+        if record is not None:
+            self.check_counter(user, record, highest)
+
+    def check_counter(self, user: UserId, record: dict[str, Any], highest: int) -> None:
+        counter = record.get("lastConversation")
+        if highest == 0 or (type(counter) is int and counter >= highest):
+            return
+        path = self.layout.user_file(user)
+        detail = f"lastConversation is {counter!r}, but conversation {highest} exists"
+        if self.fix:
+            # Under the user lock, from a fresh read: a create may have moved it on meanwhile.
+            with _locks.exclusive(self.layout.user_lock(user), self.store.lock_timeout):
+                current = _records.decode(_fsio.read_bytes(path))
+                known = current.get("lastConversation")
+                if type(known) is not int or known < highest:
+                    current["lastConversation"] = highest
+                    _fsio.replace_atomic(path, _records.encode_line(current), durable=True)
+        self.report(path, "counter", detail, fixed=self.fix)
 
     def check_conversation(self, conv: ConversationId) -> None:
         meta = self.decode(self.layout.conversation_file(conv))

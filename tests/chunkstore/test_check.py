@@ -251,3 +251,44 @@ def test_problem_str() -> None:
 def test_store_without_a_session_registry(store: Store, user: str, root: str) -> None:
     shutil.rmtree(Path(root, "sessions"))
     assert store.check() == []  # users without sessions are still users
+
+
+@pytest.mark.parametrize("counter", [None, 1, "3", True])
+def test_a_counter_behind_the_conversations_is_reported_and_moved_up(
+    store: Store, user: str, root: str, counter: object
+) -> None:
+    convs = [store.create_conversation(user, title=f"c{i}") for i in range(3)]
+    store.delete_conversation(convs[1].id, hard=True)  # a gap: the highest is still 3
+    path = os.path.join(root, user, "user.json")
+    record = decode(Path(path).read_bytes())
+    if counter is None:
+        del record["lastConversation"]  # a user.json lost and recreated, say
+    else:
+        record["lastConversation"] = counter
+    Path(path).write_bytes(encode_line(record))
+    [problem] = store.check()
+    assert (problem.kind, problem.path) == ("counter", path)
+    assert f"lastConversation is {counter!r}, but conversation 3 exists" in problem.detail
+    assert kinds(store.check(fix=True)) == ["counter"]
+    assert decode(Path(path).read_bytes())["lastConversation"] == 3
+    assert store.check() == []
+    # The next conversation comes after every existing one, and listing sees them all.
+    new = store.create_conversation(user, title="next")
+    assert new.id.endswith("-co04")
+    listed = [c.id for c in Store(root, durability="none").list_conversations(user).items]
+    assert listed == [new.id, convs[2].id, convs[0].id]
+
+
+def test_a_counter_ahead_or_a_user_without_conversations_is_fine(
+    store: Store, user: str, root: str
+) -> None:
+    path = os.path.join(root, user, "user.json")
+    record = decode(Path(path).read_bytes())
+    del record["lastConversation"]
+    Path(path).write_bytes(encode_line(record))
+    assert store.check() == []  # nothing to bound yet
+    conv = store.create_conversation(user)
+    store.delete_conversation(conv.id, hard=True)
+    assert decode(Path(path).read_bytes())["lastConversation"] == 1
+    assert store.check(fix=True) == []  # ahead of every number: never moved down
+    assert decode(Path(path).read_bytes())["lastConversation"] == 1
