@@ -63,7 +63,7 @@ class Layout:
         return os.path.join(self.root, str(user), ".lock")
 
     def conversations_dir(self, user: UserId) -> str:
-        return os.path.join(self.root, str(user), "data", "conversations")
+        return self.conversations_dir_chain(user)[-1]
 
     def conversations_dir_chain(self, user: UserId) -> tuple[str, str, str]:
         """The directories on the way to ``user``'s conversations, outermost first: each must be
@@ -74,12 +74,7 @@ class Layout:
 
     def user_has_symlink(self, user: UserId) -> bool:
         """Whether a directory on the way to ``user``'s conversations is a symlink."""
-        path = self.root
-        for part in (str(user), "data", "conversations"):
-            path = os.path.join(path, part)
-            if os.path.islink(path):
-                return True
-        return False
+        return any(os.path.islink(path) for path in self.conversations_dir_chain(user))
 
     def has_symlink(self, conv: ConversationId) -> bool:
         """Whether a directory on the way to ``conv``'s messages is a symlink.

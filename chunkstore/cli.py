@@ -175,7 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--fix",
         action="store_true",
-        help="repair what is safe: leftover temp files, spare chunk files, derived segments",
+        help=(
+            "repair what is safe: leftover temp files, spare chunk files, derived segments, "
+            "a conversation counter behind its conversations"
+        ),
     )
     check.set_defaults(handler=_cmd_check)
 

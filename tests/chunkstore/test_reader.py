@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from chunkstore_support import (
@@ -271,15 +272,22 @@ def test_sealed_file_wins_over_leftover_chunks(store: Store, conv: Conversation,
     assert (message.status, message.content, message.damaged) == ("complete", "ab", False)
 
 
-def test_corrupt_sealed_file_with_leftover_chunks_is_damaged(
-    store: Store, conv: Conversation, root: str
-) -> None:
+def sealed_with_leftover_chunk(store: Store, conv: Conversation, root: str) -> tuple[Path, Any]:
+    """A one-token message sealed, with its chunk file put back (a crash right after sealing):
+    the messages directory and the finished writer."""
     mdir = messages_dir(root, conv.id)
     w = store.stream_message(conv.id, chunk_tokens=1)
     w.append("a")
     saved = (mdir / f"{w.message_id}-001.json").read_bytes()
     w.finish()
     (mdir / f"{w.message_id}-001.json").write_bytes(saved)
+    return mdir, w
+
+
+def test_corrupt_sealed_file_with_leftover_chunks_is_damaged(
+    store: Store, conv: Conversation, root: str
+) -> None:
+    mdir, w = sealed_with_leftover_chunk(store, conv, root)
     flip_bit(mdir / f"{w.message_id}.json", 30)
     (conversation_dir(root, conv.id) / "segment.jsonl").unlink()
     (message,) = fresh(root).messages(conv.id)
@@ -356,12 +364,7 @@ def test_chunks_vanishing_under_the_reader_fall_back_to_the_sealed_file(
 def test_writer_sealing_between_listing_and_probe(
     store: Store, conv: Conversation, root: str
 ) -> None:
-    mdir = messages_dir(root, conv.id)
-    w = store.stream_message(conv.id, chunk_tokens=1)
-    w.append("a")
-    saved = (mdir / f"{w.message_id}-001.json").read_bytes()
-    w.finish()
-    (mdir / f"{w.message_id}-001.json").write_bytes(saved)
+    _, w = sealed_with_leftover_chunk(store, conv, root)
     cid = ConversationId.parse(conv.id)
     # The listing saw the chunk and the lock, not yet the sealed file; the lock is gone now.
     message = store._reader._read_message(cid, w.seq, MessageFiles(chunks=[1], lock=True))

@@ -50,9 +50,9 @@ class Edge:
 
         ``[DONE]`` does not wait for the seal; a test reading the files directly waits for the
         edge's pending replies, as the edge's own readers do (``PendingReplies``)."""
-        pending = self.server.app[PENDING_REPLIES]
-        if pending.tasks():
-            await asyncio.wait(pending.tasks())
+        tasks = self.server.app[PENDING_REPLIES].tasks()
+        if tasks:
+            await asyncio.wait(tasks)
         return self.store()
 
     def files(self) -> list[str]:
