@@ -13,10 +13,11 @@ still share the cores: see the README).
   the client unchanged (no parsing, no bundling, no storage). Default ``ClientSession``, like
   the edge's.
 * ``edge``: the real edge (``edge.app.create_app``), persistence on (``--store DIR``, durability
-  ``--durability``, default "chunk") or off; with ``--fsync-stall S`` every ``os.fsync``
-  chunkstore makes sleeps ``S`` seconds first (the proxy replaces ``chunkstore._fsio.os``, the
-  module every chunkstore write goes through). ``--profile FILE`` dumps a cProfile of the event
-  loop thread at exit (``benchmarks/profile_hotspots.py relay`` uses it).
+  ``--durability``, default "chunk"; ``--store-threads N`` for ``STORE_THREADS``) or off; with
+  ``--fsync-stall S`` every ``os.fsync`` chunkstore makes sleeps ``S`` seconds first (the proxy
+  replaces ``chunkstore._fsio.os``, the module every chunkstore write goes through).
+  ``--profile FILE`` dumps a cProfile of the event loop thread at exit
+  (``benchmarks/profile_hotspots.py relay`` uses it).
 """
 
 from __future__ import annotations
