@@ -38,7 +38,9 @@ __all__ = [
     "read_bytes",
     "replace_atomic",
     "settled",
+    "temp_path",
     "unlink_quietly",
+    "without_hard_links",
 ]
 
 TEMP_MARKER = ".tmp-"
@@ -67,7 +69,9 @@ def is_temp_name(name: str) -> bool:
     return TEMP_MARKER in name
 
 
-def _temp_path(path: str) -> str:
+def temp_path(path: str) -> str:
+    """A fresh temp name next to ``path`` (readers and listings ignore it; ``check`` removes
+    leftovers)."""
     head, tail = os.path.split(path)
     return os.path.join(head, f".{tail}{TEMP_MARKER}{secrets.token_hex(6)}")
 
@@ -91,7 +95,7 @@ def fsync_dir(path: str) -> None:
 
 
 def _write_temp(path: str, data: bytes, durable: bool) -> str:
-    tmp = _temp_path(path)
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY, 0o644)
     try:
         _write_all(fd, data)
@@ -107,6 +111,11 @@ def _write_temp(path: str, data: bytes, durable: bool) -> str:
     return tmp
 
 
+def without_hard_links(exc: OSError) -> bool:
+    """Whether ``link`` failed because the filesystem has no hard links."""
+    return exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV)
+
+
 def create_exclusive(path: str, data: bytes, *, durable: bool) -> None:
     """Create ``path`` holding ``data``; FileExistsError if it exists. Never a torn file."""
     try:
@@ -120,7 +129,7 @@ def create_exclusive(path: str, data: bytes, *, durable: bool) -> None:
         raise
     except OSError as exc:
         unlink_quietly(tmp)
-        if exc.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        if without_hard_links(exc):
             # A filesystem without hard links: fall back to a plain exclusive create.
             _create_exclusive_direct(path, data, durable)
             return

@@ -27,6 +27,7 @@ from typing import IO
 
 import portalocker
 
+from . import _fsio
 from ._exceptions import LockTimeout, StorageError
 
 __all__ = ["exclusive", "hold_writer_lock", "is_held", "release"]
@@ -58,13 +59,32 @@ def exclusive(path: str, timeout: float) -> Iterator[None]:
 def hold_writer_lock(path: str, timeout: float) -> IO[bytes]:
     """Create the writer lock file (EEXIST if the seq is taken) and lock it until released.
 
-    ``O_EXCL`` makes the file itself the claim on a sequence number.
+    Creating the file is the claim on a sequence number, and the file must never be visible
+    unlocked: a reader that found it so would call the message ``interrupted`` (its writer
+    dead). So the lock is taken on a temp file, which is then hard-linked to ``path`` (``link``
+    fails with EEXIST like ``O_EXCL``). A filesystem without hard links gets ``O_EXCL`` on
+    ``path`` itself, with that instant between create and lock.
     """
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    handle = os.fdopen(fd, "r+b")
+    tmp = _fsio.temp_path(path)
+    handle = _locked_new_file(tmp, path, timeout)
     try:
-        # Readers only probe this lock for an instant, so the wait is short; the timeout
-        # guards against a reader stuck on a hung filesystem.
+        os.link(tmp, path)
+    except OSError as exc:
+        handle.close()
+        if not _fsio.without_hard_links(exc):
+            raise
+        return _locked_new_file(path, path, timeout)
+    finally:
+        _fsio.unlink_quietly(tmp)
+    return handle
+
+
+def _locked_new_file(create: str, path: str, timeout: float) -> IO[bytes]:
+    """Create ``create`` (EEXIST if it exists) and lock it; ``path`` names it in errors."""
+    handle = os.fdopen(os.open(create, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), "r+b")
+    try:
+        # Readers only probe a lock for an instant, so the wait is short; the timeout guards
+        # against a reader stuck on a hung filesystem.
         _lock_handle(handle, path, timeout)
     except BaseException:
         handle.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from pathlib import Path
 
@@ -78,3 +80,38 @@ def test_store_operation_times_out_on_a_held_conversation_lock(root: str) -> Non
         with pytest.raises(LockTimeout):
             store.stream_message(conv.id)
     assert store.append_message(conv.id, "user", "free").seq == 1  # nothing was claimed
+
+
+def test_a_writer_lock_file_is_locked_before_its_name_appears(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader finding the file unlocked would call the message interrupted.
+    path = str(tmp_path / "x.lock")
+    real_link = os.link
+    seen: list[bool] = []
+
+    def link(src: str, dst: str) -> None:
+        seen.append(is_held(src))
+        real_link(src, dst)
+
+    monkeypatch.setattr(_locks.os, "link", link)
+    handle = hold_writer_lock(path, timeout=1)
+    assert seen == [True] and is_held(path)
+    release(handle)
+    assert os.listdir(tmp_path) == ["x.lock"]  # no temp file left
+    with pytest.raises(FileExistsError):
+        hold_writer_lock(path, timeout=1)  # the seq is claimed
+    assert os.listdir(tmp_path) == ["x.lock"]
+
+
+def test_a_writer_lock_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(_locks.os, "link", no_links)
+    path = str(tmp_path / "x.lock")
+    handle = hold_writer_lock(path, timeout=1)
+    assert is_held(path) and os.listdir(tmp_path) == ["x.lock"]
+    release(handle)
+    with pytest.raises(FileExistsError):
+        hold_writer_lock(path, timeout=1)
