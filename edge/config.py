@@ -51,6 +51,8 @@ from urllib.parse import urlsplit
 
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
+    "DEFAULT_CLIENT_BODY_TIMEOUT_S",
+    "DEFAULT_CLIENT_HEADER_TIMEOUT_S",
     "DEFAULT_DB_URL",
     "DEFAULT_DURABILITY",
     "DEFAULT_GIL_SWITCH_INTERVAL_US",
@@ -65,6 +67,9 @@ __all__ = [
     "DEFAULT_STORE_THREADS",
     "DEFAULT_STREAM_BUNDLE_TOKENS",
     "DEFAULT_STREAM_FLUSH_MS",
+    "DEFAULT_UPSTREAM_MAX_BODY_BYTES",
+    "DEFAULT_UPSTREAM_MAX_EVENT_BYTES",
+    "DEFAULT_UPSTREAM_READ_TIMEOUT_S",
     "DURABILITY_MODES",
     "LOG_LEVELS",
     "ConfigError",
@@ -95,6 +100,11 @@ DEFAULT_STORAGE_FINAL_TIMEOUT_MS: Final = 0
 DEFAULT_STORE_THREADS: Final = 32
 DEFAULT_GIL_SWITCH_INTERVAL_US: Final = 200
 DEFAULT_RETENTION_INTERVAL_S: Final = 3600
+DEFAULT_UPSTREAM_READ_TIMEOUT_S: Final = 300
+DEFAULT_UPSTREAM_MAX_EVENT_BYTES: Final = 1024 * 1024
+DEFAULT_UPSTREAM_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
+DEFAULT_CLIENT_HEADER_TIMEOUT_S: Final = 20
+DEFAULT_CLIENT_BODY_TIMEOUT_S: Final = 60
 DEFAULT_LOG_LEVEL: Final[LogLevel] = "INFO"
 
 
@@ -131,6 +141,12 @@ class EdgeConfig:
     store_threads: int = DEFAULT_STORE_THREADS
     gil_switch_interval_us: int = DEFAULT_GIL_SWITCH_INTERVAL_US
     retention_interval_s: int = DEFAULT_RETENTION_INTERVAL_S
+    upstream_read_timeout_s: int = DEFAULT_UPSTREAM_READ_TIMEOUT_S
+    upstream_max_event_bytes: int = DEFAULT_UPSTREAM_MAX_EVENT_BYTES
+    upstream_max_body_bytes: int = DEFAULT_UPSTREAM_MAX_BODY_BYTES
+    client_header_timeout_s: int = DEFAULT_CLIENT_HEADER_TIMEOUT_S
+    client_body_timeout_s: int = DEFAULT_CLIENT_BODY_TIMEOUT_S
+    max_idle_connections: int | None = None
     log_level: LogLevel = DEFAULT_LOG_LEVEL
 
     def __post_init__(self) -> None:
@@ -547,6 +563,55 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "seconds between two retention sweeps",
         "SECONDS",
         _integer(1),
+    ),
+    _Option(
+        "upstream_read_timeout_s",
+        "UPSTREAM_READ_TIMEOUT_S",
+        "end a stream (or a non-streamed request) whose upstream sends nothing for this many "
+        "seconds; only that request is affected",
+        "SECONDS",
+        _integer(1),
+    ),
+    _Option(
+        "upstream_max_event_bytes",
+        "UPSTREAM_MAX_EVENT_BYTES",
+        "largest server-sent event (all its lines) accepted from the upstream; "
+        "a larger one ends that stream with an error",
+        "BYTES",
+        _integer(1),
+        f"{DEFAULT_UPSTREAM_MAX_EVENT_BYTES} (1 MiB)",
+    ),
+    _Option(
+        "upstream_max_body_bytes",
+        "UPSTREAM_MAX_BODY_BYTES",
+        "largest non-streamed chat completion body accepted from the upstream (larger: 502)",
+        "BYTES",
+        _integer(1),
+        f"{DEFAULT_UPSTREAM_MAX_BODY_BYTES} (16 MiB)",
+    ),
+    _Option(
+        "client_header_timeout_s",
+        "CLIENT_HEADER_TIMEOUT_S",
+        "close a client connection that has not sent a complete request head within this many "
+        "seconds (idle keep-alive connections included)",
+        "SECONDS",
+        _integer(1),
+    ),
+    _Option(
+        "client_body_timeout_s",
+        "CLIENT_BODY_TIMEOUT_S",
+        "answer 408 to a client that has not sent its whole request body within this many seconds",
+        "SECONDS",
+        _integer(1),
+    ),
+    _Option(
+        "max_idle_connections",
+        "MAX_IDLE_CONNECTIONS",
+        "client connections that may wait for a request head at once; past it the oldest is "
+        "closed, so a new client is always served",
+        "N",
+        _integer(1, optional=True),
+        "half the process's open-file limit",
     ),
     _Option(
         "log_level",

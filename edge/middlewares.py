@@ -117,6 +117,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if keys and request.path not in _OPEN_PATHS:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         given = given.strip()
+        if not given.isascii():
+            # aiohttp hands undecodable header bytes over as surrogates; a key never has them.
+            raise ApiError(
+                400,
+                "Malformed Authorization header: the key must be ASCII.",
+                code="invalid_authorization",
+            )
         if scheme.lower() != "bearer" or not any(
             hmac.compare_digest(given.encode(), key.encode()) for key in keys
         ):
