@@ -62,7 +62,12 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/chat/completions", chat_completions)
     add_history_routes(app)
-    app.router.add_route("*", "/v1/{tail:.*}", relay_other)
+    # Every other /v1 path goes upstream, except those the edge owns: another method on
+    # /v1/chat/completions is a 405 (not a GET relayed with the server's key), and an unknown
+    # path under /v1/conversations a 404, whatever the upstream would have said.
+    app.router.add_route(
+        "*", "/v1/{tail:(?!chat/completions$|conversations(?:/|$)).*}", relay_other
+    )
     return app
 
 
@@ -112,7 +117,9 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM_URL] = url
     # No total timeout: a stream may legitimately last minutes. Connecting and each read are
     # bounded instead, so a dead upstream cannot hold a request forever.
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=300)
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=10, sock_read=config.upstream_read_timeout_s
+    )
     # No connection cap (aiohttp's default is 100): every client stream holds one upstream
     # connection for its whole length, so with a cap the 101st concurrent stream would wait for
     # another stream to *end* before it even starts. The edge mirrors its clients' concurrency;
@@ -164,22 +171,42 @@ async def healthz(request: web.Request) -> web.Response:
     }
     status = 200
     if store is not None:
-        writable = await store.run(_store_writable, store.store.root)
+        writable, free = await store.run(_store_writable, store.store.root)
         checks["store_writable"] = writable
+        checks["store_free_bytes"] = free
         if not writable:
             status = 503
     body = {"status": "ok" if status == 200 else "degraded", "checks": checks}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
 
-def _store_writable(root: str) -> bool:
+# What the probe writes: a chunk file's worth and more. An empty file can still be created on
+# a full disk (it needs an inode, not a block), so the probe must write data and sync it.
+_PROBE = b"\0" * 4096
+
+
+def _store_writable(root: str) -> tuple[bool, int | None]:
+    """Whether the store's disk takes a small synced write now, and its free bytes."""
+    try:
+        st = os.statvfs(root)
+        free: int | None = st.f_bavail * st.f_frsize
+    except OSError:
+        free = None
+    path = None
     try:
         fd, path = tempfile.mkstemp(prefix=".healthz.tmp-", dir=root)
-        os.close(fd)
-        os.unlink(path)
+        try:
+            os.write(fd, _PROBE)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError:
-        return False
-    return True
+        return False, free
+    finally:
+        if path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return True, free
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
+from edge.redaction import redact_url
+
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
     "DEFAULT_CLIENT_BODY_TIMEOUT_S",
@@ -158,10 +160,16 @@ class EdgeConfig:
             try:
                 option.check(value)
             except ValueError as exc:
-                raise ConfigError(f"{option.name} {exc}, got {value!r}") from None
+                raise ConfigError(f"{option.name} {exc}, got {option.shown(value)}") from None
         problem = _chunking_problem(self.chunk_tokens, self.stream_bundle_tokens)
         if problem:
             raise ConfigError(problem)
+
+    def __repr__(self) -> str:
+        # The generated repr, minus the secret fields, with URL passwords (DB_URL,
+        # UPSTREAM_BASE_URL) hidden: a logged config must not leak them.
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
+        return redact_url(f"EdgeConfig({shown})")
 
     @property
     def store_path(self) -> Path:
@@ -407,6 +415,13 @@ class _Option:
     rule: tuple[_Parse, _Check]
     default_text: str | None = None  # how --help shows the default, when str(default) won't do
     switch: bool = False  # a boolean: --flag / --no-flag instead of --flag VALUE
+    secret: bool = False  # never quoted back in a message
+
+    def shown(self, value: object) -> str:
+        """``value`` as an error message may quote it: secrets hidden, URL passwords too."""
+        if self.secret:
+            return "a value that is not shown (it is a secret)"
+        return redact_url(repr(value))
 
     @property
     def flag(self) -> str:
@@ -442,6 +457,7 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "KEY",
         _token("key", optional=True),
         "unset, so the client's header passes through",
+        secret=True,
     ),
     _Option(
         "db_url",
@@ -517,6 +533,7 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "KEYS",
         _key_list(),
         "none, so clients need no key",
+        secret=True,
     ),
     _Option(
         "max_request_bytes",
@@ -701,4 +718,4 @@ def _parse(option: _Option, name: str, raw: str) -> object:
     try:
         return option.parse(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} {exc}, got {raw!r}") from None
+        raise ConfigError(f"{name} {exc}, got {option.shown(raw)}") from None

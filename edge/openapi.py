@@ -217,6 +217,7 @@ def _schemas() -> dict[str, Any]:
                         "persistence": {"type": "boolean"},
                         "upstream": {"enum": ["demo", "configured"]},
                         "store_writable": {"type": "boolean"},
+                        "store_free_bytes": {"type": ["integer", "null"]},
                     },
                     "required": ["persistence", "upstream"],
                 },
@@ -527,7 +528,14 @@ def _chat_completions() -> dict[str, Any]:
                 },
                 **_errors("400", "404", "422", "501", "503"),
                 "413": _json(_ref(_SCHEMAS, "Error"), "Request body too large."),
-                "502": _json(_ref(_SCHEMAS, "Error"), "The upstream could not be reached."),
+                "502": _json(
+                    _ref(_SCHEMAS, "Error"),
+                    "The upstream could not be reached, or its answer was unusable or too large.",
+                ),
+                "504": _json(
+                    _ref(_SCHEMAS, "Error"),
+                    "The upstream sent nothing for UPSTREAM_READ_TIMEOUT_S.",
+                ),
             },
         }
     }
@@ -552,8 +560,18 @@ def _relay() -> dict[str, Any]:
                     "description": "Whatever the upstream answers (streamed through).",
                     "content": {"*/*": {"schema": {}}},
                 },
+                "400": _json(
+                    _ref(_SCHEMAS, "Error"), "A path that could leave UPSTREAM_BASE_URL's path."
+                ),
                 "401": _ref(_RESPONSES, "Unauthorized"),
-                "502": _json(_ref(_SCHEMAS, "Error"), "The upstream could not be reached."),
+                "502": _json(
+                    _ref(_SCHEMAS, "Error"),
+                    "The upstream could not be reached, or answered with an upgrade (101).",
+                ),
+                "504": _json(
+                    _ref(_SCHEMAS, "Error"),
+                    "The upstream sent nothing for UPSTREAM_READ_TIMEOUT_S.",
+                ),
             },
         }
     return {"/v1/{path}": item}

@@ -224,13 +224,16 @@ class ReplyRecorder:
             ).open()
             self.message_id = writer.message_id
             await self._consume(writer)
-        except (ChunkstoreError, OSError) as exc:
+        except Exception as exc:
+            # Every failure of storing is a storage failure, whatever its type: a corrupt
+            # record met while sealing is a ValueError, a bug a TypeError. Each is flagged,
+            # counted and logged; none may end the task silently with the reply unsealed.
             self._storage_failed(exc)
             if writer is not None and not writer.closed:
                 try:
                     await writer.abandon()  # releases the lock: the message reads interrupted
-                except (ChunkstoreError, OSError):
-                    pass
+                except Exception:
+                    pass  # already reported above; the lock goes with the handle regardless
 
     async def _consume(self, writer: AsyncMessageWriter) -> None:
         """Write whole chunks as they fill up, a partial one when ``HISTORY_BATCH_FLUSH_MS``
@@ -321,3 +324,7 @@ class ReplyRecorder:
             message_id=self.message_id,
             error=f"{type(exc).__name__}: {exc}",
         )
+        if not isinstance(exc, ChunkstoreError | OSError):
+            # Not the disk's doing: a defect (or corrupt data met while sealing). Keep its
+            # traceback in the log.
+            log.error("storing a reply in %s failed", self._conversation_id, exc_info=exc)

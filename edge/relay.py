@@ -15,6 +15,16 @@ relay: ``[DONE]`` follows the upstream's last event at once, flagged ``storage_f
 storing has failed by then (``STORAGE_FINAL_TIMEOUT_MS`` > 0 makes it wait that long for the
 seal instead, so the flag also covers the last write). The next turn of the conversation and
 its history endpoints wait for the reply to be stored (``PendingReplies``): read-your-writes.
+
+A request that would start a conversation and gets no reply (the upstream is unreachable,
+answers an error status or something that is not a chat completion, or the client leaves
+before it answers) leaves nothing behind: the new conversation is removed again, so a client's
+retries do not multiply it. A continued conversation keeps the new user message; a retry that
+resends it is not stored twice (``merge_history``).
+
+What the upstream sends is bounded: ``UPSTREAM_READ_TIMEOUT_S`` of silence ends the stream (or
+request) it belongs to, an event may hold ``UPSTREAM_MAX_EVENT_BYTES`` and a non-streamed body
+``UPSTREAM_MAX_BODY_BYTES``; each failure ends that request alone, with an OpenAI-shaped error.
 """
 
 from __future__ import annotations
@@ -28,7 +38,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore, ChunkstoreError, Store
+from chunkstore import AsyncStore, Store
 from edge.bundling import Bundler
 from edge.errors import ApiError, parse_json_object
 from edge.keys import (
@@ -41,10 +51,12 @@ from edge.keys import (
 )
 from edge.persist import SETTLE_TIMEOUT_S, ReplyRecorder, ToolCallAssembler
 from edge.scope import owned_conversation, session_user
-from edge.sse import DONE_EVENT, SSEDecoder, SSEProtocolError, encode_data
+from edge.sse import DONE_EVENT, SSEDecoder, SSEEvent, SSEProtocolError, encode_data, encode_event
 from edge.upstream import (
-    UpstreamUnreachable,
+    UpstreamInvalid,
+    connection_failure,
     forward_headers,
+    read_bounded,
     response_headers,
     upstream_error_response,
 )
@@ -67,6 +79,8 @@ class Turn:
     conversation_id: str | None  # None: stateless or persistence off
     upstream_messages: list[Any]
     agent_id: str | None = None
+    created: bool = False  # this request created the conversation
+    answered: bool = False  # a reply (even a failed one) is being stored
 
 
 # -- conversation modes -----------------------------------------------------------------------
@@ -119,8 +133,11 @@ def _validate_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
             raise _invalid("Each message must be an object with a 'role'.")
         content = message.get("content")
         if content is not None and not isinstance(content, str):
-            if not isinstance(content, list) or not all(isinstance(p, dict) for p in content):
-                raise _invalid("Message 'content' must be a string or an array of parts.")
+            if not isinstance(content, list) or not all(map(_valid_part, content)):
+                raise _invalid(
+                    "Message 'content' must be a string or an array of parts "
+                    "(objects whose 'text', if any, is a string)."
+                )
         for key in ("name", "tool_call_id"):
             if message.get(key) is not None and not _short_text(message[key]):
                 raise _invalid(f"Message '{key}' must be a string of 1 to 256 characters.")
@@ -130,6 +147,33 @@ def _validate_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                 "Message 'tool_calls' must be an array of {id, type, function: {name, arguments}}."
             )
     return messages
+
+
+def _valid_part(part: Any) -> bool:
+    return isinstance(part, dict) and isinstance(part.get("text", ""), str)
+
+
+def _agent_header(request: web.Request) -> str | None:
+    """``X-Agent-ID``: printable text of at most 256 characters, else 400 (never stored)."""
+    value = request.headers.get(AGENT_HEADER)
+    if value is None or value == "":
+        return None
+    # aiohttp hands undecodable bytes over as lone surrogates, which no store can encode.
+    if len(value) > 256 or not value.isprintable() or _has_surrogates(value):
+        raise ApiError(
+            400,
+            f"{AGENT_HEADER} must be printable UTF-8 text of at most 256 characters.",
+            code="invalid_agent_id",
+        )
+    return value
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _valid_call(call: Any) -> bool:
@@ -211,7 +255,7 @@ async def _plan_turn(
     request: web.Request, store: AsyncStore, body: dict[str, Any], wanted: str | None
 ) -> Turn:
     messages = _validate_messages(body)
-    agent = request.headers.get(AGENT_HEADER) or (
+    agent = _agent_header(request) or (
         body.get("model") if isinstance(body.get("model"), str) else None
     )
     if agent is not None:
@@ -229,14 +273,13 @@ async def _plan_turn(
     user = await session_user(request, create=True)
     assert user is not None
     conversation_id = await store.run(_new_conversation, store.store, user, messages)
-    return Turn(conversation_id, messages, agent)
+    return Turn(conversation_id, messages, agent, created=True)
 
 
 # -- the handler --------------------------------------------------------------------------------
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    config = request.app[CONFIG]
     body = parse_json_object(await request.read())
     wanted = request.headers.get(CONVERSATION_HEADER) or body.get("conversation_id")
     body.pop("conversation_id", None)
@@ -251,6 +294,28 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         turn = await _plan_turn(request, store, body, wanted)
         body["messages"] = turn.upstream_messages
 
+    try:
+        return await _exchange(request, body, turn, store)
+    finally:
+        if turn.created and not turn.answered:
+            assert store is not None and turn.conversation_id is not None
+            # Shielded: a client that left must not leave the conversation half removed.
+            await asyncio.shield(_roll_back(request, store, turn.conversation_id))
+
+
+async def _roll_back(request: web.Request, store: AsyncStore, conversation_id: str) -> None:
+    """Remove a conversation this request created and that got no reply."""
+    try:
+        await store.delete_conversation(conversation_id, hard=True)
+    except Exception as exc:  # the answer to the client matters more; say what was left
+        request.app[METRICS].storage_failures.inc()
+        log.error("removing unanswered conversation %s failed: %s", conversation_id, exc)
+
+
+async def _exchange(
+    request: web.Request, body: dict[str, Any], turn: Turn, store: AsyncStore | None
+) -> web.StreamResponse:
+    config = request.app[CONFIG]
     headers = forward_headers(request.headers, config)
     headers["Content-Type"] = "application/json"
     try:
@@ -260,11 +325,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             headers=headers,
         )
     except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from None
+        raise connection_failure(exc, config.upstream_read_timeout_s) from None
 
     extra = {CONVERSATION_HEADER: turn.conversation_id} if turn.conversation_id else {}
     async with upstream:
         if upstream.status != 200:
+            # Nothing was stored for this turn's reply: a conversation this request created
+            # is removed (above), so the error carries its id only for a continued one.
+            if turn.created:
+                extra = {}
             return await upstream_error_response(upstream, extra)
         is_sse = upstream.content_type == "text/event-stream"
         if is_sse:
@@ -279,17 +348,19 @@ async def _relay_json(
     store: AsyncStore | None,
     extra: dict[str, str],
 ) -> web.Response:
-    raw = await upstream.read()
-    passthrough = response_headers(upstream.headers)
-    passthrough.update(extra)
-    if store is None or turn.conversation_id is None:
-        return web.Response(status=upstream.status, body=raw, headers=passthrough)
+    config = request.app[CONFIG]
     try:
-        completion = orjson.loads(raw)
-        choice = completion["choices"][0]
-        message = choice["message"]
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
+        raw = await read_bounded(upstream, config.upstream_max_body_bytes)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+        raise connection_failure(exc, config.upstream_read_timeout_s) from None
+    if store is None or turn.conversation_id is None:
+        passthrough = response_headers(upstream.headers)
+        passthrough.update(extra)
         return web.Response(status=upstream.status, body=raw, headers=passthrough)
+    # A stored turn needs a reply to store: anything but a chat completion is the upstream's
+    # failure (502), and the turn is left as if the call had not happened.
+    completion, choice, message = _parse_completion(raw)
+    turn.answered = True
     try:
         await store.append_message(
             turn.conversation_id,
@@ -300,12 +371,46 @@ async def _relay_json(
             finish_reason=choice.get("finish_reason"),
             usage=completion.get("usage"),
         )
-    except (ChunkstoreError, OSError) as exc:
+    except Exception as exc:  # whatever storing raised, the client still gets its reply
         request.app[METRICS].storage_failures.inc()
-        log.error("storing reply in %s failed: %s", turn.conversation_id, exc)
+        log.error(
+            "storing reply in %s failed: %s: %s", turn.conversation_id, type(exc).__name__, exc
+        )
         completion["metadata"] = {"storage_failed": True}
         raw = orjson.dumps(completion)
     return web.Response(body=raw, content_type="application/json", headers=extra)
+
+
+def _parse_completion(raw: bytes) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A non-streamed chat completion's (completion, first choice, its message), checked as far
+    as storing it needs; ``UpstreamInvalid`` otherwise."""
+    try:
+        completion = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamInvalid("the body is not JSON") from None
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise UpstreamInvalid("no 'choices' array")
+    choice = choices[0]
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        raise UpstreamInvalid("'choices[0].message' is not an object")
+    content = message.get("content")
+    if not (
+        content is None
+        or isinstance(content, str)
+        or (isinstance(content, list) and all(map(_valid_part, content)))
+    ):
+        raise UpstreamInvalid("'message.content' is neither text nor an array of parts")
+    calls = message.get("tool_calls")
+    if calls is not None and not (isinstance(calls, list) and all(map(_valid_call, calls))):
+        raise UpstreamInvalid("'message.tool_calls' is not an array of tool calls")
+    reason = choice.get("finish_reason")
+    if reason is not None and not (isinstance(reason, str) and 0 < len(reason) <= 256):
+        raise UpstreamInvalid("'finish_reason' is not a short string")
+    if completion.get("usage") is not None and not isinstance(completion["usage"], dict):
+        raise UpstreamInvalid("'usage' is not an object")
+    return completion, choice, message
 
 
 class _ClientGone(Exception):
@@ -314,6 +419,10 @@ class _ClientGone(Exception):
 
 class _UpstreamBroke(Exception):
     """The upstream stream failed or ended before ``[DONE]``."""
+
+    def __init__(self, message: str, code: str = "upstream_stream_error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 async def _relay_stream(
@@ -341,12 +450,18 @@ async def _relay_stream(
             metrics=metrics,
         )
         request.app[PENDING_REPLIES].track(turn.conversation_id, recorder.task)
+        turn.answered = True
 
     relay = _StreamRelay(out, Bundler(config.stream_bundle_tokens), recorder, metrics)
     metrics.active_streams.inc()
     outcome = "error"
     try:
-        done = await relay.pump(upstream, config.stream_flush_ms / 1000)
+        done = await relay.pump(
+            upstream,
+            config.stream_flush_ms / 1000,
+            read_timeout_s=config.upstream_read_timeout_s,
+            max_event_bytes=config.upstream_max_event_bytes,
+        )
         await relay.send(relay.bundler.flush())
         if not done:
             raise _UpstreamBroke("the upstream stream ended before [DONE]")
@@ -366,7 +481,7 @@ async def _relay_stream(
     except _UpstreamBroke as exc:
         outcome = "upstream_error"
         if recorder is not None:
-            recorder.fail({"type": "upstream_error", "message": str(exc)})
+            recorder.fail({"type": "upstream_error", "code": exc.code, "message": str(exc)})
             await _stored(recorder, config.storage_final_timeout_ms)
         try:
             await relay.send(relay.bundler.flush())  # what arrived before the break is valid
@@ -377,7 +492,8 @@ async def _relay_stream(
                             "error": {
                                 "message": f"Upstream stream failed: {exc}",
                                 "type": "upstream_error",
-                                "code": "upstream_stream_error",
+                                "param": None,
+                                "code": exc.code,
                             }
                         }
                     )
@@ -445,17 +561,35 @@ class _StreamRelay:
         await self.write(b"".join(encode_data(orjson.dumps(c)) for c in chunks))
         self.metrics.stream_events.inc(len(chunks))
 
-    async def pump(self, upstream: aiohttp.ClientResponse, flush_s: float) -> bool:
-        """Relay until ``[DONE]`` (True) or the end of the upstream body (False)."""
-        decoder = SSEDecoder()
+    async def pump(
+        self,
+        upstream: aiohttp.ClientResponse,
+        flush_s: float,
+        *,
+        read_timeout_s: int,
+        max_event_bytes: int,
+    ) -> bool:
+        """Relay until ``[DONE]`` (True) or the end of the upstream body (False).
+
+        Two clocks run here and must not be confused: the flush timer (``flush_s``, ours: a
+        pending bundle goes out) and the upstream's read timeout (aiohttp's ``sock_read``,
+        ``UPSTREAM_READ_TIMEOUT_S``: the upstream has been silent too long, and the stream
+        ends). Both surface as ``TimeoutError``; only the expiry of our own timeout scope is
+        the flush timer. Any other is the upstream's, and final: aiohttp keeps raising it.
+        """
+        decoder = SSEDecoder(max_event_bytes=max_event_bytes)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while True:
             timeout = None if deadline is None else max(0.0, deadline - loop.time())
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as flush_timer:
                     data = await upstream.content.readany()
             except TimeoutError:
+                if not flush_timer.expired():
+                    raise _UpstreamBroke(
+                        f"the upstream sent nothing for {read_timeout_s} s", "upstream_timeout"
+                    ) from None
                 # STREAM_FLUSH_MS passed with a bundle pending: a slow stream must not stall.
                 await self.send(self.bundler.flush())
                 deadline = None
@@ -467,7 +601,11 @@ class _StreamRelay:
             try:
                 events = decoder.feed(data)
             except SSEProtocolError as exc:
-                raise _UpstreamBroke(str(exc)) from None
+                for event in exc.events:  # complete and valid: relay them before giving up
+                    if event.data == "[DONE]":
+                        return True
+                    await self._relay_event(event.data)
+                raise _UpstreamBroke(str(exc), "upstream_event_too_large") from None
             for event in events:
                 if event.data == "[DONE]":
                     return True
@@ -484,13 +622,14 @@ class _StreamRelay:
         except orjson.JSONDecodeError:
             chunk = None
         if not isinstance(chunk, dict):
-            # Not a chunk we understand: pass it through untouched, in order.
+            # Not a chunk we understand: pass it through untouched, in order (framed again
+            # line by line: the data of a multi-line event holds "\n"s).
             await self.send(self.bundler.flush())
-            await self.write(encode_data(data.encode()))
+            await self.write(encode_event(SSEEvent(data)))
             return
         if "error" in chunk and "choices" not in chunk:
             await self.send(self.bundler.flush())
-            await self.write(encode_data(data.encode()))
+            await self.write(encode_data(orjson.dumps(chunk)))
             raise _UpstreamBroke(str(chunk.get("error"))[:200])
         self._tee(chunk)
         await self.send(self.bundler.feed(chunk))

@@ -6,10 +6,15 @@ a UTF-8 character or a ``\\r\\n`` pair may be split between two pieces) and retu
 completed so far. Encoding is the small subset the edge emits: one ``data:`` line holding a
 serialized JSON object, and the OpenAI end-of-stream marker :data:`DONE_EVENT`.
 
+Memory is bounded by what the upstream is *allowed* to send, not by what it sends: a line, and
+an event (all of its ``data:`` lines together, which the spec joins with ``\n``), may hold at
+most ``max_event_bytes``. An upstream that streams lines without ever ending the event is cut
+off there instead of being buffered whole.
+
 Exceptions::
 
     ValueError
-     └── SSEProtocolError   a line longer than the decoder's max_line_bytes
+     └── SSEProtocolError   a line or an event longer than the decoder's max_event_bytes
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
-    "DEFAULT_MAX_LINE_BYTES",
+    "DEFAULT_MAX_EVENT_BYTES",
     "DONE_EVENT",
     "SSEDecoder",
     "SSEEvent",
@@ -27,7 +32,7 @@ __all__ = [
     "encode_event",
 ]
 
-DEFAULT_MAX_LINE_BYTES = 1024 * 1024
+DEFAULT_MAX_EVENT_BYTES = 1024 * 1024
 DONE_EVENT = b"data: [DONE]\n\n"
 
 _BOM = b"\xef\xbb\xbf"
@@ -38,7 +43,15 @@ _ANY_NEWLINE = re.compile(r"\r\n|\r|\n")
 
 
 class SSEProtocolError(ValueError):
-    """The stream is not acceptable SSE (for now: a line exceeded ``max_line_bytes``)."""
+    """The stream is not acceptable SSE: a line or an event exceeded ``max_event_bytes``.
+
+    ``events`` holds the events the same :meth:`SSEDecoder.feed` call completed before the
+    fault: they were valid, and a relay should pass them on before giving up.
+    """
+
+    def __init__(self, message: str, events: list[SSEEvent] | None = None) -> None:
+        super().__init__(message)
+        self.events: list[SSEEvent] = events or []
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,31 +71,33 @@ class SSEEvent:
 class SSEDecoder:
     """Incremental SSE decoder: :meth:`feed` bytes as they arrive, :meth:`close` at the end.
 
-    A line longer than ``max_line_bytes`` raises :class:`SSEProtocolError`, so a misbehaving
-    upstream cannot make the edge buffer an unbounded line in memory.
+    A line or an event longer than ``max_event_bytes`` raises :class:`SSEProtocolError`, so a
+    misbehaving upstream cannot make the edge buffer an unbounded line or event in memory.
     """
 
     __slots__ = (
         "_buf",
+        "_data_bytes",
         "_data_lines",
         "_event_type",
         "_fields_pending",
         "_last_id",
-        "_max_line_bytes",
+        "_max_event_bytes",
         "_skip_lf",
         "_started",
     )
 
-    def __init__(self, *, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
-        if max_line_bytes < 1:
-            raise ValueError("max_line_bytes must be at least 1")
-        self._max_line_bytes = max_line_bytes
+    def __init__(self, *, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
+        if max_event_bytes < 1:
+            raise ValueError("max_event_bytes must be at least 1")
+        self._max_event_bytes = max_event_bytes
         self._buf = bytearray()
         # A chunk may end right after "\r": the line is complete, but a "\n" starting the next
         # chunk belongs to the same CRLF terminator and must not count as an empty line.
         self._skip_lf = False
         self._started = False
         self._data_lines: list[str] = []
+        self._data_bytes = 0  # the pending event's data so far, separators included
         self._event_type: str | None = None
         self._last_id: str | None = None
         self._fields_pending = False
@@ -116,17 +131,21 @@ class SSEDecoder:
         buf += memoryview(chunk)[start:]
         events: list[SSEEvent] = []
         pos = 0
-        for match in _LINE_END.finditer(buf, scan_from):
-            end = match.start()
-            if end - pos > self._max_line_bytes:
-                raise SSEProtocolError(f"SSE line longer than {self._max_line_bytes} bytes")
-            self._process_line(bytes(buf[pos:end]), events)
-            pos = match.end()
-            if match.group() == b"\r" and pos == len(buf):
-                self._skip_lf = True
-        del buf[:pos]
-        if len(buf) > self._max_line_bytes:
-            raise SSEProtocolError(f"SSE line longer than {self._max_line_bytes} bytes")
+        try:
+            for match in _LINE_END.finditer(buf, scan_from):
+                end = match.start()
+                if end - pos > self._max_event_bytes:
+                    raise SSEProtocolError(f"SSE line longer than {self._max_event_bytes} bytes")
+                self._process_line(bytes(buf[pos:end]), events)
+                pos = match.end()
+                if match.group() == b"\r" and pos == len(buf):
+                    self._skip_lf = True
+            del buf[:pos]
+            if len(buf) > self._max_event_bytes:
+                raise SSEProtocolError(f"SSE line longer than {self._max_event_bytes} bytes")
+        except SSEProtocolError as exc:
+            exc.events = events
+            raise
         return events
 
     def close(self) -> list[SSEEvent]:
@@ -151,6 +170,10 @@ class SSEDecoder:
         if colon and value[:1] == " ":
             value = value[1:]
         if name == "data":
+            # The value's bytes (after "data:") and the "\n" that will join it to the next line.
+            self._data_bytes += len(raw) - 4
+            if self._data_bytes > self._max_event_bytes:
+                raise SSEProtocolError(f"SSE event longer than {self._max_event_bytes} bytes")
             self._data_lines.append(value)
         elif name == "event":
             self._event_type = value or None
@@ -166,6 +189,7 @@ class SSEDecoder:
         if self._data_lines:
             events.append(SSEEvent("\n".join(self._data_lines), self._event_type, self._last_id))
         self._data_lines = []
+        self._data_bytes = 0
         self._event_type = None
         self._fields_pending = False
 

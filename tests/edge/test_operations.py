@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from fake_upstream import FakeUpstream, MakeEdge
 from prometheus_client.parser import text_string_to_metric_families
 
+import edge.app
 from edge.logs import JsonFormatter
 
 Client = TestClient[Any, Any]
@@ -56,10 +59,37 @@ async def test_healthz_with_persistence(make_edge: MakeEdge) -> None:
     client = await make_edge()
     resp = await client.get("/healthz")
     assert resp.status == 200
-    assert await resp.json() == {
+    body = await resp.json()
+    free = body["checks"].pop("store_free_bytes")
+    assert isinstance(free, int) and free > 0
+    assert body == {
         "status": "ok",
         "checks": {"persistence": True, "upstream": "configured", "store_writable": True},
     }
+
+
+class _FullDisk:
+    """``os`` as ``edge.app`` sees it, on a disk that is full: files can still be created (that
+    takes an inode), but no data block can be written."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    @staticmethod
+    def write(fd: int, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def test_healthz_is_503_on_a_full_disk(
+    make_edge: MakeEdge, store_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_edge()
+    monkeypatch.setattr(edge.app, "os", _FullDisk())
+    resp = await client.get("/healthz")
+    assert resp.status == 503
+    body = await resp.json()
+    assert body["status"] == "degraded" and body["checks"]["store_writable"] is False
+    assert not [p for p in store_root.iterdir() if ".healthz" in p.name]  # no probe left behind
 
 
 async def test_healthz_without_persistence_touches_no_disk(

@@ -128,18 +128,33 @@ def test_clean_end_is_not_partial() -> None:
 
 
 def test_line_too_long_raises() -> None:
-    decoder = SSEDecoder(max_line_bytes=16)
+    decoder = SSEDecoder(max_event_bytes=16)
     assert decoder.feed(b"data: 0123456789\n\n") == [SSEEvent("0123456789")]
     with pytest.raises(SSEProtocolError):
         decoder.feed(b"data: " + b"x" * 20 + b"\n")
 
 
 def test_unterminated_line_too_long_raises_before_the_end_arrives() -> None:
-    decoder = SSEDecoder(max_line_bytes=1024)
+    decoder = SSEDecoder(max_event_bytes=1024)
     decoder.feed(b"data: " + b"x" * 1000)
     with pytest.raises(SSEProtocolError):
         decoder.feed(b"x" * 100)
     assert issubclass(SSEProtocolError, ValueError)
+
+
+def test_an_event_of_many_lines_is_bounded_as_a_whole() -> None:
+    # Each line is short, but the event never ends: the decoder must not buffer it all.
+    decoder = SSEDecoder(max_event_bytes=1024)
+    with pytest.raises(SSEProtocolError, match="event longer"):
+        for _ in range(1000):
+            decoder.feed(b"data: " + b"x" * 50 + b"\n")
+
+
+def test_an_event_just_under_the_bound_passes_and_the_count_restarts() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    line = b"data: " + b"y" * 20 + b"\n"  # 22 bytes counted: the value and a separator
+    for _ in range(3):
+        assert decoder.feed(line + line + b"\n") == [SSEEvent("y" * 20 + "\n" + "y" * 20)]
 
 
 def test_encode_data_and_done() -> None:
@@ -180,3 +195,10 @@ def test_round_trip_split_anywhere(events: list[SSEEvent], cuts: list[int]) -> N
         expected.append(SSEEvent(event.data, event.event, last_id))
     assert decoded == expected
     assert not decoder.has_partial
+
+
+def test_the_events_completed_before_a_fault_travel_with_it() -> None:
+    decoder = SSEDecoder(max_event_bytes=64)
+    with pytest.raises(SSEProtocolError) as raised:
+        decoder.feed(b"data: ok\n\ndata: " + b"z" * 100 + b"\n")
+    assert raised.value.events == [SSEEvent("ok")]
