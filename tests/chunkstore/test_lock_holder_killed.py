@@ -52,11 +52,16 @@ COUNTER = textwrap.dedent(
     lock, counter, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
     for _ in range(rounds):
         with _locks.exclusive(lock, timeout=30):
-            # An unprotected read-modify-write: only mutual exclusion keeps it correct.
+            # An unprotected read-modify-write: only mutual exclusion keeps it correct. The
+            # value is replaced whole (a temp file renamed over it): the victim, killed at any
+            # point, leaves the old value or the new one, never a truncated file that would
+            # restart the count at 0 and look like a lost increment.
             with open(counter) as f:
-                value = int(f.read() or 0)
-            with open(counter, "w") as f:
+                value = int(f.read())
+            tmp = f"{counter}.{os.getpid()}"
+            with open(tmp, "w") as f:
                 f.write(str(value + 1))
+            os.replace(tmp, counter)
     """
 )
 
