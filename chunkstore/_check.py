@@ -8,6 +8,9 @@ Invariants of format v1:
 * ``messages/`` holds only files of that conversation; every record passes its checksum and
   names its own message; message seqs run 1..N without a gap; a streamed message's chunks run
   1..k without a gap; a sealed message has no leftover chunk files;
+* every name the store keeps a regular file under holds one (never a FIFO, directory, device,
+  socket or symlink: those are never opened, see ``_fsio.open_regular``), and every directory
+  of the layout is a real directory;
 * no temp files or trash directories are left behind; every segment line matches its message;
 * ``user.json``'s ``lastConversation`` is at least every conversation number of the user (the
   counter bounds them: listings probe downward from it).
@@ -16,15 +19,19 @@ Interrupted messages (a writer that crashed) are a valid state, not a problem: t
 ``interrupted`` with their durable prefix.
 
 ``fix=True`` repairs only what is derived or leftover: temp files and trash are removed, chunk
-files already covered by a sealed file are removed, the segment is rebuilt, and a counter found
-behind is moved up to the highest existing number (never down: numbers of hard-deleted
-conversations above it are not reused). It never deletes a message's only copy.
+files already covered by a sealed file are removed, the segment is rebuilt (replacing a planted
+non-regular segment), a planted non-regular lock file is removed (no process can hold it; the
+next lock creates a regular one), and a counter found behind is moved up to the highest
+existing number (never down: numbers of hard-deleted conversations above it are not reused).
+It never deletes a message's only copy, nor anything planted in place of a message file or of
+``user.json``: those are reported for a person to look at.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -77,9 +84,54 @@ class _Checker:
             return _records.decode(_fsio.read_bytes(path))
         except FileNotFoundError:
             self.report(path, "missing", "file is missing")
+        except _fsio.NotRegularFile as exc:
+            self.not_a_file(path, exc)
         except (OSError, ValueError) as exc:
             self.report(path, "corrupt", str(exc))
         return None
+
+    def not_a_file(
+        self,
+        path: str,
+        exc: _fsio.NotRegularFile,
+        repair: str = "",
+        hint: str = "never opened, read as damage; look at it and remove it by hand",
+    ) -> None:
+        """Something planted where the store keeps a regular file: never opened (see
+        ``_fsio.open_regular``) and read as damage. ``repair`` says what ``fix`` did about it;
+        without one, ``hint`` is the next step."""
+        detail = f"{exc.strerror}: {repair or hint}"
+        self.report(path, "not-a-file", detail, fixed=bool(repair))
+
+    def lock_file(self, path: str) -> None:
+        """A lock file (registry, user, conversation) must be a regular file or absent: a
+        planted one is refused by every lock (``_locks.exclusive``). No process can hold a
+        lock on it, so ``fix`` removes it and the next lock creates a regular file."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            return
+        repair = ""
+        if self.fix and not stat.S_ISDIR(st.st_mode):  # nothing here removes a directory
+            _fsio.unlink_quietly(path)
+            repair = "removed (the next lock creates a regular file)"
+        hint = "every lock on it is refused; check --fix removes it"
+        self.not_a_file(path, _fsio.NotRegularFile(path, _file_type(st)), repair, hint)
+
+    def directory(self, path: str) -> bool:
+        """Whether ``path`` is a real directory; anything else in its place (a FIFO, a file, a
+        symlink, which is never followed) is reported, for a person to look at."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            return True
+        detail = f"{_file_type(st)}, not a directory: never followed; look at it, remove it"
+        self.report(path, "not-a-directory", detail)
+        return False
 
     def run(self) -> list[Problem]:
         root = self.layout.root
@@ -108,6 +160,7 @@ class _Checker:
         sessions = self.layout.sessions_dir
         if not os.path.isdir(sessions):
             return
+        self.lock_file(self.layout.registry_lock)
         for name in sorted(os.listdir(sessions)):
             path = os.path.join(sessions, name)
             if _fsio.is_temp_name(name):
@@ -120,6 +173,7 @@ class _Checker:
 
     def check_user(self, user: UserId) -> None:
         record = self.decode(self.layout.user_file(user))
+        self.lock_file(self.layout.user_lock(user))
         conversations = self.layout.conversations_dir(user)
         if not os.path.isdir(conversations):
             self.report(conversations, "missing", "user has no conversations directory")
@@ -139,7 +193,8 @@ class _Checker:
                 self.report(path, "stranger", f"conversation of another user in {user}")
                 continue
             highest = max(highest, conv.n)
-            self.check_conversation(conv)
+            if self.directory(path):
+                self.check_conversation(conv)
         if record is not None:
             self.check_counter(user, record, highest)
 
@@ -167,12 +222,14 @@ class _Checker:
         for name in os.listdir(conv_dir):
             if _fsio.is_temp_name(name):
                 self.leftover(os.path.join(conv_dir, name), "unfinished metadata write")
+        self.lock_file(self.layout.conversation_lock(conv))
         mdir = self.layout.messages_dir(conv)
-        try:
-            names = sorted(os.listdir(mdir))
-        except FileNotFoundError:
+        if not os.path.lexists(mdir):
             self.report(mdir, "missing", "conversation has no messages directory")
             return
+        if not self.directory(mdir):
+            return
+        names = sorted(os.listdir(mdir))
         prefix = f"{conv}-ms"
         for name in names:
             path = os.path.join(mdir, name)
@@ -214,6 +271,10 @@ class _Checker:
                         _fsio.unlink_quietly(self.layout.writer_lock(mid))
                     self.report(self.layout.writer_lock(mid), "stale-lock", "sealed", self.fix)
         else:
+            if files.lock:
+                # No live writer can hold a planted lock file: the message reads back
+                # ``interrupted``. Only reported: the lock file is what claims its seq.
+                self.planted(self.layout.writer_lock(mid))
             for n in sorted(files.chunks):
                 record = self.decode(self.layout.chunk_file(mid, n))
                 if record is not None:
@@ -233,14 +294,38 @@ class _Checker:
         message = rebuild_message(str(mid), mid.seq, records, writer_alive=False)
         return message if files.sealed and message.status in TERMINAL else None
 
+    def planted(self, path: str) -> None:
+        """Report ``path`` if something other than a regular file is there (never opened)."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            self.not_a_file(path, _fsio.NotRegularFile(path, _file_type(st)))
+
     def check_segment(self, conv: ConversationId, finished: list[Any]) -> None:
         path = self.layout.segment_file(conv)
         expected = {m.seq: message_to_line(m) for m in finished}
         bad = []
+        stale = False
         try:
             data = _fsio.read_bytes(path)
         except FileNotFoundError:
             data = b""
+        except _fsio.NotRegularFile as exc:
+            # Derived data: a planted FIFO or symlink is replaced by a rebuilt segment (a
+            # directory is left for a person to look at: nothing here removes a directory).
+            replaceable = not os.path.isdir(path) or os.path.islink(path)
+            repair = ""
+            if self.fix and replaceable:
+                _fsio.unlink_quietly(path)
+                repair = "replaced by a segment rebuilt from the sealed files"
+            hint = "bypassed (derived data); check --fix replaces it" if replaceable else ""
+            self.not_a_file(path, exc, repair, hint or "bypassed; look at it, remove it by hand")
+            if not replaceable:
+                return
+            data = b""
+            stale = True
         seen = set()
         # Only whole lines are judged: a torn last line is what a crash mid-append leaves (the
         # next append cuts it), so it is rebuilt silently below rather than reported.
@@ -255,13 +340,17 @@ class _Checker:
             if seq in expected and record != expected[seq]:
                 bad.append(f"line for seq {seq} disagrees with the sealed file")
             seen.add(seq)
-        stale = bool(bad) or len(whole) != len(data)
+        stale = stale or bool(bad) or len(whole) != len(data)
         if bad:
             self.report(path, "segment", "; ".join(bad[:5]), fixed=self.fix)
         if self.fix and (stale or set(expected) - seen):
             payload = b"".join(_records.encode_line(expected[s]) for s in sorted(expected))
             _fsio.replace_atomic(path, payload, durable=False)
             self.store._reader.forget(conv)
+
+
+def _file_type(st: os.stat_result) -> str:
+    return "a symbolic link" if stat.S_ISLNK(st.st_mode) else _fsio.file_type(st.st_mode)
 
 
 def check_store(store: Store, layout: Layout, fix: bool) -> list[Problem]:

@@ -14,6 +14,11 @@ Rules the store relies on:
   one, and the directory is fsynced so the rename itself survives a power cut.
 * On any error the temp file is removed before the error is raised: a failed write leaves no
   trace, and the next write can succeed once the disk recovers.
+* An existing file is never opened blocking, and never through a symlink: ``open_regular``
+  opens with ``O_NONBLOCK | O_NOFOLLOW`` and refuses (``NotRegularFile``) whatever the
+  descriptor shows is not a regular file. A FIFO planted in the store would otherwise block
+  ``open()`` until a writer came, hanging its reader; a directory, device or socket is no
+  record either. Callers treat the refusal like a corrupt file (damage, never a hang).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterable
 
 from ._exceptions import StorageError
@@ -30,11 +36,14 @@ __all__ = [
     "SETTLED_FINE_NS",
     "SETTLED_NS",
     "TEMP_MARKER",
+    "NotRegularFile",
     "append_to",
     "create_exclusive",
+    "file_type",
     "fsync_dir",
     "is_temp_name",
     "make_dirs",
+    "open_regular",
     "read_bytes",
     "replace_atomic",
     "settled",
@@ -61,8 +70,58 @@ def settled(now_ns: int, mtime_ns: int) -> bool:
 # Directory fsync is how POSIX makes a new name durable; Windows has no such call.
 _CAN_FSYNC_DIRS = os.name == "posix"
 _O_BINARY = getattr(os, "O_BINARY", 0)
-# Reads never follow a symlink planted in the store to a file outside it.
+# Reads never follow a symlink planted in the store to a file outside it, and never block on
+# a FIFO planted in it (see ``open_regular``).
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_READ = os.O_RDONLY | _O_BINARY | _O_NOFOLLOW | _O_NONBLOCK
+_FILE_TYPES = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+class NotRegularFile(OSError):
+    """A name the store keeps a regular file under holds something else (a FIFO, a directory,
+    a device, a socket or a symlink): planted, never opened blocking, treated as damage."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(errno.EINVAL, f"not a regular file ({what})", path)
+
+
+def file_type(mode: int) -> str:
+    """What a non-regular file is, in words, from its ``st_mode``."""
+    return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
+
+
+def open_regular(path: str, flags: int = _READ, mode: int = 0o644) -> tuple[int, os.stat_result]:
+    """Open ``path`` with ``O_NONBLOCK | O_NOFOLLOW`` added to ``flags``; the descriptor and its
+    ``fstat`` if it is a regular file, else ``NotRegularFile`` (nothing left open).
+
+    ``O_NONBLOCK`` changes nothing for a regular file (its reads and writes never block on it);
+    it only makes opening a FIFO return at once, so it can be refused. ``O_NOFOLLOW`` makes a
+    symlink fail with ELOOP, reported as a symlink (the ids' directories on the way are vetted,
+    so the last name is the only one left to be a link).
+    """
+    try:
+        fd = os.open(path, flags | _O_NOFOLLOW | _O_NONBLOCK, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(path, "a symbolic link") from None
+        raise
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotRegularFile(path, file_type(st.st_mode))
+    return fd, st
 
 
 def is_temp_name(name: str) -> bool:
@@ -87,7 +146,7 @@ def fsync_dir(path: str) -> None:
     """Make the names in directory ``path`` durable (new, renamed or removed entries)."""
     if not _CAN_FSYNC_DIRS:
         return
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | _O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
@@ -183,9 +242,11 @@ def append_to(path: str, data: bytes) -> None:
     or lost tail only costs speed. The caller holds the lock that serializes appends.
     """
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o644)
+        # Never through a symlink, never into a FIFO (a write to one blocks once its buffer is
+        # full): a planted segment is refused, and the caller goes on without it.
+        fd, st = open_regular(path, os.O_RDWR | os.O_CREAT | _O_BINARY)
         try:
-            size = os.fstat(fd).st_size
+            size = st.st_size
             if size:
                 # A crash mid-append leaves a line without its newline; cut it so the next
                 # line is not glued to it.
@@ -211,18 +272,24 @@ def append_to(path: str, data: bytes) -> None:
 
 
 def read_bytes(path: str) -> bytes:
-    """Read a whole file (FileNotFoundError passes through; callers treat it as absence)."""
-    fd = os.open(path, os.O_RDONLY | _O_BINARY | _O_NOFOLLOW)
+    """Read a whole regular file (``open_regular``). FileNotFoundError passes through (callers
+    treat it as absence); NotRegularFile is an OSError (callers treat it as damage)."""
+    fd, st = open_regular(path)
     try:
-        chunks = []
-        while True:
-            block = os.read(fd, 1 << 20)
-            if not block:
-                break
-            chunks.append(block)
+        # One read for the whole file, sized by the fstat ``open_regular`` took anyway: a
+        # read that returns exactly that size is at the end (the files read here are never
+        # modified in place), so no second read is needed to see the end.
+        size = st.st_size
+        data = os.read(fd, size + 1)
+        if len(data) == size:
+            return data
+        chunks = [data]
+        while data:
+            data = os.read(fd, 1 << 20)
+            chunks.append(data)
     finally:
         os.close(fd)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return b"".join(chunks)
 
 
 def make_dirs(paths: Iterable[str]) -> None:

@@ -12,6 +12,12 @@
 Lock order is always registry → user → conversation; a writer lock is taken while holding the
 conversation lock, never the other way round, so there is no cycle.
 
+Lock files are opened like every existing file (``_fsio.open_regular``): never through a
+symlink (which could create or lock a file outside the store) and never blocking on a planted
+FIFO. Anything but a regular file is refused: ``exclusive`` raises StorageError (``chunkstore
+check --fix`` removes the planted name, and the next lock creates a regular file), and
+``is_held`` says no writer holds it.
+
 On POSIX portalocker uses ``flock``, whose locks belong to an open file description: two threads
 of one process that open the file separately exclude each other just as two processes do.
 """
@@ -42,7 +48,8 @@ _POLL_MAX = 0.003
 def exclusive(path: str, timeout: float) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing) for the ``with`` block."""
     try:
-        handle = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o644), "r+b")
+        fd, _ = _fsio.open_regular(path, os.O_RDWR | os.O_CREAT)
+        handle = os.fdopen(fd, "r+b")
     except OSError as exc:
         raise StorageError.wrap(exc, f"cannot open lock {path}") from exc
     try:
@@ -116,9 +123,12 @@ def release(handle: IO[bytes]) -> None:
 def is_held(path: str) -> bool:
     """True while some live writer holds the lock file at ``path``."""
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, lock probing needs the handle
-    except FileNotFoundError:
+        fd, _ = _fsio.open_regular(path)
+    except (FileNotFoundError, _fsio.NotRegularFile):
+        # A FIFO, directory or symlink in its place was planted: a writer only ever locks the
+        # regular file it created, so no live writer holds this one.
         return False
+    handle = os.fdopen(fd, "rb")
     try:
         portalocker.lock(handle, portalocker.LockFlags.SHARED | portalocker.LockFlags.NON_BLOCKING)
     except portalocker.exceptions.LockException:

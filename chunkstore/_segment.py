@@ -7,7 +7,9 @@ without parsing them and parse only the page it was asked for.
 
 It is *derived*: the sealed message files are the truth and the segment can be deleted at any
 time (``check(fix=True)`` rebuilds it). That is why appends are not fsynced, and why a torn or
-corrupt line is simply skipped: the reader falls back to the message's own file.
+corrupt line is simply skipped: the reader falls back to the message's own file. A segment
+that is not a regular file (a planted FIFO, directory or symlink) is never opened blocking
+(``_fsio.open_regular``) and is bypassed the same way.
 
 ``SegmentIndex`` keeps what was read in memory, keyed by the file's identity (device, inode)
 and the offset read so far; the file only ever grows, so a warm read costs one ``fstat`` and
@@ -22,7 +24,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from . import _records
+from . import _fsio, _records
 from ._models import Message
 from ._rebuild import message_from_line
 
@@ -62,19 +64,21 @@ class SegmentIndex:
     def refresh(self) -> None:
         """Read whatever was appended since the last call (or everything, if replaced)."""
         try:
-            st = os.stat(self.path)
+            st = os.lstat(self.path)
         except FileNotFoundError:
             self._reset(None)
             return
         if (st.st_dev, st.st_ino) == self._identity and st.st_size == self._offset:
             return  # the warm path: nothing appended
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
+            fd, st = _fsio.open_regular(self.path)
+        except OSError:
+            # Gone, or not a regular file (a planted FIFO, directory or symlink), or unreadable:
+            # the segment is derived, so it is bypassed like a corrupt one and every message
+            # comes from its own file. (A refused name keeps no identity: it is tried again.)
             self._reset(None)
             return
         try:
-            st = os.fstat(fd)
             identity = (st.st_dev, st.st_ino)
             if identity != self._identity or st.st_size < self._offset:
                 self._reset(identity)

@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=(
             "repair what is safe: leftover temp files, spare chunk files, derived segments, "
-            "a conversation counter behind its conversations"
+            "lock files that are not regular files, a conversation counter behind its "
+            "conversations"
         ),
     )
     check.set_defaults(handler=_cmd_check)
