@@ -12,6 +12,14 @@ mtime are unchanged (and that mtime was already old when it was listed, so no la
 hide behind the timestamp granularity). Only messages still streaming, or cut by a crash, are
 read again on every call, with a liveness probe of their writer lock. The cache is keyed by
 conversation id; ids are never reused, and a deleted conversation fails the ``stat`` at once.
+
+Locking (readers run on many threads: ``AsyncStore``'s pool). No lock is held across one
+conversation's I/O that another conversation needs: a slow disk, or a file that takes long to
+read, holds up only the readers of that one conversation. The reader's own lock guards only
+the LRU of caches (find, insert, evict: no I/O); each ``ConversationCache`` has its own lock,
+held while that conversation is listed and read, so its cache stays consistent. A cache
+evicted (or forgotten) while a read holds it is simply dropped when that read ends: the
+read's answer is still right, it is just not kept.
 """
 
 from __future__ import annotations
@@ -81,9 +89,20 @@ def list_message_files(names: list[str], conv: ConversationId) -> dict[int, Mess
 class ConversationCache:
     """What one process knows of one conversation's messages."""
 
-    __slots__ = ("dir_identity", "finished", "listing", "names", "segment", "seqs", "settled")
+    __slots__ = (
+        "dir_identity",
+        "finished",
+        "listing",
+        "lock",
+        "names",
+        "segment",
+        "seqs",
+        "settled",
+    )
 
     def __init__(self, segment_path: str) -> None:
+        # Held while this conversation is listed and read (never with the reader's lock).
+        self.lock = threading.Lock()
         self.segment = SegmentIndex(segment_path)
         self.names: list[str] | None = None
         self.listing: dict[int, MessageFiles] = {}
@@ -100,7 +119,7 @@ class ConversationReader:
         self._layout = layout
         self._cache_size = cache_size
         self._caches: OrderedDict[str, ConversationCache] = OrderedDict()
-        # Readers run on many threads (AsyncStore); one lock keeps each cache consistent.
+        # Guards ``_caches`` only, never held across I/O (see the module docstring).
         self._lock = threading.Lock()
 
     def forget(self, conv: ConversationId) -> None:
@@ -111,8 +130,14 @@ class ConversationReader:
         """A finished message written by this process: skip reading it back later."""
         with self._lock:
             cache = self._caches.get(str(conv))
-            if cache is not None:
-                cache.finished[message.seq] = message
+        if cache is not None:
+            # Under the conversation's lock, but without waiting for it: a writer is never
+            # held up by a slow reader, and a message not remembered is just read back later.
+            if cache.lock.acquire(blocking=False):
+                try:
+                    cache.finished[message.seq] = message
+                finally:
+                    cache.lock.release()
 
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
         mdir = self._layout.messages_dir(conv)
@@ -122,6 +147,7 @@ class ConversationReader:
         identity = (st.st_dev, st.st_ino, st.st_mtime_ns)
         with self._lock:
             cache = self._cache_for(conv)
+        with cache.lock:
             if identity != cache.dir_identity or not cache.settled:
                 self._relist(conv, cache, mdir, identity, now)
             cache.segment.refresh()
@@ -177,6 +203,8 @@ class ConversationReader:
         cache.settled = _fsio.settled(now, identity[2])
 
     def _cache_for(self, conv: ConversationId) -> ConversationCache:
+        """The cache of ``conv``, created if missing, made the most recent. Caller holds
+        ``self._lock`` (and no conversation's lock)."""
         key = str(conv)
         cache = self._caches.get(key)
         if cache is None:

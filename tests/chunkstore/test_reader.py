@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from chunkstore_support import (
     truncate,
 )
 
-from chunkstore import Conversation, ConversationNotFound, Store
+from chunkstore import Conversation, ConversationNotFound, Message, Store
 from chunkstore._ids import ConversationId
 from chunkstore._reader import MessageFiles, list_message_files
 
@@ -401,3 +403,136 @@ def test_unreadable_messages_directory_is_a_storage_error(
     with pytest.raises(StorageError) as info:
         store.messages(conv.id)
     assert info.value.errno == errno.EIO
+
+
+# -- concurrency: one conversation's I/O never holds up another -----------------------------------
+
+HANG_S = 10.0  # a hang detector, not a timing assertion
+
+
+@pytest.fixture
+def blocked_read(store: Store, root: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``with blocked_read(conv_id):`` a thread reads ``conv_id``, and blocks inside its file
+    I/O (a slow disk, an NFS hiccup...) until the ``with`` block ends; every other file reads
+    normally. Set everything up before: the test's own thread must not touch the store's
+    reader while the read is blocked, or a regression would hang it rather than fail."""
+    from chunkstore import _fsio
+
+    real = _fsio.read_bytes
+    release = threading.Event()
+    threads: list[threading.Thread] = []
+
+    @contextmanager
+    def block(conv_id: str) -> Iterator[None]:
+        (conversation_dir(root, conv_id) / "segment.jsonl").unlink()  # sealed files are read
+        entered = threading.Event()
+
+        def read_bytes(path: str) -> bytes:
+            if f"{conv_id}-ms" in path:
+                entered.set()
+                release.wait(HANG_S * 3)
+            return real(path)
+
+        monkeypatch.setattr(_fsio, "read_bytes", read_bytes)
+        results: list[list[Message]] = []
+        blocked = threading.Thread(target=lambda: results.append(store.messages(conv_id)))
+        blocked.daemon = True
+        threads.append(blocked)
+        blocked.start()
+        assert entered.wait(HANG_S), "the read never reached the conversation's files"
+        yield
+        assert not release.is_set(), "the read was released before the block ended"
+        release.set()
+        blocked.join(HANG_S)
+        assert not blocked.is_alive()
+        assert [m.content for m in results[0]] == ["slow"]
+
+    yield block
+    release.set()
+    for thread in threads:
+        thread.join(HANG_S)
+
+
+def test_a_blocked_read_holds_up_no_other_conversation(
+    store: Store, conv: Conversation, blocked_read: Any
+) -> None:
+    store.append_message(conv.id, "user", "slow")
+    other = store.create_conversation(conv.user_id)
+    foreign = store.create_conversation(store.user_for("another session"))
+    store.append_message(other.id, "user", "mine")
+    store.append_message(foreign.id, "user", "theirs")
+    done: list[object] = []
+
+    def meanwhile() -> None:
+        done.append([m.content for m in store.messages(other.id)])
+        done.append([m.content for m in store.messages(foreign.id)])
+        store.append_message(other.id, "assistant", "a new turn")
+        done.append([m.content for m in store.messages(other.id)])
+        done.append([c.id for c in store.list_conversations(conv.user_id)])
+
+    with blocked_read(conv.id):
+        thread = threading.Thread(target=meanwhile, daemon=True)
+        thread.start()
+        thread.join(HANG_S)
+        assert not thread.is_alive(), "a read of another conversation waited for the blocked one"
+    assert done == [["mine"], ["theirs"], ["mine", "a new turn"], [other.id, conv.id]]
+
+
+async def test_a_blocked_read_holds_up_no_other_turn_through_async_store(
+    store: Store, conv: Conversation, blocked_read: Any
+) -> None:
+    import asyncio
+
+    from chunkstore import AsyncStore
+
+    store.append_message(conv.id, "user", "slow")
+    other = store.create_conversation(conv.user_id)
+    async with AsyncStore(store, max_workers=4) as astore:
+
+        async def turn() -> list[str]:
+            await astore.append_message(other.id, "user", "question")
+            async with astore.stream_message(other.id) as w:
+                await w.append("answer")
+            return [m.content for m in await astore.messages(other.id)]
+
+        with blocked_read(conv.id):
+            assert await asyncio.wait_for(turn(), HANG_S) == ["question", "answer"]
+
+
+def test_concurrent_readers_of_one_conversation_and_many(root: str) -> None:
+    """Threads reading the same and different conversations, with writes in between and a
+    cache smaller than the working set (evictions while reads are in flight): every read is
+    a consistent prefix of what was written."""
+    store = Store(root, durability="none", flush_interval=None, cache_conversations=2)
+    user = store.user_for("s")
+    convs = [store.create_conversation(user).id for _ in range(4)]
+    written = {c: 0 for c in convs}
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read(conv_id: str) -> None:
+        try:
+            while not stop.is_set():
+                before = written[conv_id]
+                got = [m.content for m in store.messages(conv_id, limit=None)]
+                assert got == [f"{conv_id} {i}" for i in range(len(got))]
+                assert len(got) >= before
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+            stop.set()
+
+    readers = [threading.Thread(target=read, args=(c,)) for c in convs for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(25):
+            for c in convs:
+                store.append_message(c, "user", f"{c} {i}")
+                written[c] = i + 1
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(HANG_S)
+    assert not errors, errors[0]
+    for c in convs:
+        assert len(store.messages(c, limit=None)) == 25
