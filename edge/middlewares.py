@@ -1,4 +1,4 @@
-"""Middlewares, outermost first: metrics → errors → auth → sessions.
+"""Middlewares, outermost first: metrics → errors → auth → sessions → body deadline.
 
 * **metrics** (outermost, so it sees the status the client gets): counts requests by route
   template and status (never by raw path: ids in paths would explode the label set).
@@ -9,10 +9,15 @@
 * **sessions**: the principal whose history a request may see: the ``x-session-id`` header,
   else the ``cf_session_id`` cookie, else a new unguessable id, sent back as an HttpOnly,
   SameSite=Lax cookie (by ``on_response_prepare``, so streamed responses carry it too).
+* **body deadline**: a request body is read whole before the handler runs, within
+  ``CLIENT_BODY_TIMEOUT_S``; a client that has not sent it all by then gets a 408 and the
+  connection is closed. ``request.read()`` keeps the body, so the handlers' own ``read()``
+  returns it at once. Last in the chain, so a request refused by auth is not read at all.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -27,7 +32,13 @@ import chunkstore
 from edge.errors import ApiError, conversation_not_found, error_response
 from edge.keys import CONFIG, METRICS, SESSION_ID, SESSION_IS_NEW, SESSION_USED
 
-__all__ = ["SESSION_COOKIE", "SESSION_HEADER", "middlewares", "set_session_cookie"]
+__all__ = [
+    "SESSION_COOKIE",
+    "SESSION_HEADER",
+    "body_deadline_middleware",
+    "middlewares",
+    "set_session_cookie",
+]
 
 log = logging.getLogger("edge")
 
@@ -152,6 +163,32 @@ async def session_middleware(request: web.Request, handler: Handler) -> web.Stre
     return await handler(request)
 
 
+@web.middleware
+async def body_deadline_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.body_exists:
+        timeout = request.app[CONFIG].client_body_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await request.read()
+        except TimeoutError:
+            response = error_response(
+                ApiError(
+                    408,
+                    f"The request body was not received within {timeout} s.",
+                    code="request_timeout",
+                )
+            )
+            # The rest of the body may still come: this connection cannot carry another request.
+            response.force_close()
+            return response
+        except web.RequestPayloadError:
+            # Invalid chunked encoding or compression, or a body cut short by the client.
+            response = error_response(ApiError(400, "Malformed request body.", code="invalid_body"))
+            response.force_close()
+            return response
+    return await handler(request)
+
+
 async def set_session_cookie(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: hand a new session its cookie, whatever the response type.
 
@@ -170,4 +207,10 @@ async def set_session_cookie(request: web.Request, response: web.StreamResponse)
 
 
 def middlewares() -> list[Middleware]:
-    return [metrics_middleware, error_middleware, auth_middleware, session_middleware]
+    return [
+        metrics_middleware,
+        error_middleware,
+        auth_middleware,
+        session_middleware,
+        body_deadline_middleware,
+    ]
