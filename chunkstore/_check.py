@@ -4,7 +4,8 @@ Invariants of format v1:
 
 * the root has a readable ``FORMAT``; every ``sessions/*.json`` names an existing user;
 * every ``usNN/`` has a readable ``user.json``; every conversation directory is named by a
-  canonical id of its user and has a readable ``conversation.json`` with that id;
+  canonical id of its user and has a readable ``conversation.json``: a valid record with that
+  id (a damaged one reads back as a rebuilt record flagged ``damaged``, see ``_metadata``);
 * ``messages/`` holds only files of that conversation; every record passes its checksum and
   names its own message; message seqs run 1..N without a gap; a streamed message's chunks run
   1..k without a gap; a sealed message has no leftover chunk files;
@@ -22,9 +23,12 @@ Interrupted messages (a writer that crashed) are a valid state, not a problem: t
 files already covered by a sealed file are removed, the segment is rebuilt (replacing a planted
 non-regular segment), a planted non-regular lock file is removed (no process can hold it; the
 next lock creates a regular one), and a counter found behind is moved up to the highest
-existing number (never down: numbers of hard-deleted conversations above it are not reused).
-It never deletes a message's only copy, nor anything planted in place of a message file or of
-``user.json``: those are reported for a person to look at.
+existing number (never down: numbers of hard-deleted conversations above it are not reused),
+and a damaged ``conversation.json`` is replaced (atomically, under the conversation's lock) by
+the minimal record ``_metadata.damaged_conversation`` rebuilds: id and user from the directory,
+times from the first message; title, metadata, pin, participants and a soft deletion are lost
+(they are kept nowhere else). It never deletes a message's only copy, nor anything planted in
+place of a message file or of ``user.json``: those are reported for a person to look at.
 """
 
 from __future__ import annotations
@@ -32,13 +36,21 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from . import _fsio, _locks, _records
 from ._exceptions import InvalidId
 from ._ids import ConversationId, MessageId, UserId
 from ._layout import Layout
+from ._metadata import (
+    LOST_FIELDS,
+    Damage,
+    conversation_record,
+    damaged_conversation,
+    read_conversation_file,
+)
+from ._models import Conversation
 from ._reader import list_message_files
 from ._rebuild import TERMINAL, message_to_line, rebuild_message
 
@@ -215,14 +227,12 @@ class _Checker:
         self.report(path, "counter", detail, fixed=self.fix)
 
     def check_conversation(self, conv: ConversationId) -> None:
-        meta = self.decode(self.layout.conversation_file(conv))
-        if meta is not None and meta.get("id") != str(conv):
-            self.report(self.layout.conversation_file(conv), "mismatch", "id does not match")
         conv_dir = self.layout.conversation_dir(conv)
         for name in os.listdir(conv_dir):
             if _fsio.is_temp_name(name):
                 self.leftover(os.path.join(conv_dir, name), "unfinished metadata write")
-        self.lock_file(self.layout.conversation_lock(conv))
+        self.lock_file(self.layout.conversation_lock(conv))  # before a fix takes the lock
+        self.check_metadata(conv)
         mdir = self.layout.messages_dir(conv)
         if not os.path.lexists(mdir):
             self.report(mdir, "missing", "conversation has no messages directory")
@@ -248,6 +258,50 @@ class _Checker:
             if message is not None:
                 finished.append(message)
         self.check_segment(conv, finished)
+
+    def check_metadata(self, conv: ConversationId) -> None:
+        """``conversation.json``: a damaged one (``_metadata``) reads back as a rebuilt record
+        flagged ``damaged``; ``fix`` writes that record back, atomically, under the
+        conversation's lock. (A directory in its place is left for a person.)"""
+        path = self.layout.conversation_file(conv)
+        try:
+            found = read_conversation_file(conv, path)
+        except FileNotFoundError:
+            self.report(path, "missing", "file is missing")
+            return
+        except OSError as exc:  # a failing disk, not damage: nothing to rebuild from it
+            self.report(path, "corrupt", str(exc))
+            return
+        if not isinstance(found, Damage):
+            return
+        if os.path.isdir(path) and not os.path.islink(path):
+            self.report(path, found.kind, f"{found.detail}: look at it and remove it by hand")
+            return
+        fixed = self.fix and self.rebuild_metadata(conv, path)
+        if fixed:
+            detail = f"rebuilt a minimal record from the messages ({LOST_FIELDS} are lost)"
+        else:
+            detail = (
+                "the conversation reads back damaged, without its "
+                f"{LOST_FIELDS}; check --fix writes a minimal record (id, user, times from "
+                "its messages), or an update sets them again"
+            )
+        self.report(path, found.kind, f"{found.detail}: {detail}", fixed=fixed)
+
+    def rebuild_metadata(self, conv: ConversationId, path: str) -> bool:
+        try:
+            with _locks.exclusive(self.layout.conversation_lock(conv), self.store.lock_timeout):
+                # From a fresh read: an update may have written a whole record meanwhile.
+                if isinstance(read_conversation_file(conv, path), Conversation):
+                    return True
+                rebuilt = replace(damaged_conversation(self.layout, conv), damaged=False)
+                _fsio.replace_atomic(
+                    path, _records.encode_line(conversation_record(rebuilt)), durable=True
+                )
+        except OSError:
+            return False  # reported as not fixed: the next check says it again
+        self.store._meta_cache.pop((conv.user, conv.n), None)
+        return True
 
     def check_message(self, mid: MessageId, files: Any) -> Any:
         records: list[dict[str, Any]] = []

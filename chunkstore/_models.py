@@ -71,6 +71,11 @@ class Conversation:
     metadata: dict[str, str] = field(default_factory=dict)
     participants: list[str] = field(default_factory=list)
     deleted_at: str | None = None
+    # Its conversation.json is unreadable (corrupt, not a record of it, not a file): this record
+    # is rebuilt from what the other files tell (id and user from the directory, times from
+    # the first message or the directories; no title, metadata, pin, participants or soft
+    # deletion). Writes work on it; ``Store.check(fix=True)`` writes it back whole.
+    damaged: bool = False
 
     @property
     def deleted(self) -> bool:

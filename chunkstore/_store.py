@@ -38,6 +38,7 @@ from ._exceptions import (
 )
 from ._ids import MAX_DIGITS, ConversationId, MessageId, UserId, scan_conversation_numbers
 from ._layout import FORMAT_VERSION, Layout
+from ._metadata import Damage, conversation_record, damaged_conversation, read_conversation_file
 from ._models import Conversation, ConversationPage, Message
 from ._reader import ConversationReader, conversation_io, list_message_files
 from ._rebuild import message_to_line, rebuild_message
@@ -392,7 +393,7 @@ class Store:
             os.makedirs(os.path.join(tmp, "messages"))
             _fsio.create_exclusive(
                 os.path.join(tmp, "conversation.json"),
-                _records.encode_line(_conversation_record(conversation)),
+                _records.encode_line(conversation_record(conversation)),
                 durable=self._durable,
             )
             # Renamed into place whole: a conversation never exists without its metadata.
@@ -582,7 +583,9 @@ class Store:
     # -- conversation metadata ----------------------------------------------------------------
 
     def get_conversation(self, conversation_id: str) -> Conversation:
-        """Metadata of a conversation (soft-deleted ones too: see ``deleted_at``)."""
+        """Metadata of a conversation (soft-deleted ones too: see ``deleted_at``). If its
+        ``conversation.json`` is damaged, the record rebuilt from its other files, flagged
+        ``damaged`` (``_metadata``); writes to it work on that record."""
         return self._read_conversation(ConversationId.parse(conversation_id))
 
     def _read_conversation(self, conv: ConversationId) -> Conversation:
@@ -634,22 +637,15 @@ class Store:
         return conversation
 
     def _decode_metadata(self, conv: ConversationId, path: str) -> Conversation:
-        try:
-            with conversation_io(conv, "read the metadata"):
-                record = _records.decode(_fsio.read_bytes(path))
-        except ValueError as exc:
-            raise StorageError(0, f"{path} is corrupt: {exc}", path) from exc
-        return Conversation(
-            id=record["id"],
-            user_id=record["userId"],
-            title=record.get("title"),
-            created_at=record["createdAt"],
-            updated_at=record.get("updatedAt", record["createdAt"]),
-            pinned=bool(record.get("pinned", False)),
-            metadata=dict(record.get("metadata") or {}),
-            participants=list(record.get("participants") or []),
-            deleted_at=record.get("deletedAt"),
-        )
+        """``conversation.json`` of ``conv``; if it is damaged (corrupt, not a record of
+        ``conv``, not a regular file), the record rebuilt from the other files, flagged
+        ``damaged``: one bad file never hides the conversation nor breaks its user's list
+        (``_metadata``). A missing file is a missing conversation; a failing disk raises."""
+        with conversation_io(conv, "read the metadata"):
+            found = read_conversation_file(conv, path)
+            if isinstance(found, Damage):
+                return damaged_conversation(self._layout, conv)
+        return found
 
     def list_conversations(
         self,
@@ -661,7 +657,8 @@ class Store:
         """Newest first. ``cursor`` is the ``next_cursor`` of the previous page.
 
         Pages are stable while conversations are created: new ones sort before page 1, and the
-        cursor is the id to continue after.
+        cursor is the id to continue after. A conversation whose ``conversation.json`` is
+        damaged is listed flagged ``damaged`` (see ``get_conversation``), never dropped.
         """
         # Every argument is validated before the disk is touched: a hostile cursor must be
         # rejected before any directory is listed, like a hostile id.
@@ -713,12 +710,14 @@ class Store:
 
     def _modify(self, conv: ConversationId, **changes: Any) -> Conversation:
         # Read-modify-write under the conversation lock: no concurrent update is lost.
+        # A damaged conversation's record (rebuilt, ``_metadata``) is written whole, so the
+        # update repairs it: what the damaged file held beyond that is lost either way.
         with self._conversation_lock(conv):
             current = self._read_conversation(conv)
-            updated = _replace(current, updated_at=utc_now(), **changes)
+            updated = _replace(current, updated_at=utc_now(), damaged=False, **changes)
             _fsio.replace_atomic(
                 self._layout.conversation_file(conv),
-                _records.encode_line(_conversation_record(updated)),
+                _records.encode_line(conversation_record(updated)),
                 durable=self._durable,
             )
         return updated
@@ -797,6 +796,8 @@ class Store:
                     continue
                 except (StorageError, ValueError):
                     continue  # unreadable metadata: never delete what we cannot judge
+                if conversation.damaged:
+                    continue  # nor a conversation whose pin (and deletion) is unknown
                 if conversation.pinned or activity >= cutoff:
                     continue
                 expired.append(str(conv))
@@ -1035,21 +1036,6 @@ def _check_short(name: str, value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise InvalidArgument(f"{name} must be a non-empty string of at most 256 characters")
     return value
-
-
-def _conversation_record(c: Conversation) -> dict[str, Any]:
-    return {
-        "v": 1,
-        "id": c.id,
-        "userId": c.user_id,
-        "title": c.title,
-        "createdAt": c.created_at,
-        "updatedAt": c.updated_at,
-        "pinned": c.pinned,
-        "metadata": c.metadata,
-        "participants": c.participants,
-        "deletedAt": c.deleted_at,
-    }
 
 
 def _replace(c: Conversation, **changes: Any) -> Conversation:

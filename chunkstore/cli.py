@@ -178,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "repair what is safe: leftover temp files, spare chunk files, derived segments, "
             "lock files that are not regular files, a conversation counter behind its "
-            "conversations"
+            "conversations, a damaged conversation.json (rebuilt without its title, "
+            "metadata, pin, participants and soft deletion: they are kept nowhere else)"
         ),
     )
     check.set_defaults(handler=_cmd_check)
@@ -394,6 +395,10 @@ def _all_conversations(
 # -- commands -----------------------------------------------------------------------------------
 
 
+# A conversation whose conversation.json is damaged: listed, marked, its messages readable.
+_DAMAGED = "DAMAGED (unreadable conversation.json: see chunkstore check)"
+
+
 def _cmd_ls(store: Store, args: argparse.Namespace) -> int:
     if args.user is None:
         return _ls_users(store, args)
@@ -414,7 +419,7 @@ def _cmd_ls(store: Store, args: argparse.Namespace) -> int:
                     str(count),
                     _yes_no(conv.pinned),
                     _yes_no(conv.deleted),
-                    _one_line(conv.title),
+                    _DAMAGED if conv.damaged else _one_line(conv.title),
                 ]
             )
     if not args.json:
@@ -463,6 +468,7 @@ def _cmd_show(store: Store, args: argparse.Namespace) -> int:
 
 
 def _describe_conversation(store: Store, conv: Conversation) -> str:
+    head = f"conversation {conv.id}" + (f" {_DAMAGED}" if conv.damaged else "")
     fields = [
         ("title", _one_line(conv.title) or "-"),
         ("user", conv.user_id),
@@ -474,7 +480,7 @@ def _describe_conversation(store: Store, conv: Conversation) -> str:
         ("metadata", ", ".join(f"{k}={v}" for k, v in conv.metadata.items()) or "-"),
         ("messages", str(store.message_count(conv.id))),
     ]
-    return "\n".join([f"conversation {conv.id}"] + [f"  {k + ':':<14}{v}" for k, v in fields])
+    return "\n".join([head] + [f"  {k + ':':<14}{v}" for k, v in fields])
 
 
 def _describe_message(message: Message) -> str:

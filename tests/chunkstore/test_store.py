@@ -3,6 +3,7 @@ retention, updates and listing."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -230,12 +231,15 @@ def test_create_validation(store: Store, user: str, kwargs: dict[str, object]) -
     assert store.list_conversations(user).items == []
 
 
-def test_corrupt_conversation_metadata_is_a_storage_error(
+def test_corrupt_conversation_metadata_reads_back_damaged(
     store: Store, conv: Conversation, root: str
 ) -> None:
+    # Issue #10 item 7: a damaged conversation.json no longer raises (it broke the user's
+    # whole list); the conversation comes back flagged (test_damaged_conversation.py).
     (conversation_dir(root, conv.id) / "conversation.json").write_bytes(b"{}")
-    with pytest.raises(OSError, match="corrupt"):
-        store.get_conversation(conv.id)
+    damaged = store.get_conversation(conv.id)
+    assert damaged.damaged and (damaged.id, damaged.title) == (conv.id, None)
+    assert [p.kind for p in store.check()] == ["corrupt"]
 
 
 def test_corrupt_user_record_does_not_reuse_ids(store: Store, user: str, root: str) -> None:
@@ -642,12 +646,24 @@ def test_user_without_conversations_directory_lists_nothing(
     assert store.list_conversations(user).items == []
 
 
-def test_unreadable_conversation_metadata(store: Store, conv: Conversation, root: str) -> None:
+def test_unreadable_conversation_metadata(
+    store: Store, conv: Conversation, root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = conversation_dir(root, conv.id) / "conversation.json"
     path.unlink()
-    path.mkdir()  # reading it fails with something other than "missing"
-    with pytest.raises(OSError):
-        store.get_conversation(conv.id)
+    path.mkdir()  # not a file: damage (never opened), the conversation comes back flagged
+    assert store.get_conversation(conv.id).damaged
+    path.rmdir()
+    path.write_bytes(b"")
+    from chunkstore import StorageError, _fsio
+
+    def failing_disk(_: str) -> bytes:
+        raise OSError(errno.EIO, "I/O error")
+
+    cold = Store(root, durability="none")
+    monkeypatch.setattr(_fsio, "read_bytes", failing_disk)
+    with pytest.raises(StorageError):  # a failing disk is still an error, never damage
+        cold.get_conversation(conv.id)
 
 
 def test_sweep_skips_a_conversation_without_messages(
