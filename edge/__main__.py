@@ -2,19 +2,27 @@
 
 A bad setting never reaches the server: it is reported as one line on stderr,
 ``edge: configuration error: <what is wrong>``, and the process exits with code 2 (the code
-argparse uses for usage errors), without a traceback.
+argparse uses for usage errors), without a traceback. So does a server that cannot start:
+``edge: cannot listen on <host>:<port>: <why>`` (the port is taken, the host does not resolve
+or is not local) and ``edge: cannot open the store at <path>: <why>`` (``PERSIST_TRANSCRIPTS``
+with a ``DB_URL`` that cannot be created or read).
+
+The server is :func:`edge.server.run_app`: aiohttp's life cycle with the edge's read deadlines,
+idle-connection cap and JSON error pages.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-
-from aiohttp import web
+from pathlib import Path
+from typing import NoReturn
 
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.logs import configure_logging
+from edge.server import ListenError, StartupError, run_app
 
 __all__ = ["main"]
 
@@ -27,8 +35,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         config = load_config(argv)
     except ConfigError as exc:
-        print(f"edge: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(f"configuration error: {exc}")
 
     configure_logging(config.log_level)
     # Imported only now so a misconfiguration is reported before the app and its dependencies
@@ -36,22 +43,57 @@ def main(argv: Sequence[str] | None = None) -> None:
     from edge.app import create_app
 
     app = create_app(config)
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        print=_banner_printer(config),
-        # Streams in flight get this long to end on their own at shutdown; then they are
-        # cancelled and their partial replies sealed as errors.
-        shutdown_timeout=_STREAM_GRACE_S,
-    )
+    try:
+        run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            header_timeout_s=config.client_header_timeout_s,
+            max_idle_connections=config.max_idle_connections,
+            print=_banner_printer(config),
+            # Streams in flight get this long to end on their own at shutdown; then they are
+            # cancelled and their partial replies sealed as errors.
+            shutdown_timeout=_STREAM_GRACE_S,
+        )
+    except ListenError as exc:
+        _fail(str(exc))
+    except StartupError as exc:
+        from chunkstore import ChunkstoreError
+
+        cause = exc.__cause__
+        if isinstance(cause, ChunkstoreError):
+            # The only part of the start-up that touches the disk is opening the store.
+            root = config.store_path.resolve()
+            _fail(f"cannot open the store at {root}: {_store_reason(cause, root)}")
+        if isinstance(cause, OSError):
+            _fail(f"cannot start: {_os_reason(cause)}")
+        raise
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"edge: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _store_reason(exc: Exception, root: Path) -> str:
+    """Why the store did not open: the OS error (and the file, if not the root itself)."""
+    if isinstance(exc, OSError) and exc.errno:
+        reason = os.strerror(exc.errno).lower()
+        if exc.filename and Path(exc.filename).resolve() != root:
+            return f"{exc.filename}: {reason}"
+        return reason
+    return str(exc)
+
+
+def _os_reason(exc: OSError) -> str:
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
 
 
 def _banner_printer(config: EdgeConfig) -> Callable[..., None]:
-    """A ``print`` for :func:`aiohttp.web.run_app`: its "Running on" line, plus our settings."""
+    """A ``print`` for :func:`edge.server.run_app`: its "Running on" line, plus our settings."""
 
     def print_banner(message: str = "", *args: object, **kwargs: object) -> None:
-        # aiohttp's message holds the addresses it actually bound (with port 0 resolved).
+        # The message (aiohttp's format) holds the address actually bound (port 0 resolved).
         urls = _URL.findall(message) or [f"http://{config.host}:{config.port}"]
         print(_format_banner(config, urls), flush=True)
 
