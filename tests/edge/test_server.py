@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from raw_http import HANG_GUARD_S, Conn, get, now
 
-from edge.server import EdgeAppRunner, EdgeServer
+from edge.server import EdgeAppRunner, EdgeServer, _error_for
 
 # A connection's deadline starts at its accept in the server, a little after the test's
 # connect returns on the same loop: this much slack in the lower bounds.
@@ -248,3 +248,34 @@ async def test_an_exception_escaping_the_app_is_a_json_500_without_details() -> 
         status, headers, body = await conn.response()
         assert status == 504
         assert json.loads(body)["error"]["type"] == "server_error"
+
+
+async def test_an_exception_after_the_response_started_just_ends_the_connection() -> None:
+    async def half(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        await response.write(b"partial")
+        raise RuntimeError(MARK)
+
+    async with serve(small_app(half=half)) as (port, _):
+        conn = await Conn.open(port)
+        await conn.send(get("/half"))
+        data = await conn.closed()
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        assert b"partial" in data
+        assert b'"error"' not in data and MARK.encode() not in data
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (413, (413, "Request Entity Too Large.", "invalid_request_error")),
+        (503, (503, "Service Unavailable.", "server_error")),
+        (599, (599, "Request failed.", "server_error")),
+    ],
+)
+def test_other_statuses_get_their_reason_phrase(
+    status: int, expected: tuple[int, str, str]
+) -> None:
+    error = _error_for(status, None)
+    assert (error.status, error.message, error.type) == expected

@@ -3,6 +3,7 @@ stderr and exits with code 2, without a traceback; SIGINT stops it cleanly."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import resource
@@ -266,3 +267,80 @@ def test_a_failed_start_up_closes_what_had_started() -> None:
         )
     assert isinstance(info.value.__cause__, OSError)
     assert events == ["first opened", "first closed"]
+
+
+def test_run_app_serves_until_sigterm(capsys: pytest.CaptureFixture[str]) -> None:
+    """``run_app`` in this process: it listens, prints aiohttp's banner, serves, and stops
+    gracefully on SIGTERM (the app's cleanup runs)."""
+    events: list[str] = []
+
+    async def context(app: web.Application) -> Any:
+        events.append("started")
+        yield
+        events.append("cleaned up")
+
+    async def on_listening(message: str) -> None:
+        port = int(message.split(":")[2].split()[0])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ok HTTP/1.1\r\nHost: edge\r\nConnection: close\r\n\r\n")
+        events.append((await reader.read()).split(b"\r\n")[0].decode())
+        writer.close()
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/ok", ok)
+    app.cleanup_ctx.append(context)
+    tasks: list[asyncio.Task[None]] = []
+
+    def banner(message: str) -> None:
+        print(message)
+        tasks.append(asyncio.get_running_loop().create_task(on_listening(message)))
+
+    edge.server.run_app(
+        app,
+        host="127.0.0.1",
+        port=0,
+        header_timeout_s=5,
+        max_idle_connections=10,
+        shutdown_timeout=1,
+        print=banner,
+    )
+    assert events == ["started", "HTTP/1.1 200 OK", "cleaned up"]
+    assert capsys.readouterr().out.startswith("======== Running on http://127.0.0.1:")
+
+
+def test_run_app_reports_a_taken_port(taken_port: int) -> None:
+    with pytest.raises(edge.server.ListenError) as info:
+        edge.server.run_app(
+            web.Application(),
+            host="127.0.0.1",
+            port=taken_port,
+            header_timeout_s=5,
+            max_idle_connections=None,
+            shutdown_timeout=1,
+        )
+    assert str(info.value) == f"cannot listen on 127.0.0.1:{taken_port}: address already in use"
+    assert isinstance(info.value.error, OSError)
+
+
+@pytest.mark.parametrize(
+    ("host", "error", "expected"),
+    [
+        (
+            "::1",
+            OSError(errno.EADDRINUSE, "x"),
+            "cannot listen on [::1]:80: address already in use",
+        ),
+        (
+            "h",
+            socket.gaierror(-2, "Name or service not known"),
+            "cannot listen on h:80: cannot resolve the host (name or service not known)",
+        ),
+        ("h", OSError("odd"), "cannot listen on h:80: odd"),
+    ],
+)
+def test_listen_errors_read_as_one_line(host: str, error: OSError, expected: str) -> None:
+    assert str(edge.server.ListenError(host, 80, error)) == expected
