@@ -16,8 +16,9 @@ which differs from aiohttp's in three ways:
   (asyncio stops accepting for a second each time ``accept`` fails with ``EMFILE``), so a new
   client is always accepted and served.
 * **Errors are JSON**: what aiohttp's parser rejects (a bad request line or method, an
-  over-long header, too many headers, invalid characters) is answered with the edge's
-  ``{"error": {...}}`` shape instead of aiohttp's ``text/plain`` page that quotes the input.
+  over-long header, too many headers, invalid characters) and an unknown ``Expect`` are
+  answered with the edge's ``{"error": {...}}`` shape instead of aiohttp's ``text/plain`` page
+  that quotes the input.
 
 The body deadline (``CLIENT_BODY_TIMEOUT_S``) is a middleware (``edge.middlewares``), as the
 body is read by handlers, not by the connection.
@@ -133,7 +134,8 @@ class EdgeRequestHandler(web.RequestHandler):
 
     aiohttp builds its own error responses (not the app's middlewares) for what its parser
     rejects, for an exception that escapes the app, and for a handler timeout: ``handle_error``
-    is the hook for them.
+    is the hook for them. An ``HTTPException`` raised before the middlewares (a bad ``Expect``
+    header) reaches ``finish_response`` as the response itself: it is replaced there.
     """
 
     __slots__ = ("_edge_server",)
@@ -168,6 +170,10 @@ class EdgeRequestHandler(web.RequestHandler):
     async def finish_response(
         self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
     ) -> tuple[web.StreamResponse, bool]:
+        if isinstance(resp, web.HTTPException) and resp.status >= 400:
+            # An HTTP error raised before the app's middlewares could shape it: aiohttp's
+            # handling of ``Expect`` (a 417 whose text/plain body quotes the header).
+            resp = error_response(_error_for(resp.status, None))
         resp, reset = await super().finish_response(request, resp, start_time)
         if not reset and resp.keep_alive and self.transport is not None:
             # The response is out and the connection stays open: it now waits for the next

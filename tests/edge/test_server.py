@@ -279,3 +279,17 @@ def test_other_statuses_get_their_reason_phrase(
 ) -> None:
     error = _error_for(status, None)
     assert (error.status, error.message, error.type) == expected
+
+
+async def test_an_unknown_expectation_is_a_json_417_without_an_echo() -> None:
+    async with serve(small_app()) as (port, _):
+        conn = await Conn.open(port)
+        await conn.send(get("/ok", f"Expect: {MARK}"))
+        status, headers, body = await conn.response()
+        assert status == 417
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body)["error"]["message"] == "Expectation Failed."
+        assert MARK.encode() not in body
+        # The connection stays usable, as with aiohttp's own 417.
+        await conn.send(get("/ok"))
+        assert (await conn.response())[0] == 200
