@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.logs import configure_logging
+from edge.redaction import redact_url
 from edge.server import ListenError, StartupError, run_app
 
 __all__ = ["main"]
@@ -109,7 +110,7 @@ def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
     if config.upstream_base_url is None:
         upstream = "built-in demo (set UPSTREAM_BASE_URL to relay to a real API)"
     else:
-        upstream = config.upstream_base_url
+        upstream = redact_url(config.upstream_base_url)
     return "\n".join(
         [
             f"edge listening on {', '.join(urls)} (Press CTRL+C to quit)",

@@ -234,6 +234,22 @@ class EdgeServer(web.Server):
 
         self.request_factory = request_started
 
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Give the requests in flight ``timeout`` seconds in all, then close their connections.
+
+        aiohttp waits ``timeout`` for them to end, then as long again for the handlers it
+        cancels, and a handler that is relaying a stream is not interrupted by that
+        cancellation: a long stream got twice the grace. Closing the connection ends it (its
+        next write fails, and the reply is stored as an error with its partial text).
+        """
+        graceful = asyncio.ensure_future(super().shutdown(timeout))
+        if timeout is not None:
+            done, _ = await asyncio.wait({graceful}, timeout=timeout)
+            if not done:
+                for handler in self.connections:
+                    handler.force_close()
+        await graceful
+
     @property
     def waiting_count(self) -> int:
         """Connections waiting for a request head now."""

@@ -528,7 +528,7 @@ def test_main_runs_the_app_with_a_banner(
     calls: list[dict[str, Any]] = []
     levels: list[object] = []
     monkeypatch.setitem(sys.modules, "edge.app", fake_app_module(created))
-    monkeypatch.setattr(web, "run_app", fake_run_app(calls))
+    monkeypatch.setattr(edge_main, "run_app", fake_run_app(calls))
     monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
     argv = ["--port", "0", "--db-url", f"file:{tmp_path}", "--log-level", "debug"]
     if persist:
@@ -603,3 +603,50 @@ def test_process_exits_2_on_bad_flag() -> None:
     assert result.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- secrets never shown -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"DB_URL": "postgresql://edge:hunter2@db:5432/edge"},
+        {"DB_URL": "postgres://edge:hunter2@db/edge?sslmode=require"},
+        {"UPSTREAM_BASE_URL": "ftp://edge:hunter2@proxy/v1"},
+        {"UPSTREAM_BASE_URL": "https://edge:hunter2@proxy/v1?x=1"},
+        {"UPSTREAM_API_KEY": "hunter2 with spaces"},
+        {"EDGE_API_KEYS": "hunter2 x, y"},
+    ],
+)
+def test_no_error_message_shows_a_password(env: dict[str, str]) -> None:
+    message = config_error(env)
+    assert "hunter2" not in message
+    (name,) = env
+    assert message.startswith(name)
+
+
+def test_no_flag_error_shows_a_password() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(["--db-url", "postgresql://u:hunter2@h/db"], {})
+    assert "hunter2" not in str(raised.value)
+    assert "u:***@h" in str(raised.value)
+
+
+def test_the_repr_shows_no_password_and_no_key() -> None:
+    config = EdgeConfig(
+        upstream_base_url="https://edge:hunter2@proxy/v1",
+        upstream_api_key="sk-hunter2",
+        edge_api_keys=frozenset({"hunter2-client"}),
+    )
+    text = repr(config)
+    assert "hunter2" not in text
+    assert "https://edge:***@proxy/v1" in text
+    assert text.startswith("EdgeConfig(host='127.0.0.1'")
+
+
+def test_the_banner_shows_no_upstream_password() -> None:
+    config = EdgeConfig(upstream_base_url="https://edge:hunter2@proxy/v1")
+    banner = edge_main._format_banner(config, ["http://127.0.0.1:8080"])
+    assert "hunter2" not in banner
+    assert "https://edge:***@proxy/v1" in banner
