@@ -6,7 +6,6 @@ for the API.
 """
 
 from ._async import AsyncMessageWriter, AsyncStore
-from ._check import Problem
 from ._exceptions import (
     ChunkstoreError,
     ConversationDeleted,
@@ -22,7 +21,7 @@ from ._exceptions import (
 )
 from ._ids import ConversationId, MessageId, UserId
 from ._layout import FORMAT_VERSION
-from ._models import Conversation, ConversationPage, Message
+from ._models import Conversation, ConversationPage, Message, Problem
 from ._store import DURABILITY_MODES, Store
 from ._writer import MessageWriter
 

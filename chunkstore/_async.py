@@ -23,9 +23,8 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
-from ._check import Problem
 from ._exceptions import InvalidArgument
-from ._models import Conversation, ConversationPage, Message
+from ._models import Conversation, ConversationPage, Message, Problem
 from ._store import Store
 from ._writer import MessageWriter
 

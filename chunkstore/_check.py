@@ -36,7 +36,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import _fsio, _locks, _records
@@ -50,7 +50,7 @@ from ._metadata import (
     damaged_conversation,
     read_conversation_file,
 )
-from ._models import Conversation
+from ._models import Conversation, Problem
 from ._reader import list_message_files
 from ._rebuild import TERMINAL, message_to_line, rebuild_message
 
@@ -58,18 +58,6 @@ if TYPE_CHECKING:
     from ._store import Store
 
 __all__ = ["Problem", "check_store"]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    path: str
-    kind: str  # a short slug: "corrupt", "gap", "orphan", "temp-file", ...
-    detail: str
-    fixed: bool = False
-
-    def __str__(self) -> str:
-        suffix = " (fixed)" if self.fixed else ""
-        return f"{self.kind}: {self.path}: {self.detail}{suffix}"
 
 
 class _Checker:

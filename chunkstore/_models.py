@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Conversation", "ConversationPage", "Message", "MessageStatus", "Role"]
+__all__ = ["Conversation", "ConversationPage", "Message", "MessageStatus", "Problem", "Role"]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 MessageStatus = Literal["complete", "error", "streaming", "interrupted"]
@@ -98,3 +98,17 @@ class ConversationPage:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One broken invariant found by ``Store.check()``: where, what kind, and what was done."""
+
+    path: str  # a file (file store) or a row's address (SQL backends)
+    kind: str  # a short slug: "corrupt", "gap", "orphan", "temp-file", ...
+    detail: str
+    fixed: bool = False
+
+    def __str__(self) -> str:
+        suffix = " (fixed)" if self.fixed else ""
+        return f"{self.kind}: {self.path}: {self.detail}{suffix}"

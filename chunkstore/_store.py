@@ -39,7 +39,7 @@ from ._exceptions import (
 from ._ids import MAX_DIGITS, ConversationId, MessageId, UserId, scan_conversation_numbers
 from ._layout import FORMAT_VERSION, Layout
 from ._metadata import Damage, conversation_record, damaged_conversation, read_conversation_file
-from ._models import Conversation, ConversationPage, Message
+from ._models import Conversation, ConversationPage, Message, Problem
 from ._reader import ConversationReader, conversation_io, list_message_files
 from ._rebuild import message_to_line, rebuild_message
 from ._writer import MessageWriter, utc_now
@@ -1046,6 +1046,3 @@ def _replace(c: Conversation, **changes: Any) -> Conversation:
 
 def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
-
-from ._check import Problem  # noqa: E402  (Problem is part of this module's signatures)

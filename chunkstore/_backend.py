@@ -1,0 +1,142 @@
+"""The seam between the public API and the storage engines: ``Backend`` and ``StreamSink``.
+
+``Store`` (the front, ``_store.py``) owns everything the engines share: it parses ids,
+hashes principals, validates every argument, builds the records of a message (the chunk record
+format of ``users/README.md``: ``v``, ``messageId``, ``seq``, ``tokens``, ``tokenCount``,
+``timestamp``, ``role``, ``agentId``, ``status``, ``finishReason``, ``usage``, ``error``,
+``toolCalls``, ``toolCallId``, ``name``, ``content``), buffers a streamed message's tokens and
+decides when a chunk is due, and turns records into ``Message`` values with the one status rule
+(``_rebuild.rebuild_message``). A backend is called with parsed ids and valid values only, and
+stores and finds; it never validates user input again.
+
+Contract every backend keeps (the conformance suite, ``tests/conformance``, checks it):
+
+* Ids keep the ``us01-co12-ms02`` form on every backend: a backend maps them to its own keys.
+  User and conversation numbers are never reused, even after a hard delete.
+* Message seqs are claimed atomically with the message's first write, gap-free and unique
+  across threads and processes (and machines, where the engine is shared).
+* ``durability``: ``"chunk"`` — a chunk is durable when ``write_chunk(durable=True)`` returns;
+  ``"message"`` — durable when sealed; ``"none"`` — never synced.
+* A streamed message whose sink is alive reads back ``streaming``; once its writer is gone
+  without sealing (``release``, a crash, a killed process), ``interrupted`` with every chunk
+  written so far. Liveness is a lock the writer's process holds, never a timeout.
+* Errors are the ``ChunkstoreError`` tree: ``UserNotFound``, ``ConversationNotFound`` (a
+  missing id), ``ConversationDeleted`` (writing to a soft-deleted one), ``LimitExceeded``,
+  ``StorageError`` (the engine failed: I/O, a locked database past ``lock_timeout``...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, Protocol
+
+from ._ids import ConversationId, MessageId, UserId
+from ._models import Conversation, ConversationPage, Message, Problem
+
+__all__ = ["Backend", "StreamSink"]
+
+
+class StreamSink(Protocol):
+    """Where one streamed message goes while it streams. Its seq is claimed on creation."""
+
+    @property
+    def message_id(self) -> MessageId: ...
+
+    def write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
+        """Store chunk ``record["seq"]`` (1, 2, ...) of the message (status ``streaming``)."""
+
+    def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
+        """Store the terminal record (status ``complete`` or ``error``) and make the message
+        final; return it rebuilt. The sink is closed afterwards, whatever happens."""
+
+    def release(self) -> None:
+        """Stop without sealing (idempotent): the message reads back ``interrupted``."""
+
+
+class Backend(Protocol):
+    """One storage engine. Every method is synchronous and thread-safe."""
+
+    def describe(self) -> str:
+        """What ``repr(store)`` shows: the location, any password hidden."""
+
+    def close(self) -> None:
+        """Release connections, locks and the liveness lease (idempotent)."""
+
+    def ping(self) -> None:
+        """Raise ``StorageError`` unless the store can take a small durable write now."""
+
+    # -- users ------------------------------------------------------------------------------
+
+    def user_for(self, principal_digest: str) -> str:
+        """The user of a principal (SHA-256 hex digest), created on first sight."""
+
+    def find_user(self, principal_digest: str) -> str | None:
+        """The user of a principal already seen, else None."""
+
+    def users(self) -> list[str]:
+        """Every user id, in numeric order."""
+
+    # -- conversations ----------------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        user: UserId,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        participants: list[str],
+        pinned: bool,
+        max_conversations: int | None,
+    ) -> Conversation:
+        """A new conversation of ``user`` (``UserNotFound`` if there is no such user;
+        ``LimitExceeded`` if it already has ``max_conversations``, soft-deleted included)."""
+
+    def get_conversation(self, conv: ConversationId) -> Conversation:
+        """Its metadata, soft-deleted ones too (``ConversationNotFound`` if missing)."""
+
+    def list_conversations(
+        self,
+        user: UserId,
+        *,
+        limit: int,
+        before: ConversationId | None,
+        include_deleted: bool,
+    ) -> ConversationPage:
+        """Newest (highest number) first, at most ``limit``, numbered below ``before``."""
+
+    def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
+        """Apply ``changes`` (any of ``title``, ``pinned``, ``metadata``, ``deleted_at``) and
+        set ``updated_at`` to now, atomically (no concurrent update lost)."""
+
+    def remove_conversation(self, conv: ConversationId) -> None:
+        """Hard delete: the conversation and all its messages are gone."""
+
+    def expired(self, cutoff: datetime) -> list[str]:
+        """Unpinned conversations whose last activity (the later of ``updated_at`` and the
+        last message written) is before ``cutoff``, in id order. Unreadable ones are skipped."""
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def append_message(
+        self, conv: ConversationId, record: dict[str, Any], *, max_messages: int | None
+    ) -> Message:
+        """Store a complete message of one record: claim the next seq, set the record's
+        ``messageId`` and ``timestamp``, and store it durably (unless ``none``).
+        ``ConversationDeleted`` for a soft-deleted conversation; ``LimitExceeded`` past
+        ``max_messages``."""
+
+    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> StreamSink:
+        """Claim the next seq for a streamed message and hold its liveness until the sink is
+        sealed or released (same errors as ``append_message``)."""
+
+    def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
+        """Rebuilt messages with ``seq > after_seq``, in seq order, at most ``limit``."""
+
+    def message_count(self, conv: ConversationId) -> int:
+        """How many messages the conversation holds (streaming ones included)."""
+
+    # -- integrity --------------------------------------------------------------------------
+
+    def check(self, fix: bool) -> list[Problem]:
+        """Every broken invariant; ``fix`` repairs what is safe."""
