@@ -18,8 +18,9 @@ import asyncio
 import contextvars
 import functools
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -31,6 +32,8 @@ from ._writer import MessageWriter
 __all__ = ["DEFAULT_MAX_WORKERS", "AsyncMessageWriter", "AsyncStore"]
 
 T = TypeVar("T")
+
+_UNSET: Any = object()
 
 #: Threads of an ``AsyncStore``'s own pool: threads that wait on the disk, not CPU work.
 DEFAULT_MAX_WORKERS = 32
@@ -141,13 +144,13 @@ class AsyncStore:
 
     def __init__(
         self,
-        root: str | os.PathLike[str] | Store = "users",
+        target: str | os.PathLike[str] | Store = "users",
         *,
         max_workers: int = DEFAULT_MAX_WORKERS,
         executor: Executor | None = None,
         **options: Any,
     ) -> None:
-        self.store = root if isinstance(root, Store) else Store(root, **options)
+        self.store = target if isinstance(target, Store) else Store(target, **options)
         self._owns_executor = executor is None
         self._executor: Executor = executor if executor is not None else _new_executor(max_workers)
         self._run = _runner(self._executor)
@@ -155,16 +158,16 @@ class AsyncStore:
     @classmethod
     async def open(
         cls,
-        root: str | os.PathLike[str] = "users",
+        target: str | os.PathLike[str] = "users",
         *,
         max_workers: int = DEFAULT_MAX_WORKERS,
         executor: Executor | None = None,
         **options: Any,
     ) -> AsyncStore:
-        """Open without blocking the loop (opening may create the root and its FORMAT)."""
+        """Open without blocking the loop (opening may create the store, or migrate it)."""
         pool = executor if executor is not None else _new_executor(max_workers)
         try:
-            store = await _runner(pool)(Store, root, **options)
+            store = await _runner(pool)(Store, target, **options)
         except BaseException:
             if executor is None:
                 pool.shutdown(wait=False)
@@ -196,6 +199,9 @@ class AsyncStore:
             await asyncio.to_thread(self._executor.shutdown, True)
         self.store.close()
 
+    async def ping(self) -> None:
+        await self._run(self.store.ping)
+
     async def user_for(self, principal: str) -> str:
         return await self._run(self.store.user_for, principal)
 
@@ -205,17 +211,53 @@ class AsyncStore:
     async def users(self) -> list[str]:
         return await self._run(self.store.users)
 
-    async def create_conversation(self, user_id: str, *args: Any, **kw: Any) -> Conversation:
-        return await self._run(self.store.create_conversation, user_id, *args, **kw)
+    async def create_conversation(
+        self,
+        user_id: str,
+        title: str | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        participants: Sequence[str] | None = None,
+        pinned: bool = False,
+    ) -> Conversation:
+        return await self._run(
+            self.store.create_conversation,
+            user_id,
+            title,
+            metadata=metadata,
+            participants=participants,
+            pinned=pinned,
+        )
 
     async def get_conversation(self, conversation_id: str) -> Conversation:
         return await self._run(self.store.get_conversation, conversation_id)
 
-    async def list_conversations(self, user_id: str, *args: Any, **kw: Any) -> ConversationPage:
-        return await self._run(self.store.list_conversations, user_id, *args, **kw)
+    async def list_conversations(
+        self,
+        user_id: str,
+        limit: int = 50,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> ConversationPage:
+        return await self._run(
+            self.store.list_conversations, user_id, limit, cursor, include_deleted
+        )
 
-    async def update_conversation(self, conversation_id: str, **kw: Any) -> Conversation:
-        return await self._run(self.store.update_conversation, conversation_id, **kw)
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None = _UNSET,
+        pinned: bool = _UNSET,
+        metadata: Mapping[str, str] = _UNSET,
+    ) -> Conversation:
+        # Only what was given is passed on: "not given" and None differ for a title.
+        changes = {
+            name: value
+            for name, value in (("title", title), ("pinned", pinned), ("metadata", metadata))
+            if value is not _UNSET
+        }
+        return await self._run(self.store.update_conversation, conversation_id, **changes)
 
     async def delete_conversation(self, conversation_id: str, hard: bool = False) -> None:
         await self._run(self.store.delete_conversation, conversation_id, hard)
@@ -223,20 +265,59 @@ class AsyncStore:
     async def restore_conversation(self, conversation_id: str) -> Conversation:
         return await self._run(self.store.restore_conversation, conversation_id)
 
-    async def sweep_retention(self, *args: Any, **kw: Any) -> list[str]:
-        return await self._run(self.store.sweep_retention, *args, **kw)
+    async def sweep_retention(
+        self, days: float = 30, dry_run: bool = True, *, now: datetime | None = None
+    ) -> list[str]:
+        return await self._run(self.store.sweep_retention, days, dry_run, now=now)
 
-    async def append_message(self, conversation_id: str, *args: Any, **kw: Any) -> Message:
-        return await self._run(self.store.append_message, conversation_id, *args, **kw)
-
-    def stream_message(self, conversation_id: str, *args: Any, **kw: Any) -> AsyncMessageWriter:
-        """Use as ``async with store.stream_message(conv_id) as w:`` (opened on entry)."""
-        return AsyncMessageWriter(
-            lambda: self.store.stream_message(conversation_id, *args, **kw), run=self._run
+    async def append_message(
+        self,
+        conversation_id: str,
+        role: str,
+        content: Any,
+        *,
+        agent_id: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        name: str | None = None,
+        finish_reason: str | None = None,
+        usage: dict[str, Any] | None = None,
+    ) -> Message:
+        return await self._run(
+            self.store.append_message,
+            conversation_id,
+            role,
+            content,
+            agent_id=agent_id,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            name=name,
+            finish_reason=finish_reason,
+            usage=usage,
         )
 
-    async def messages(self, conversation_id: str, *args: Any, **kw: Any) -> list[Message]:
-        return await self._run(self.store.messages, conversation_id, *args, **kw)
+    def stream_message(
+        self,
+        conversation_id: str,
+        role: str = "assistant",
+        agent_id: str | None = None,
+        *,
+        chunk_tokens: int | None = None,
+        flush_interval: float | None = _UNSET,
+    ) -> AsyncMessageWriter:
+        """Use as ``async with store.stream_message(conv_id) as w:`` (opened on entry)."""
+        options: dict[str, Any] = {"chunk_tokens": chunk_tokens}
+        if flush_interval is not _UNSET:
+            options["flush_interval"] = flush_interval
+        return AsyncMessageWriter(
+            lambda: self.store.stream_message(conversation_id, role, agent_id, **options),
+            run=self._run,
+        )
+
+    async def messages(
+        self, conversation_id: str, after_seq: int = 0, limit: int | None = 50
+    ) -> list[Message]:
+        return await self._run(self.store.messages, conversation_id, after_seq, limit)
 
     async def message_count(self, conversation_id: str) -> int:
         return await self._run(self.store.message_count, conversation_id)

@@ -55,13 +55,13 @@ from ._reader import list_message_files
 from ._rebuild import TERMINAL, message_to_line, rebuild_message
 
 if TYPE_CHECKING:
-    from ._store import Store
+    from ._file_store import FileBackend
 
 __all__ = ["Problem", "check_store"]
 
 
 class _Checker:
-    def __init__(self, store: Store, layout: Layout, fix: bool) -> None:
+    def __init__(self, store: FileBackend, layout: Layout, fix: bool) -> None:
         self.store = store
         self.layout = layout
         self.fix = fix
@@ -395,5 +395,5 @@ def _file_type(st: os.stat_result) -> str:
     return "a symbolic link" if stat.S_ISLNK(st.st_mode) else _fsio.file_type(st.st_mode)
 
 
-def check_store(store: Store, layout: Layout, fix: bool) -> list[Problem]:
+def check_store(store: FileBackend, layout: Layout, fix: bool) -> list[Problem]:
     return _Checker(store, layout, fix).run()

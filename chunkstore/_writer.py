@@ -1,31 +1,25 @@
-"""``MessageWriter``: persists one assistant message while it streams.
+"""``MessageWriter``: persists one message while it streams, over any backend.
 
-Tokens are buffered in memory and written as one chunk file every ``chunk_tokens`` tokens, or
-sooner once ``flush_interval`` seconds have passed since the last chunk (checked on ``append``,
-and the caller may call ``flush()`` from its own timer). ``finish()``/``fail()`` write the last
-record and *seal* the message: all its records go into one ``<id>.json``, written durably
-before the chunk files are removed, so a finished message is one file to read. The writer
-holds its writer lock from creation to sealing, which is how readers tell ``streaming`` from
-``interrupted``.
+Tokens are buffered in memory and handed to the backend's sink (``_backend.StreamSink``) as one
+chunk record every ``chunk_tokens`` tokens, or sooner once ``flush_interval`` seconds have
+passed since the last chunk (checked on ``append``, and the caller may call ``flush()`` from
+its own timer). ``finish()``/``fail()`` hand over the last record and the sink *seals* the
+message. The sink holds the message's liveness from its creation to its seal, which is how
+readers tell ``streaming`` from ``interrupted``.
 
-Memory stays flat however long the stream: only the unwritten tail is held; sealing reads the
-written chunks back from the page cache.
+Memory stays flat however long the stream: only the unwritten tail is held.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
-from . import _fsio, _locks, _records
-from ._exceptions import InvalidArgument, StorageError, WriterClosed
-from ._ids import MessageId
-from ._layout import Layout
+from ._backend import StreamSink
+from ._exceptions import InvalidArgument, WriterClosed
 from ._models import Message
-from ._rebuild import rebuild_message
 
 __all__ = ["MessageWriter", "utc_now"]
 
@@ -43,29 +37,24 @@ class MessageWriter:
 
     def __init__(
         self,
+        sink: StreamSink,
         *,
-        layout: Layout,
-        message_id: MessageId,
         role: str,
         agent_id: str | None,
         chunk_tokens: int,
         flush_interval: float | None,
         durability: str,
-        lock_handle: IO[bytes],
-        on_sealed: Callable[[Message], None],
     ) -> None:
-        self._layout = layout
-        self._id = message_id
+        self._sink: StreamSink | None = sink
+        self._id = sink.message_id
         self._role = role
         self._agent_id = agent_id
         self._chunk_tokens = chunk_tokens
         self._flush_interval = flush_interval
-        # "chunk": every chunk is on disk before append() returns (at most the unwritten tail
+        # "chunk": every chunk is durable before append() returns (at most the unwritten tail
         # of a message is lost in a crash). "message": only sealing is synced. "none": never.
         self._sync_chunks = durability == "chunk"
         self._sync_seal = durability != "none"
-        self._lock_handle: IO[bytes] | None = lock_handle
-        self._on_sealed = on_sealed
         self._pending: list[str] = []
         self._chunks_written = 0
         self._last_write = time.monotonic()
@@ -85,7 +74,7 @@ class MessageWriter:
 
     @property
     def closed(self) -> bool:
-        return self._lock_handle is None
+        return self._sink is None
 
     @property
     def result(self) -> Message | None:
@@ -139,11 +128,8 @@ class MessageWriter:
         return record
 
     def _write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
-        path = self._layout.chunk_file(self._id, record["seq"])
-        try:
-            _fsio.create_exclusive(path, _records.encode_line(record), durable=durable)
-        except FileExistsError as exc:
-            raise StorageError.wrap(exc, f"chunk already exists: {path}") from exc
+        assert self._sink is not None
+        self._sink.write_chunk(record, durable=durable)
         self._chunks_written += 1
         self._last_write = time.monotonic()
 
@@ -174,6 +160,8 @@ class MessageWriter:
 
     def _seal(self, status: str, extra: dict[str, Any]) -> Message:
         self._check_open()
+        sink = self._sink
+        assert sink is not None
         try:
             # The tail beyond one chunk (a huge flush) goes out as streaming chunks first.
             while len(self._pending) > self._chunk_tokens:
@@ -182,55 +170,26 @@ class MessageWriter:
                 del self._pending[: len(batch)]
             last = self._record(self._pending, status=status)
             last.update(extra)
-            records = self._read_back() + [last]
-            sealed = {"v": 1, "messageId": str(self._id), "sealed": True, "records": records}
-            # The sealed file must be durable before the chunk files go, or a crash in between
-            # could lose the message; once it exists it wins over any leftover chunk.
-            _fsio.create_exclusive(
-                self._layout.sealed_file(self._id),
-                _records.encode_line(sealed),
-                durable=self._sync_seal,
-            )
+            message = sink.seal(last, durable=self._sync_seal)
             self._pending.clear()
-            for n in range(1, self._chunks_written + 1):
-                _fsio.unlink_quietly(self._layout.chunk_file(self._id, n))
-            message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
             self._result = message
-            self._on_sealed(message)
         finally:
-            self._close()
+            # The sink is closed by its seal whatever happened; so is this writer.
+            self._sink = None
         return message
-
-    def _read_back(self) -> list[dict[str, Any]]:
-        records = []
-        for n in range(1, self._chunks_written + 1):
-            path = self._layout.chunk_file(self._id, n)
-            try:
-                records.append(_records.decode(_fsio.read_bytes(path)))
-            except OSError as exc:
-                raise StorageError.wrap(exc, f"cannot read back {path}") from exc
-        return records
-
-    def _close(self) -> None:
-        handle, self._lock_handle = self._lock_handle, None
-        if handle is None:
-            return
-        # Remove the lock file only once the message is sealed (or abandoned): its presence
-        # is what keeps the seq claimed until a sealed or chunk file exists.
-        if self._result is not None:
-            _fsio.unlink_quietly(self._layout.writer_lock(self._id))
-        _locks.release(handle)
 
     def abandon(self) -> None:
         """Stop without sealing: the message will read back ``interrupted`` (what a crash does)."""
-        if self._lock_handle is not None:
+        sink = self._sink
+        if sink is not None:
             try:
                 self.flush()
             finally:
-                self._close()
+                self._sink = None
+                sink.release()
 
     def _check_open(self) -> None:
-        if self._lock_handle is None:
+        if self._sink is None:
             raise WriterClosed(f"message {self._id} is already finished")
 
     def __enter__(self) -> MessageWriter:
@@ -242,7 +201,7 @@ class MessageWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._lock_handle is None:
+        if self._sink is None:
             return
         if exc is None:
             self.finish()

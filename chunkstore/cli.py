@@ -30,7 +30,8 @@ from tqdm import tqdm  # type: ignore[import-untyped]
 from ._exceptions import ChunkstoreError, StoreFormatError
 from ._layout import FORMAT_VERSION
 from ._models import Conversation, Message
-from ._store import MAX_PAGE, Store
+from ._store import Store
+from ._validate import MAX_PAGE
 
 __all__ = ["build_parser", "main"]
 

@@ -1,5 +1,5 @@
 """Listing conversations: probing from user.json's counter, the full-listing fallbacks, and the
-stat-validated caches (``Store._known_numbers``, ``Store._metadata``).
+stat-validated caches (``FileBackend._known_numbers``, ``FileBackend._metadata``).
 
 Every listing is compared with a reference that knows nothing of counters or caches: list the
 directory, keep the canonical names of real directories (never a symlink), read each
@@ -29,7 +29,7 @@ from chunkstore_support import STRESS, conversation_dir, listing_mutator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import chunkstore._store
+import chunkstore._file_store
 from chunkstore import Store, UserNotFound
 from chunkstore._exceptions import InvalidId
 from chunkstore._fsio import SETTLED_FINE_NS, SETTLED_NS
@@ -146,7 +146,7 @@ def counting_listdir() -> Iterator[list[str]]:
         calls.append(path)
         return real(path)
 
-    with mock.patch.object(chunkstore._store.os, "listdir", listdir):
+    with mock.patch.object(chunkstore._file_store.os, "listdir", listdir):
         yield calls
 
 
@@ -184,7 +184,7 @@ def test_probing_skips_hard_deleted_and_soft_deleted(
 
 def test_many_gaps_fall_back_to_one_listing(store: Store, root: str, user: str) -> None:
     ids = [store.create_conversation(user).id for _ in range(12)]
-    with mock.patch.object(chunkstore._store, "_PROBE_MISSES", 4):
+    with mock.patch.object(chunkstore._file_store, "_PROBE_MISSES", 4):
         for conv in ids[3:10]:
             store.delete_conversation(conv, hard=True)
         with counting_listdir() as calls:
@@ -511,7 +511,7 @@ def test_listing_matches_the_reference(
     warm = fresh(root)
     if settle_first:  # so that the warm store's caches are trusted, not just refilled
         settle(cdir, *(p for p in cdir.iterdir() if not p.is_symlink()))
-    with mock.patch.object(chunkstore._store, "_PROBE_MISSES", probe_misses):
+    with mock.patch.object(chunkstore._file_store, "_PROBE_MISSES", probe_misses):
         for limit, before, include_deleted in queries:
             cursor = None if before is None else str(ConversationId(1, before))
             expected = reference_page(root, user, limit, cursor, include_deleted)

@@ -31,7 +31,7 @@ HOLDER = textwrap.dedent(
 def test_next_writer_proceeds_after_the_lock_holder_is_killed(tmp_path: Path) -> None:
     store = Store(tmp_path / "users", durability="none", lock_timeout=5)
     conv = store.create_conversation(store.user_for("s"))
-    lock = store._layout.conversation_lock(ConversationId.parse(conv.id))
+    lock = store.backend._layout.conversation_lock(ConversationId.parse(conv.id))
     for i in range(KILLS):
         holder = subprocess.Popen(
             [sys.executable, "-c", HOLDER, lock], stdout=subprocess.PIPE, text=True

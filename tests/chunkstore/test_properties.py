@@ -148,7 +148,7 @@ class StoreMachine(RuleBasedStateMachine):
             w.abandon()
             status = "interrupted"
         elif end == "crash":  # the writer dies: only the whole chunks written survive
-            w._close()
+            w._sink.release()  # its lock goes, its unwritten tokens with it
             content = "".join(tokens[: len(tokens) // 3 * 3])
             conv.messages.append(("assistant", content, "interrupted"))
             return

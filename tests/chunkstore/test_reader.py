@@ -161,7 +161,7 @@ def test_cache_is_bounded(root: str) -> None:
     for _ in range(2):
         for i, c in enumerate(convs):
             assert contents(store, c.id) == [f"in {i}"]
-    assert len(store._reader._caches) == 1
+    assert len(store.backend._reader._caches) == 1
 
 
 # -- damaged files --------------------------------------------------------------------------------
@@ -359,7 +359,7 @@ def test_chunks_vanishing_under_the_reader_fall_back_to_the_sealed_file(
     cid = ConversationId.parse(conv.id)
     # The listing saw chunk files that the writer removed right after sealing.
     stale = MessageFiles(sealed=False, chunks=[1, 2], lock=True)
-    message = store._reader._read_message(cid, w.seq, stale)
+    message = store.backend._reader._read_message(cid, w.seq, stale)
     assert (message.status, message.content) == ("complete", "ab")
 
 
@@ -369,7 +369,7 @@ def test_writer_sealing_between_listing_and_probe(
     _, w = sealed_with_leftover_chunk(store, conv, root)
     cid = ConversationId.parse(conv.id)
     # The listing saw the chunk and the lock, not yet the sealed file; the lock is gone now.
-    message = store._reader._read_message(cid, w.seq, MessageFiles(chunks=[1], lock=True))
+    message = store.backend._reader._read_message(cid, w.seq, MessageFiles(chunks=[1], lock=True))
     assert (message.status, message.content) == ("complete", "a")
 
 

@@ -691,12 +691,13 @@ def test_two_processes_initializing_one_root(root: str, monkeypatch: pytest.Monk
 def test_a_seq_claimed_under_our_feet(
     store: Store, conv: Conversation, root: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from chunkstore._file_store import FileBackend
     from chunkstore._ids import ConversationId
 
     store.append_message(conv.id, "user", "first")  # this process now expects seq 2 next
     # Another process claims seq 2 between our probe and our O_EXCL create.
-    monkeypatch.setattr(Store, "_seq_taken", lambda self, mid: False)
-    assert store._next_seq_hint[ConversationId.parse(conv.id)] == 2
+    monkeypatch.setattr(FileBackend, "_seq_taken", lambda self, mid: False)
+    assert store.backend._next_seq_hint[ConversationId.parse(conv.id)] == 2
     (messages_dir(root, conv.id) / "us01-co01-ms02.lock").write_bytes(b"")
     with pytest.raises(OSError, match="claimed concurrently"):
         store.stream_message(conv.id)

@@ -143,6 +143,12 @@ async def test_a_partial_chunk_is_written_once_the_flush_time_passes(store: Asyn
     rec.token("b ")
     rec.token("c ")
     assert await stored_tokens(7) == 7
+    # The chunk is visible on disk a moment before the recorder, back from the store's
+    # thread, counts it: wait for the count, then hold it to exactly 2.
+    for _ in range(200):
+        if counter(metrics, "edge_chunks_written_total") >= 2:
+            break
+        await asyncio.sleep(0.01)
     assert counter(metrics, "edge_chunks_written_total") == 2
     await asyncio.sleep(0.12)  # nothing pending: no timer, no empty chunk
     assert counter(metrics, "edge_chunks_written_total") == 2
