@@ -43,6 +43,13 @@ def url_supported(scheme: str) -> bool:
         return not Path(tmp, f"{scheme}:").exists()
 
 
+@pytest.fixture
+def scheme_supported() -> Callable[[str], bool]:
+    """``url_supported``, for tests (a test module cannot import this conftest by name: every
+    test directory has one)."""
+    return url_supported
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
