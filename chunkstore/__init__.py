@@ -23,6 +23,8 @@ from ._ids import ConversationId, MessageId, UserId
 from ._layout import FORMAT_VERSION
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._store import DURABILITY_MODES, Store
+from ._turns import Turn
+from ._url import parse_store_url, redact_url
 from ._writer import MessageWriter
 
 __version__ = "0.1.0"
@@ -49,8 +51,11 @@ __all__ = [
     "StorageError",
     "Store",
     "StoreFormatError",
+    "Turn",
     "UserId",
     "UserNotFound",
     "WriterClosed",
     "__version__",
+    "parse_store_url",
+    "redact_url",
 ]

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar, cast
 from ._exceptions import InvalidArgument
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._store import Store
+from ._turns import Turn
 from ._writer import MessageWriter
 
 __all__ = ["DEFAULT_MAX_WORKERS", "AsyncMessageWriter", "AsyncStore"]
@@ -295,6 +296,11 @@ class AsyncStore:
             finish_reason=finish_reason,
             usage=usage,
         )
+
+    async def append_turn(
+        self, conversation_id: str, messages: Sequence[Mapping[str, Any]]
+    ) -> Turn:
+        return await self._run(self.store.append_turn, conversation_id, messages)
 
     def stream_message(
         self,

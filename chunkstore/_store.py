@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from ._backend import Backend
-from ._exceptions import ConversationNotFound, InvalidArgument
+from ._exceptions import ConversationDeleted, ConversationNotFound, InvalidArgument
 from ._ids import ConversationId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
+from ._turns import STORED_ROLES, Turn, merge_history, replayable
 from ._url import open_backend
 from ._validate import (
     DURABILITY_MODES,
@@ -264,6 +265,34 @@ class Store:
     ) -> Message:
         """Store a complete message (user, system, tool or assistant) in one write."""
         conv = ConversationId.parse(conversation_id)
+        record = self._message_record(
+            role,
+            content,
+            agent_id=agent_id,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            name=name,
+            finish_reason=finish_reason,
+            usage=usage,
+        )
+        return self._backend.append_message(
+            conv, record, max_messages=self.max_messages_per_conversation
+        )
+
+    @staticmethod
+    def _message_record(
+        role: Any,
+        content: Any,
+        *,
+        agent_id: Any = None,
+        tool_calls: Any = None,
+        tool_call_id: Any = None,
+        name: Any = None,
+        finish_reason: Any = None,
+        usage: Any = None,
+    ) -> dict[str, Any]:
+        """The one record of a complete message, every field validated (``users/README.md``);
+        the backend sets ``messageId`` and ``timestamp`` when it claims the seq."""
         check_role(role)
         check_content(content)
         record: dict[str, Any] = {"v": 1, "seq": 1, "timestamp": "", "role": role}
@@ -293,9 +322,7 @@ class Store:
             if not isinstance(usage, dict):
                 raise InvalidArgument("usage must be a dict")
             record["usage"] = usage
-        return self._backend.append_message(
-            conv, record, max_messages=self.max_messages_per_conversation
-        )
+        return record
 
     def stream_message(
         self,
@@ -321,6 +348,51 @@ class Store:
             chunk_tokens=chunk_tokens or self.chunk_tokens,
             flush_interval=self.flush_interval if flush_interval is _UNSET else flush_interval,
             durability=self.durability,
+        )
+
+    def append_turn(
+        self, conversation_id: str, messages: Sequence[Mapping[str, Any]]
+    ) -> Turn:
+        """Continue a conversation with the messages a chat client sent (OpenAI chat form:
+        ``role``, ``content``, ``tool_calls``, ``tool_call_id``, ``name``).
+
+        Clients resend some or all of the history: what the stored history already ends with
+        is skipped (``_turns.merge_history``), and of the rest the ``user``, ``assistant`` and
+        ``tool`` messages are stored, in order. Every message is validated before the first
+        is stored, so a turn is stored whole or not at all (short of a failing disk).
+        ``ConversationDeleted`` for a soft-deleted conversation.
+        """
+        conv = ConversationId.parse(conversation_id)
+        records = [self._turn_record(m) for m in messages]
+        if self._backend.get_conversation(conv).deleted:
+            raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+        history = [
+            m.to_openai() for m in self._backend.messages(conv, 0, None) if replayable(m)
+        ]
+        overlap = merge_history(history, messages)
+        new = [dict(m) for m in messages[overlap:]]
+        stored = [
+            self._backend.append_message(
+                conv, record, max_messages=self.max_messages_per_conversation
+            )
+            for record in records[overlap:]
+            if record is not None
+        ]
+        return Turn(history, new, stored)
+
+    def _turn_record(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The record of one message a client sent, or None for a role a turn does not store."""
+        if not isinstance(message, Mapping):
+            raise InvalidArgument("each message must be an object")
+        if message.get("role") not in STORED_ROLES:
+            return None
+        calls = message.get("tool_calls")
+        return self._message_record(
+            message["role"],
+            message.get("content"),
+            tool_calls=calls if isinstance(calls, list) else None,
+            tool_call_id=message.get("tool_call_id"),
+            name=message.get("name"),
         )
 
     def messages(

@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from chunkstore import parse_store_url, redact_url
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.logs import configure_logging
-from edge.redaction import redact_url
 from edge.server import ListenError, StartupError, run_app
 
 __all__ = ["main"]
@@ -104,7 +104,8 @@ def _banner_printer(config: EdgeConfig) -> Callable[..., None]:
 def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
     """The lines printed at start: where to connect, what is stored where, which upstream."""
     if config.persist_transcripts:
-        persistence = f"on, store at {config.store_path.resolve()}"
+        kind, _ = parse_store_url(config.db_url)
+        persistence = f"on, {kind} store at {config.store_path.resolve()}"
     else:
         persistence = "off (pure proxy; set PERSIST_TRANSCRIPTS=true to store conversations)"
     if config.upstream_base_url is None:

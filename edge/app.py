@@ -12,16 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 
 import aiohttp
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore
+from chunkstore import AsyncStore, ChunkstoreError
 from edge.config import EdgeConfig
 from edge.demo import start_demo_upstream
 from edge.history import add_history_routes
@@ -77,7 +75,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     store = await AsyncStore.open(
-        config.store_path,
+        config.db_url,
         durability=config.durability,
         chunk_tokens=config.chunk_tokens,
         max_conversations_per_user=config.max_conversations_per_session,
@@ -171,42 +169,16 @@ async def healthz(request: web.Request) -> web.Response:
     }
     status = 200
     if store is not None:
-        writable, free = await store.run(_store_writable, store.store.root)
-        checks["store_writable"] = writable
-        checks["store_free_bytes"] = free
-        if not writable:
+        # The backend's own probe: a small durable write (a full disk fails it).
+        try:
+            await store.ping()
+            checks["store_writable"] = True
+        except (ChunkstoreError, OSError) as exc:
+            log.warning("healthz: the store is not writable: %s", exc)
+            checks["store_writable"] = False
             status = 503
     body = {"status": "ok" if status == 200 else "degraded", "checks": checks}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
-
-
-# What the probe writes: a chunk file's worth and more. An empty file can still be created on
-# a full disk (it needs an inode, not a block), so the probe must write data and sync it.
-_PROBE = b"\0" * 4096
-
-
-def _store_writable(root: str) -> tuple[bool, int | None]:
-    """Whether the store's disk takes a small synced write now, and its free bytes."""
-    try:
-        st = os.statvfs(root)
-        free: int | None = st.f_bavail * st.f_frsize
-    except OSError:
-        free = None
-    path = None
-    try:
-        fd, path = tempfile.mkstemp(prefix=".healthz.tmp-", dir=root)
-        try:
-            os.write(fd, _PROBE)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        return False, free
-    finally:
-        if path is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    return True, free
 
 
 async def metrics(request: web.Request) -> web.Response:

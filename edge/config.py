@@ -28,9 +28,11 @@ The contract:
   (5 ms by default) before the holder is asked to let go. At 200 concurrent streams that wait
   was the p99 gap between two events (+5 to +9 ms over persistence off); at 200 µs it is
   +1 to +2 ms, for slightly more GIL hand-offs. ``0`` leaves the interpreter's setting alone.
-* ``DB_URL`` only supports the ``file:`` scheme in this version: ``file:./users`` (relative to the
-  working directory), ``file:/abs/path`` or ``file:///abs/path``. The path is taken literally (no
-  percent-decoding). :attr:`EdgeConfig.store_path` gives it as a :class:`pathlib.Path`.
+* ``DB_URL`` names the store as ``chunkstore.Store`` takes it (``chunkstore._url``): the file
+  store as ``file:./users`` (relative to the working directory), ``file:/abs/path`` or
+  ``file:///abs/path`` (``filejson:`` is an alias), or one SQLite database as
+  ``sqlite:./chat.db``. Paths are taken literally (no percent-decoding); a bare path is not a
+  URL. :attr:`EdgeConfig.store_path` gives the path as a :class:`pathlib.Path`.
 
 :class:`EdgeConfig` can also be built directly (tests do); its constructor runs the same checks on
 the typed values, so an invalid config object cannot exist.
@@ -49,7 +51,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from edge.redaction import redact_url
+from chunkstore import InvalidArgument, parse_store_url, redact_url
 
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
@@ -173,8 +175,9 @@ class EdgeConfig:
 
     @property
     def store_path(self) -> Path:
-        """The directory ``DB_URL`` points at (relative paths are relative to the working dir)."""
-        return _file_url_path(self.db_url)
+        """The path ``DB_URL`` points at: the file store's directory, or the SQLite database
+        file (relative paths are relative to the working dir)."""
+        return _store_location(self.db_url)
 
     @property
     def uses_demo_upstream(self) -> bool:
@@ -333,35 +336,24 @@ def _upstream_url() -> tuple[_Parse, _Check]:
     return parse, check
 
 
-def _file_url_path(url: str) -> Path:
-    """The path of a ``file:`` URL; raises ValueError("must ...") for anything else."""
-    scheme = _URL_SCHEME.match(url)
-    if scheme is None:
-        raise ValueError("must be a file: URL such as 'file:./users'")
-    if scheme.group().lower() != "file:":
+def _store_location(url: str) -> Path:
+    """The path a ``DB_URL`` names; raises ValueError("must ...") for anything else."""
+    if not _URL_SCHEME.match(url):
+        raise ValueError("must be a URL such as 'file:./users' or 'sqlite:./chat.db'")
+    try:
+        _kind, location = parse_store_url(url)
+    except InvalidArgument as exc:
         raise ValueError(
-            "must use the file: scheme, e.g. 'file:./users' "
-            "(only file: is supported in this version)"
-        )
-    rest = url[scheme.end() :]
-    if rest.startswith("//"):
-        # file://localhost/abs or file:///abs: an authority, then an absolute path.
-        authority, slash, path = rest[2:].partition("/")
-        if authority not in ("", "localhost") or not slash:
-            raise ValueError(
-                "must be 'file:' followed by a path, or 'file://' followed by an absolute path"
-            )
-        rest = "/" + path
-    if not rest or "\x00" in rest:
-        raise ValueError("must be 'file:' followed by a path, e.g. 'file:./users'")
-    return Path(rest)
+            f"must be a store URL such as 'file:./users' or 'sqlite:./chat.db' ({exc})"
+        ) from None
+    return Path(location)
 
 
 def _db_url() -> tuple[_Parse, _Check]:
     def check(value: object) -> None:
         if not isinstance(value, str):
-            raise ValueError("must be a file: URL such as 'file:./users'")
-        _file_url_path(value)
+            raise ValueError("must be a URL such as 'file:./users' or 'sqlite:./chat.db'")
+        _store_location(value)
 
     def parse(raw: str) -> str:
         check(raw)
@@ -462,7 +454,7 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
     _Option(
         "db_url",
         "DB_URL",
-        "where conversations are stored; only file: URLs in this version",
+        "where conversations are stored: file:DIR (the file store) or sqlite:FILE",
         "URL",
         _db_url(),
     ),

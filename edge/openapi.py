@@ -80,6 +80,11 @@ def _conversation_properties() -> dict[str, Any]:
             "type": ["integer", "null"],
             "description": "Unix time of the soft delete; null unless deleted.",
         },
+        "damaged": {
+            "type": "boolean",
+            "description": "Its stored metadata was unreadable: title, metadata and pinned are "
+            "lost, times come from its messages (which stay readable).",
+        },
     }
 
 
@@ -217,7 +222,6 @@ def _schemas() -> dict[str, Any]:
                         "persistence": {"type": "boolean"},
                         "upstream": {"enum": ["demo", "configured"]},
                         "store_writable": {"type": "boolean"},
-                        "store_free_bytes": {"type": ["integer", "null"]},
                     },
                     "required": ["persistence", "upstream"],
                 },

@@ -20,7 +20,7 @@ A request that would start a conversation and gets no reply (the upstream is unr
 answers an error status or something that is not a chat completion, or the client leaves
 before it answers) leaves nothing behind: the new conversation is removed again, so a client's
 retries do not multiply it. A continued conversation keeps the new user message; a retry that
-resends it is not stored twice (``merge_history``).
+resends it is not stored twice (``chunkstore.Store.append_turn``).
 
 What the upstream sends is bounded: ``UPSTREAM_READ_TIMEOUT_S`` of silence ends the stream (or
 request) it belongs to, an event may hold ``UPSTREAM_MAX_EVENT_BYTES`` and a non-streamed body
@@ -38,7 +38,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore, Store
+from chunkstore import AsyncStore, ConversationDeleted
 from edge.bundling import Bundler
 from edge.errors import ApiError, parse_json_object
 from edge.keys import (
@@ -61,14 +61,13 @@ from edge.upstream import (
     upstream_error_response,
 )
 
-__all__ = ["Turn", "chat_completions", "merge_history"]
+__all__ = ["Turn", "chat_completions"]
 
 log = logging.getLogger("edge.relay")
 
 CONVERSATION_HEADER = "X-Conversation-ID"
 AGENT_HEADER = "X-Agent-ID"
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
-_STORED_ROLES = frozenset({"user", "assistant", "tool"})
 _TITLE_CHARS = 80
 
 
@@ -84,35 +83,6 @@ class Turn:
 
 
 # -- conversation modes -----------------------------------------------------------------------
-
-
-def _message_key(message: dict[str, Any]) -> bytes:
-    """What makes two messages "the same" for de-duplicating resent history."""
-    calls = message.get("tool_calls") or None
-    call_ids = (
-        [c.get("id") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else None
-    )
-    return orjson.dumps(
-        [message.get("role"), message.get("content"), call_ids, message.get("tool_call_id")],
-        option=orjson.OPT_SORT_KEYS,
-    )
-
-
-def merge_history(history: list[dict[str, Any]], sent: list[dict[str, Any]]) -> int:
-    """How many of ``sent``'s leading messages the stored ``history`` already ends with.
-
-    Clients either resend the whole conversation (OpenAI style) or only the new turn; some trim
-    the oldest messages. The longest overlap between the end of the history and the start of
-    what was sent is what must not be sent (or stored) twice.
-    """
-    if not history or not sent:
-        return 0
-    history_keys = [_message_key(m) for m in history]
-    sent_keys = [_message_key(m) for m in sent[: len(history)]]
-    for k in range(min(len(history_keys), len(sent_keys)), 0, -1):
-        if history_keys[-k:] == sent_keys[:k]:
-            return k
-    return 0
 
 
 def _invalid(message: str) -> ApiError:
@@ -204,53 +174,6 @@ def _title_from(messages: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def _store_messages(store: Store, conversation_id: str, messages: list[dict[str, Any]]) -> None:
-    for m in messages:
-        if m.get("role") not in _STORED_ROLES:
-            continue
-        store.append_message(
-            conversation_id,
-            role=m["role"],
-            content=m.get("content"),
-            tool_calls=m.get("tool_calls") if isinstance(m.get("tool_calls"), list) else None,
-            tool_call_id=m.get("tool_call_id") if isinstance(m.get("tool_call_id"), str) else None,
-            name=m.get("name") if isinstance(m.get("name"), str) else None,
-        )
-
-
-def _new_conversation(store: Store, user: str, messages: list[dict[str, Any]]) -> str:
-    conversation = store.create_conversation(user, title=_title_from(messages))
-    _store_messages(store, conversation.id, messages)
-    return conversation.id
-
-
-def _continue_conversation(
-    store: Store, conversation_id: str, messages: list[dict[str, Any]]
-) -> list[Any]:
-    """Store the new turn; return the messages to send upstream (history included)."""
-    conversation = store.get_conversation(conversation_id)
-    if conversation.deleted:
-        raise ApiError(
-            422,
-            "This conversation is deleted; restore it to continue.",
-            code="conversation_deleted",
-        )
-    history = [m.to_openai() for m in store.messages(conversation_id, limit=None) if _replayable(m)]
-    instructions = []
-    rest = messages
-    while rest and rest[0].get("role") in _INSTRUCTION_ROLES:
-        instructions.append(rest[0])
-        rest = rest[1:]
-    overlap = merge_history(history, rest)
-    new = rest[overlap:]
-    _store_messages(store, conversation_id, new)
-    return instructions + history + new
-
-
-def _replayable(message: Any) -> bool:
-    return bool(message.content) or bool(message.tool_calls)
-
-
 async def _plan_turn(
     request: web.Request, store: AsyncStore, body: dict[str, Any], wanted: str | None
 ) -> Turn:
@@ -265,15 +188,34 @@ async def _plan_turn(
         conversation_id = owned_conversation(user, wanted)
         # The previous turn's reply may still be sealing: its history must include it.
         await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S)
-        # One job on the store's pool (not asyncio's default executor) for the whole turn.
-        upstream = await store.run(_continue_conversation, store.store, conversation_id, messages)
-        return Turn(conversation_id, upstream, agent)
+        instructions = []
+        rest = messages
+        while rest and rest[0].get("role") in _INSTRUCTION_ROLES:
+            instructions.append(rest[0])
+            rest = rest[1:]
+        try:
+            # One store operation: read the history, store what is new (``Store.append_turn``).
+            turn = await store.append_turn(conversation_id, rest)
+        except ConversationDeleted:
+            raise ApiError(
+                422,
+                "This conversation is deleted; restore it to continue.",
+                code="conversation_deleted",
+            ) from None
+        return Turn(conversation_id, instructions + turn.history + turn.new, agent)
     if any(m.get("role") in _INSTRUCTION_ROLES for m in messages):
         return Turn(None, messages, agent)
     user = await session_user(request, create=True)
     assert user is not None
-    conversation_id = await store.run(_new_conversation, store.store, user, messages)
-    return Turn(conversation_id, messages, agent, created=True)
+    conversation = await store.create_conversation(user, title=_title_from(messages))
+    plan = Turn(conversation.id, messages, agent, created=True)
+    try:
+        await store.append_turn(conversation.id, messages)
+    except BaseException:
+        # The turn is stored whole or not at all: the new conversation goes with it.
+        await asyncio.shield(_roll_back(request, store, conversation.id))
+        raise
+    return plan
 
 
 # -- the handler --------------------------------------------------------------------------------

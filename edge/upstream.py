@@ -28,11 +28,11 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from chunkstore import redact_url
 from edge.config import EdgeConfig
 from edge.errors import ApiError, error_body
 from edge.keys import CONFIG, UPSTREAM_SESSION, UPSTREAM_URL
 from edge.middlewares import SESSION_COOKIE
-from edge.redaction import redact_url
 
 __all__ = [
     "UpstreamFailure",

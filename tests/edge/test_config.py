@@ -374,20 +374,32 @@ def test_bad_upstream_url(raw: str) -> None:
     assert repr(raw) in message
 
 
+@pytest.mark.parametrize("raw", ["redis://localhost", "mysql://db/edge", "data:users"])
+def test_unknown_db_url_scheme(raw: str) -> None:
+    message = config_error({"DB_URL": raw})
+    assert message.startswith("DB_URL must be a store URL")
+    assert "unknown store URL scheme" in message
+    assert repr(raw) in message
+
+
+def test_a_planned_backend_is_named_as_unavailable() -> None:
+    message = config_error({"DB_URL": "postgresql://user@db/edge"})
+    assert "not available in this version" in message
+
+
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "expected"),
     [
-        "sqlite:///tmp/edge.db",
-        "postgresql://user@db/edge",
-        "SQLITE:edge.db",
-        "redis://localhost",
+        ("sqlite:./chat.db", Path("chat.db")),
+        ("SQLITE:edge.db", Path("edge.db")),
+        ("sqlite:///tmp/edge.db", Path("/tmp/edge.db")),
+        ("filejson:./users", Path("users")),
     ],
 )
-def test_unsupported_db_url_scheme(raw: str) -> None:
-    message = config_error({"DB_URL": raw})
-    assert message.startswith("DB_URL must use the file: scheme")
-    assert "only file: is supported in this version" in message
-    assert repr(raw) in message
+def test_every_store_scheme_is_accepted(raw: str, expected: Path) -> None:
+    config = load_config([], {"DB_URL": raw})
+    assert config.db_url == raw
+    assert config.store_path == expected
 
 
 @pytest.mark.parametrize(
@@ -415,8 +427,8 @@ def test_flag_errors_name_the_flag_and_read_like_env_errors() -> None:
         == "--port must be an integer from 0 to 65535, got 'abc'"
     )
     assert config_error({}, ["--api-keys", ","]).startswith("--api-keys must list at least one key")
-    assert config_error({}, ["--db-url", "sqlite:x.db"]).startswith(
-        "--db-url must use the file: scheme"
+    assert config_error({}, ["--db-url", "nosuch:x.db"]).startswith(
+        "--db-url must be a store URL"
     )
     # A good flag does not excuse a bad environment value: both are validated.
     assert config_error({"EDGE_PORT": "abc"}, ["--port", "80"]).startswith("EDGE_PORT must be")
@@ -439,8 +451,8 @@ def test_config_error_is_a_value_error() -> None:
         ({"store_threads": 0}, "store_threads must be an integer >= 1, got 0"),
         ({"persist_transcripts": "yes"}, "persist_transcripts must be one of"),
         ({"upstream_base_url": "example.com"}, "upstream_base_url must be an absolute"),
-        ({"db_url": "sqlite:x"}, "db_url must use the file: scheme"),
-        ({"db_url": 3}, "db_url must be a file: URL"),
+        ({"db_url": "nosuch:x"}, "db_url must be a store URL"),
+        ({"db_url": 3}, "db_url must be a URL such as 'file:./users'"),
         ({"durability": "always"}, "durability must be one of chunk, message, none"),
         ({"log_level": "info"}, "log_level must be one of DEBUG"),
         ({"retention_days": 0.0}, "retention_days must be a positive number"),
@@ -543,7 +555,7 @@ def test_main_runs_the_app_with_a_banner(
     out = capsys.readouterr().out
     assert "edge listening on http://127.0.0.1:43210" in out
     if persist:
-        assert f"persistence: on, store at {tmp_path}" in out
+        assert f"persistence: on, file store at {tmp_path}" in out
         assert "upstream:    http://up.example/v1" in out
     else:
         assert "persistence: off" in out
@@ -593,10 +605,11 @@ def test_process_exits_2_on_bad_env_value() -> None:
 
 
 def test_process_exits_2_on_bad_flag() -> None:
-    result = run_edge(["--db-url", "sqlite:///tmp/edge.db"])
+    result = run_edge(["--db-url", "redis://u:hunter2@localhost/0"])
     assert result.returncode == 2
-    assert result.stderr.startswith("edge: configuration error: --db-url must use the file: scheme")
-    assert "only file: is supported" in result.stderr
+    assert result.stderr.startswith("edge: configuration error: --db-url must be a store URL")
+    assert "unknown store URL scheme 'redis'" in result.stderr
+    assert "hunter2" not in result.stderr
     assert "Traceback" not in result.stderr
 
     result = run_edge(["--no-such-flag"])
