@@ -23,7 +23,15 @@ from typing import NoReturn
 from chunkstore import parse_store_url, redact_url
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.logs import configure_logging
-from edge.server import ListenError, StartupError, run_app
+
+try:
+    from edge.server import ListenError, StartupError, run_app
+except ModuleNotFoundError as missing:  # `pip install chunkstore` without the `edge` extra
+    print(
+        f"edge: the edge server needs {missing.name!r}: pip install 'chunkstore[edge]'",
+        file=sys.stderr,
+    )
+    sys.exit(2)
 
 __all__ = ["main"]
 
