@@ -8,7 +8,10 @@ Conventions:
 * Data goes to stdout (tables, or JSON Lines with ``--json`` / ``export``); notes, progress bars
   and errors go to stderr, so output can be piped. Progress bars show only when stderr is a
   terminal, and never with ``--quiet``.
-* The CLI never creates a store: a root without a ``FORMAT`` file is an error.
+* The store is ``--db-url`` (or ``$CHUNKSTORE_URL``): any URL ``Store`` takes (``file:DIR``,
+  ``sqlite:FILE``, or a bare path); ``--root PATH`` (or ``$CHUNKSTORE_ROOT``) is the file store
+  at PATH. The CLI never creates a store: a directory without a ``FORMAT`` file, or a missing
+  database file, is an error.
 * Exit codes: 0 success; 1 a chunkstore error (unknown id, storage failure...) or, for
   ``check``, problems that remain; 2 a usage error, or a root that is not a chunkstore store of a
   version this chunkstore reads. Errors are one line on stderr, never a traceback.
@@ -27,16 +30,18 @@ from typing import IO, Any, TypeVar
 import orjson
 from tqdm import tqdm  # type: ignore[import-untyped]
 
-from ._exceptions import ChunkstoreError, StoreFormatError
+from ._exceptions import ChunkstoreError, InvalidArgument, StoreFormatError
 from ._layout import FORMAT_VERSION
 from ._models import Conversation, Message
 from ._store import Store
+from ._url import parse_store_url
 from ._validate import MAX_PAGE
 
 __all__ = ["build_parser", "main"]
 
 PROG = "chunkstore"
 ROOT_ENV = "CHUNKSTORE_ROOT"
+URL_ENV = "CHUNKSTORE_URL"
 DEFAULT_ROOT = "users"
 
 EXIT_OK = 0
@@ -83,10 +88,16 @@ def _positive_days(text: str) -> float:
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
+        "--db-url",
+        metavar="URL",
+        default=default,
+        help=f"the store: file:DIR, sqlite:FILE or a path (default: ${URL_ENV}, else --root)",
+    )
+    parser.add_argument(
         "--root",
         metavar="PATH",
         default=default,
-        help=f"the store root (default: ${ROOT_ENV}, else ./{DEFAULT_ROOT})",
+        help=f"the file store's directory (default: ${ROOT_ENV}, else ./{DEFAULT_ROOT})",
     )
     parser.add_argument(
         "-q",
@@ -255,12 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (already printed)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    root = args.root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    target = (
+        args.db_url
+        or (args.root and f"file:{args.root}")
+        or os.environ.get(URL_ENV)
+        or f"file:{os.environ.get(ROOT_ENV) or DEFAULT_ROOT}"
+    )
     handler: Callable[[Store, argparse.Namespace], int] = args.handler
     try:
-        store = open_store(root)
+        store = open_store(target)
         return handler(store, args)
-    except (NotAStore, StoreFormatError) as exc:
+    except (NotAStore, StoreFormatError, InvalidArgument) as exc:
         _error(str(exc))
         return EXIT_USAGE
     except ChunkstoreError as exc:
@@ -277,9 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def open_store(root: str) -> Store:
+def open_store(target: str) -> Store:
     """Open an existing store; never create one (an admin tool must not litter empty stores)."""
-    path = os.path.abspath(root)
+    kind, location = parse_store_url(target)
+    path = os.path.abspath(location)
+    if kind == "sqlite":
+        if not os.path.isfile(path):
+            raise NotAStore(f"{path} is not a chunkstore database: no such file (see --db-url)")
+        return Store(target)
     if not os.path.isdir(path):
         raise NotAStore(f"{path} is not a chunkstore store: no such directory (see --root)")
     if not os.path.isfile(os.path.join(path, "FORMAT")):
@@ -448,7 +469,7 @@ def _ls_users(store: Store, args: argparse.Namespace) -> int:
         if rows:
             print(_table(["USER", "CONVERSATIONS", "DELETED"], rows))
         else:
-            _note(args, f"no users in {store.root}")
+            _note(args, f"no users in {store.backend.describe()}")
     return EXIT_OK
 
 

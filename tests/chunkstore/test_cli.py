@@ -558,3 +558,32 @@ def test_installed_command(command: list[str], store: Store, root: Path) -> None
     )
     assert done.returncode == 0
     assert orjson.loads(done.stdout.splitlines()[0])["id"] == "us01"
+
+
+def test_db_url_names_the_store_and_wins_over_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chunkstore import Store
+    from chunkstore.cli import main
+
+    store = Store(tmp_path / "a", durability="none")
+    user = store.user_for("s")
+    store.create_conversation(user, title="Found by URL")
+    monkeypatch.setenv("CHUNKSTORE_URL", f"file:{tmp_path / 'nowhere'}")
+    assert main(["ls", user, "--db-url", f"file:{tmp_path / 'a'}"]) == 0
+    assert "Found by URL" in capsys.readouterr().out
+    assert main(["ls"]) == 2  # the environment's store does not exist
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_an_unknown_scheme_or_a_missing_database_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from chunkstore.cli import main
+
+    assert main(["ls", "--db-url", "redis://u:hunter2@h/0"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown store URL scheme" in err and "hunter2" not in err
+    assert main(["ls", "--db-url", f"sqlite:{tmp_path / 'missing.db'}"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "missing.db").exists()  # never created by the CLI
