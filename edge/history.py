@@ -128,6 +128,9 @@ def conversation_object(conversation: Conversation) -> dict[str, Any]:
         "metadata": dict(conversation.metadata),
         "pinned": conversation.pinned,
         "deleted_at": _unix(conversation.deleted_at),
+        # Like a message's: its conversation.json was unreadable, so title, metadata and pin
+        # are lost and the times come from its messages (the list and messages still work).
+        "damaged": conversation.damaged,
     }
 
 

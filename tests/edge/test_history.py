@@ -306,6 +306,49 @@ async def test_get_returns_metadata_and_the_first_page_of_messages(
     assert rest["has_more"] is False
 
 
+async def test_a_damaged_conversation_is_listed_flagged_and_stays_readable(
+    make_edge: MakeEdge, store_root: Path
+) -> None:
+    """Issue #10 item 7: one flipped byte in a conversation.json used to make the whole list
+    a 503. The conversation is listed and returned with ``damaged: true`` instead (only it),
+    its messages stay readable, and the conversation can be continued."""
+    client = await make_edge()
+    first = await create(client, title="first")
+    victim = await create(client, title="victim", metadata={"k": "v"})
+    last = await create(client, title="last")
+    store = Store(store_root, durability="none")
+    store.append_message(victim["id"], "user", "still here")
+    meta = store_root / "us01" / "data" / "conversations" / victim["id"] / "conversation.json"
+    data = bytearray(meta.read_bytes())
+    data[30] ^= 1
+    meta.write_bytes(bytes(data))
+    listed = await get_json(client, "/v1/conversations")
+    assert [c["id"] for c in listed["data"]] == [last["id"], victim["id"], first["id"]]
+    assert [c["damaged"] for c in listed["data"]] == [False, True, False]
+    flagged = listed["data"][1]
+    assert (flagged["title"], flagged["metadata"], flagged["pinned"]) == (None, {}, False)
+    assert isinstance(flagged["created_at"], int) and flagged["created_at"] > 0
+    body = await get_json(client, f"/v1/conversations/{victim['id']}")
+    assert body["damaged"] is True
+    assert [m["content"] for m in body["messages"]["data"]] == ["still here"]
+    assert first["damaged"] is False  # every conversation object carries the flag
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": "go on"}]},
+        headers={**session(), "X-Conversation-ID": victim["id"]},
+    )
+    assert resp.status == 200, await resp.text()
+    await resp.read()
+    messages = await get_json(client, f"/v1/conversations/{victim['id']}/messages")
+    assert [m["content"] for m in messages["data"]][:2] == ["still here", "go on"]
+    # An update writes a whole record again: no longer damaged.
+    resp = await client.patch(
+        f"/v1/conversations/{victim['id']}", json={"title": "renamed"}, headers=session()
+    )
+    assert resp.status == 200
+    assert (await resp.json())["damaged"] is False
+
+
 async def test_message_pages_are_stable_and_gap_free(make_edge: MakeEdge, store_root: Path) -> None:
     client = await make_edge()
     cid = (await create(client))["id"]
