@@ -1,0 +1,1038 @@
+"""The SQLite backend (``sqlite:PATH``): one database file, several processes on one machine.
+
+Storage design (a contract, like ``users/README.md`` is for the file store):
+
+* **One file, WAL.** ``journal_mode=WAL``: readers never block the writer nor each other, so
+  a reader rebuilding a conversation never waits on a streaming reply, and every process on
+  the machine can open the same file. Schema versions: the ``_migrations`` table
+  (``_migrations.py``); ``MIGRATIONS`` below is the ordered list.
+* **Tables** (version 1). ``users`` (``id`` 1 is ``us01``; ``last_conversation`` is the
+  per-user counter, so a conversation number is never reused, even after a hard delete),
+  ``sessions`` (only the principal's SHA-256 digest, never the principal), ``conversations``
+  (``PRIMARY KEY (user_id, number)``: ``(1, 12)`` is ``us01-co12``; ``last_seq`` is the
+  message counter; ``last_message_at`` the last message claimed or sealed, for retention),
+  ``messages`` (``PRIMARY KEY (user_id, conversation, seq)``, the UNIQUE (conversation, seq) of
+  SPEC §7; ``status`` is ``streaming`` until sealed, then ``complete`` or ``error``; ``writer``
+  names the instance streaming it, NULL once sealed or released), ``chunks`` (one row per chunk
+  record, the record verbatim as JSON text, keyed ``(user_id, conversation, seq, chunk)``),
+  ``instances`` (liveness leases, below) and ``health`` (one row ``ping`` rewrites). Tables are
+  ``WITHOUT ROWID``: the primary key *is* the b-tree, so the listing (newest first) is a
+  backward range scan of ``conversations`` and a rebuild a forward range scan of ``messages``
+  (measured slightly faster than rowid tables with a UNIQUE index, even with the larger
+  message rows). Foreign keys are enforced and cascade: a hard delete is one ``DELETE``.
+* **Messages as chunk rows.** A streamed reply becomes one ``chunks`` row per
+  ``write_chunk``, committed while it streams, exactly as the file store writes chunk files;
+  ``append_message`` stores its one record as chunk 1. Sealing inserts the terminal record and,
+  in the same transaction, marks the message final and stores its merged form (the ``Message``
+  ``rebuild_message`` makes, as one ``_rebuild.message_to_line`` JSON text) in
+  ``messages.line``. That line is derived (``check(fix=True)`` rebuilds it from the chunk
+  rows) and is what makes reads fast: a 500-message conversation of streamed replies is 500
+  rows instead of ~2000 chunk rows merged in Python. Measured on that conversation (SQLite
+  3.40): merging the chunk rows through ``rebuild_message`` costs 1.5x the benchmark suite's
+  SQLite baseline (``benchmarks/_data.py``: a chunks table grouped into dicts); reading the
+  lines costs 0.5x, as much as a hand-written SELECT of the same rows into the same
+  ``Message`` values. The price is the text stored twice. Only a message not sealed
+  (streaming or interrupted) is rebuilt from its chunk rows, with the status rule of
+  ``_rebuild``. Chunk records are kept verbatim as JSON text (not columns): only those few
+  messages read them, and SQLite's JSON functions can still look inside (``json_extract``).
+* **Seqs** are claimed in the transaction that inserts the message row (``UPDATE
+  conversations SET last_seq = last_seq + 1 ... RETURNING``), under SQLite's one write lock:
+  gap-free and unique across threads and processes. Conversation numbers the same way from
+  ``users.last_conversation``.
+* **Transactions are short, and writes take the lock first.** Connections run in autocommit
+  mode; a write is ``BEGIN IMMEDIATE`` ... ``COMMIT``: a deferred transaction that upgrades
+  to a write can fail with ``SQLITE_BUSY`` at once, without the busy handler. A read of
+  several statements is one deferred transaction, so it sees one snapshot. No transaction is
+  held across a stream: each chunk is its own.
+* **Durability** is ``PRAGMA synchronous``, chosen per transaction: ``FULL`` makes a WAL
+  commit durable when it returns (the WAL is fsynced); ``NORMAL`` commits without a sync (in
+  WAL mode still atomic and consistent: a power cut may only lose the latest commits);
+  ``OFF`` never syncs. ``"chunk"``: a chunk written ``durable`` commits with ``FULL``.
+  ``"message"``: chunks commit with ``NORMAL``, the seal with ``FULL``, whose fsync of the WAL
+  covers every earlier frame, so the whole message is durable when sealed. ``"none"``: ``OFF``.
+  Metadata writes and ``append_message`` commit with ``FULL`` unless ``"none"``.
+* **Connections**: one per thread (``threading.local``): a connection carries its open
+  transaction, so threads must not share one. ``check_same_thread=False`` only so ``close()``
+  can close every thread's connection. After ``fork`` the child never touches the parent's
+  connections (SQLite forbids carrying one across a fork): it opens its own, found by a
+  ``os.getpid()`` check. ``busy_timeout`` is ``lock_timeout``.
+* **Liveness without timeouts: a per-process lease.** The first ``open_stream`` of a backend
+  takes an instance number (a row of ``instances``, ``AUTOINCREMENT``: a number is never
+  handed out twice, so a dead writer's number can never come back to life) and flocks
+  ``<db>.leases/<n>.lock`` for the backend's lifetime (``_locks.hold_writer_lock``: the file
+  is never visible unlocked). A streaming message row names its writer instance; a reader says
+  ``streaming`` while that lease is held by someone, ``interrupted`` otherwise. The kernel drops
+  the flock when the process dies (``SIGKILL`` included), so a crashed writer's reply reads
+  ``interrupted`` with every chunk committed so far. ``release()`` sets the message's writer to
+  NULL: it reads ``interrupted`` at once, though the process and its lease live on. Only
+  messages not sealed are probed, one probe per writer per read, and nothing is cached: a
+  lease can end at any moment. The lease is taken lazily, so a process that only reads (the
+  CLI's ``ls``) takes no number and leaves no lease file behind. After ``fork`` the
+  child closes its copy of the lease descriptor without unlocking it (a flock belongs to the
+  open file description the parent still holds: unlocking would end the parent's lease) and
+  takes its own when it streams. ``close()`` ends the lease.
+* **Errors** become the chunkstore tree (``_storage_error``): ``SQLITE_BUSY``/``LOCKED`` past
+  ``busy_timeout`` is ``LockTimeout`` (a lock that could not be taken in time, like the file
+  store's); a full disk or database ``StorageError(ENOSPC)``; I/O errors and corruption
+  ``StorageError(EIO)``; a file that is not a SQLite database ``StoreFormatError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+from . import _fsio, _locks
+from ._exceptions import (
+    ChunkstoreError,
+    ConversationDeleted,
+    ConversationNotFound,
+    InvalidArgument,
+    LimitExceeded,
+    LockTimeout,
+    StorageError,
+    StoreFormatError,
+    UserNotFound,
+    WriterClosed,
+)
+from ._ids import ConversationId, MessageId, UserId
+from ._migrations import Migration, migrate, statements
+from ._models import Conversation, ConversationPage, Message, Problem
+from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
+from ._writer import utc_now
+
+__all__ = ["MIGRATIONS", "SqliteBackend", "SqliteSink"]
+
+DURABILITY_MODES = ("chunk", "message", "none")
+
+MIGRATIONS: list[Migration] = [
+    (
+        "initial schema",
+        statements(
+            """CREATE TABLE users (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                created_at TEXT NOT NULL,
+                last_conversation INTEGER NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE sessions (
+                digest TEXT PRIMARY KEY,
+                user_id INTEGER NOT NULL REFERENCES users (id)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE conversations (
+                user_id INTEGER NOT NULL REFERENCES users (id),
+                number INTEGER NOT NULL,
+                title TEXT,
+                created_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                pinned INTEGER NOT NULL DEFAULT 0,
+                metadata TEXT NOT NULL DEFAULT '{}',
+                participants TEXT NOT NULL DEFAULT '[]',
+                deleted_at TEXT,
+                last_seq INTEGER NOT NULL DEFAULT 0,
+                last_message_at TEXT,
+                PRIMARY KEY (user_id, number)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE messages (
+                user_id INTEGER NOT NULL,
+                conversation INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                role TEXT,
+                status TEXT NOT NULL,
+                writer INTEGER,
+                created_at TEXT NOT NULL,
+                line TEXT,
+                PRIMARY KEY (user_id, conversation, seq),
+                FOREIGN KEY (user_id, conversation)
+                    REFERENCES conversations (user_id, number) ON DELETE CASCADE
+            ) WITHOUT ROWID""",
+            """CREATE TABLE chunks (
+                user_id INTEGER NOT NULL,
+                conversation INTEGER NOT NULL,
+                seq INTEGER NOT NULL,
+                chunk INTEGER NOT NULL,
+                record TEXT NOT NULL,
+                PRIMARY KEY (user_id, conversation, seq, chunk),
+                FOREIGN KEY (user_id, conversation, seq)
+                    REFERENCES messages (user_id, conversation, seq) ON DELETE CASCADE
+            ) WITHOUT ROWID""",
+            """CREATE TABLE instances (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                pid INTEGER NOT NULL,
+                started_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE health (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                pinged_at TEXT NOT NULL
+            )""",
+        ),
+    ),
+]
+
+_CONVERSATION_COLUMNS = (
+    "user_id, number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
+)
+# update_conversation's keys -> (column, how the value is stored)
+_UPDATABLE: dict[str, tuple[str, Any]] = {
+    "title": ("title", lambda v: v),
+    "pinned": ("pinned", lambda v: int(bool(v))),
+    "metadata": ("metadata", lambda v: _dumps(dict(v))),
+    "deleted_at": ("deleted_at", lambda v: v),
+}
+_SYNC_DURABLE = "FULL"
+_SYNC_LAZY = "NORMAL"
+_SYNC_OFF = "OFF"
+
+# The kinds of problem check(fix=True) repairs.
+_FIXABLE = frozenset({"counter-behind", "stale-line"})
+
+# Every live backend, so one fork handler can reset them all in the child.
+_BACKENDS: weakref.WeakSet[SqliteBackend] = weakref.WeakSet()
+# In a forked child, the parent's connections: kept referenced so they are never used, not even
+# closed by the garbage collector (SQLite forbids using a connection across a fork).
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _storage_error(exc: sqlite3.Error, action: str, timeout: float) -> ChunkstoreError:
+    """The chunkstore error for a sqlite3 error (its ``__cause__``)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    err: ChunkstoreError
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        err = LockTimeout(f"{action}: the database stayed locked for {timeout}s ({exc})")
+    elif primary == sqlite3.SQLITE_NOTADB:
+        err = StoreFormatError(f"{action}: not a SQLite database ({exc})")
+    elif primary == sqlite3.SQLITE_FULL:
+        err = StorageError(errno.ENOSPC, f"{action}: {exc}")
+    elif primary in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        err = StorageError(errno.EACCES, f"{action}: {exc}")
+    elif primary == sqlite3.SQLITE_CANTOPEN:
+        err = StorageError(errno.ENOENT, f"{action}: {exc}")
+    else:  # IOERR, CORRUPT, and anything else the engine reports: the store failed
+        err = StorageError(errno.EIO, f"{action}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+class _Local(threading.local):
+    conn: sqlite3.Connection | None = None
+    sync: str | None = None  # the connection's PRAGMA synchronous, as last set
+
+
+class SqliteBackend:
+    """The SQLite backend (see the module docstring); implements ``_backend.Backend``.
+
+    ``durability``: ``"chunk"``, ``"message"`` or ``"none"``, as for every backend.
+    ``lock_timeout``: how long a write waits for SQLite's write lock (``busy_timeout``).
+    """
+
+    def __init__(self, path: str, *, durability: str = "chunk", lock_timeout: float = 30.0) -> None:
+        if durability not in DURABILITY_MODES:
+            raise InvalidArgument(f"durability must be one of {DURABILITY_MODES}")
+        if not path or path == ":memory:" or path.startswith("file:"):
+            raise InvalidArgument(f"sqlite needs a database file path, got {path!r}")
+        self.path = path
+        self.durability = durability
+        self.lock_timeout = lock_timeout
+        self._file = os.path.abspath(path)
+        self._leases_dir = self._file + ".leases"
+        self._durable_sync = _SYNC_OFF if durability == "none" else _SYNC_DURABLE
+        self._closed = False
+        self._pid = os.getpid()
+        self._local = _Local()
+        self._conns: list[sqlite3.Connection] = []
+        self._conns_guard = threading.Lock()
+        self._lease_guard = threading.Lock()
+        self._instance: int | None = None
+        self._lease: IO[bytes] | None = None
+        try:
+            os.makedirs(os.path.dirname(self._file), exist_ok=True)
+        except OSError as exc:
+            raise StorageError.wrap(exc, f"cannot create the directory of {path}") from exc
+        _BACKENDS.add(self)
+        try:
+            with self._errors("open the database"):
+                conn = self._conn()
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                    if mode != "wal":
+                        raise StorageError(
+                            errno.EIO, f"{self.describe()}: cannot use WAL mode (got {mode!r})"
+                        )
+                migrate(conn, MIGRATIONS, what=self.describe())
+        except BaseException:
+            self.close()
+            raise
+
+    def describe(self) -> str:
+        return f"sqlite:{self.path}"
+
+    def __repr__(self) -> str:
+        return f"SqliteBackend({self.path!r}, durability={self.durability!r})"
+
+    # -- connections and transactions ------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            self._after_fork()
+        if self._closed:
+            raise StorageError(errno.EBADF, f"{self.describe()} is closed")
+        local = self._local
+        conn = local.conn
+        if conn is None:
+            # timeout= is SQLite's busy_timeout: how long a statement waits for a lock.
+            conn = sqlite3.connect(
+                self._file,
+                timeout=self.lock_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+                cached_statements=256,
+            )
+            conn.execute("PRAGMA foreign_keys = ON")
+            with self._conns_guard:
+                self._conns.append(conn)
+            local.conn = conn
+            local.sync = None
+        return conn
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's connections and lease (never use them)."""
+        # Fresh locks: another thread of the parent may have held one at the fork.
+        self._conns_guard = threading.Lock()
+        self._lease_guard = threading.Lock()
+        self._pid = os.getpid()
+        _INHERITED.extend(self._conns)
+        self._conns = []
+        self._local = _Local()
+        lease, self._lease, self._instance = self._lease, None, None
+        if lease is not None:
+            # Close our copy of the descriptor, never unlock: the flock belongs to the open
+            # file description, which the parent still holds; LOCK_UN would end its lease.
+            with contextlib.suppress(OSError):
+                lease.close()
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise _storage_error(
+                exc, f"{self.describe()}: cannot {action}", self.lock_timeout
+            ) from exc
+
+    def _set_sync(self, conn: sqlite3.Connection, level: str) -> None:
+        if self._local.sync != level:
+            conn.execute(f"PRAGMA synchronous = {level}")
+            self._local.sync = level
+
+    @contextlib.contextmanager
+    def _write(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``), committed ``durable`` (see the module
+        docstring) unless the store's durability is ``"none"``."""
+        with self._errors(action):
+            conn = self._conn()
+            self._set_sync(conn, self._durable_sync if durable else self._lazy_sync())
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def _lazy_sync(self) -> str:
+        return _SYNC_OFF if self.durability == "none" else _SYNC_LAZY
+
+    @contextlib.contextmanager
+    def _read(self, action: str) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every statement in it sees the same snapshot."""
+        with self._errors(action):
+            conn = self._conn()
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+        _BACKENDS.discard(self)
+        with self._lease_guard, self._conns_guard:
+            self._closed = True
+            conns, self._conns = self._conns, []
+            lease, self._lease = self._lease, None
+            instance, self._instance = self._instance, None
+        own = self._local.conn
+        if instance is not None and own is not None and not own.in_transaction:
+            # Tidy only: the lease ending is what makes our unsealed messages interrupted
+            # (and check(fix=True) removes the rows of leases that ended without this).
+            with contextlib.suppress(sqlite3.Error):
+                own.execute("DELETE FROM instances WHERE id = ?", (instance,))
+        if lease is not None and instance is not None:
+            # Unlinked before unlocking: no reader can find the file unlocked and alive.
+            _fsio.unlink_quietly(self._lease_path(instance))
+            _locks.release(lease)
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+        self._local = _Local()
+
+    def ping(self) -> None:
+        with self._write("take a write"):
+            self._conn().execute(
+                "INSERT INTO health (id, pinged_at) VALUES (1, ?) "
+                "ON CONFLICT (id) DO UPDATE SET pinged_at = excluded.pinged_at",
+                (utc_now(),),
+            )
+
+    # -- the liveness lease -----------------------------------------------------------------
+
+    def _lease_path(self, instance: int) -> str:
+        return os.path.join(self._leases_dir, f"{instance}.lock")
+
+    def _instance_number(self) -> int:
+        """This process's instance number, its lease taken on first use (see the docstring)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        instance = self._instance
+        if instance is not None:
+            return instance
+        with self._lease_guard:
+            if self._instance is not None:
+                return self._instance
+            try:
+                os.makedirs(self._leases_dir, exist_ok=True)
+            except OSError as exc:
+                raise StorageError.wrap(exc, f"cannot create {self._leases_dir}") from exc
+            for _ in range(10):
+                # Not synced: a power cut that loses this commit loses every later one that
+                # names the number too (the WAL keeps commits in order).
+                with self._write("take an instance number", durable=False) as conn:
+                    n: int = conn.execute(
+                        "INSERT INTO instances (pid, started_at) VALUES (?, ?) RETURNING id",
+                        (os.getpid(), utc_now()),
+                    ).fetchone()[0]
+                try:
+                    self._lease = _locks.hold_writer_lock(self._lease_path(n), self.lock_timeout)
+                except FileExistsError:
+                    # Left by a database restored from an older copy (the counter went back):
+                    # that number is spent; take the next one.
+                    continue
+                except OSError as exc:
+                    raise StorageError.wrap(exc, f"cannot take lease {n}") from exc
+                self._instance = n
+                return n
+            raise StorageError(errno.EEXIST, f"cannot take a lease in {self._leases_dir}")
+
+    def _writer_alive(self, writer: int | None) -> bool:
+        if writer is None:
+            return False
+        if writer == self._instance and self._lease is not None:
+            return True  # our own lease, held until close()
+        return _locks.is_held(self._lease_path(writer))
+
+    # -- users ------------------------------------------------------------------------------
+
+    def user_for(self, principal_digest: str) -> str:
+        found = self.find_user(principal_digest)
+        if found is not None:
+            return found
+        with self._write("create a user") as conn:
+            row = conn.execute(
+                "SELECT user_id FROM sessions WHERE digest = ?", (principal_digest,)
+            ).fetchone()
+            if row is not None:
+                return str(UserId(row[0]))  # another process created it meanwhile
+            n: int = conn.execute(
+                "INSERT INTO users (created_at) VALUES (?) RETURNING id", (utc_now(),)
+            ).fetchone()[0]
+            conn.execute(
+                "INSERT INTO sessions (digest, user_id) VALUES (?, ?)", (principal_digest, n)
+            )
+        return str(UserId(n))
+
+    def find_user(self, principal_digest: str) -> str | None:
+        with self._errors("find a user"):
+            row = (
+                self._conn()
+                .execute("SELECT user_id FROM sessions WHERE digest = ?", (principal_digest,))
+                .fetchone()
+            )
+        return None if row is None else str(UserId(row[0]))
+
+    def users(self) -> list[str]:
+        with self._errors("list users"):
+            rows = self._conn().execute("SELECT id FROM users ORDER BY id").fetchall()
+        return [str(UserId(n)) for (n,) in rows]
+
+    # -- conversations ----------------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        user: UserId,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        participants: list[str],
+        pinned: bool,
+        max_conversations: int | None,
+    ) -> Conversation:
+        with self._write("create a conversation") as conn:
+            if max_conversations is not None:
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM conversations WHERE user_id = ?", (user.n,)
+                ).fetchone()
+                if count >= max_conversations:
+                    raise LimitExceeded(
+                        f"user {user} has reached the limit of {max_conversations} conversations"
+                    )
+            row = conn.execute(
+                "UPDATE users SET last_conversation = last_conversation + 1 WHERE id = ? "
+                "RETURNING last_conversation",
+                (user.n,),
+            ).fetchone()
+            if row is None:
+                raise UserNotFound(f"no user {user}")
+            now = utc_now()
+            row = conn.execute(
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+                f"RETURNING {_CONVERSATION_COLUMNS}",
+                (
+                    user.n,
+                    row[0],
+                    title,
+                    now,
+                    now,
+                    int(pinned),
+                    _dumps(metadata),
+                    _dumps(participants),
+                ),
+            ).fetchone()
+        return _conversation(row)
+
+    def get_conversation(self, conv: ConversationId) -> Conversation:
+        with self._errors(f"read {conv}"):
+            row = (
+                self._conn()
+                .execute(
+                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+                    "WHERE user_id = ? AND number = ?",
+                    (conv.user, conv.n),
+                )
+                .fetchone()
+            )
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        return _conversation(row)
+
+    def list_conversations(
+        self,
+        user: UserId,
+        *,
+        limit: int,
+        before: ConversationId | None,
+        include_deleted: bool,
+    ) -> ConversationPage:
+        sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ?"
+        if not include_deleted:
+            sql += " AND deleted_at IS NULL"
+        sql += " ORDER BY number DESC LIMIT ?"
+        below = before.n if before is not None else 2**63 - 1
+        with self._errors(f"list the conversations of {user}"):
+            rows = self._conn().execute(sql, (user.n, below, limit + 1)).fetchall()
+        items = [_conversation(row) for row in rows[:limit]]
+        return ConversationPage(items, items[-1].id if len(rows) > limit else None)
+
+    def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
+        sets, values = ["updated_at = ?"], [utc_now()]
+        for key, value in changes.items():
+            column, encode = _UPDATABLE[key]
+            sets.append(f"{column} = ?")
+            values.append(encode(value))
+        with self._write(f"update {conv}") as conn:
+            # One UPDATE: SQLite's write lock makes it atomic, no concurrent update is lost.
+            row = conn.execute(
+                f"UPDATE conversations SET {', '.join(sets)} WHERE user_id = ? AND number = ? "
+                f"RETURNING {_CONVERSATION_COLUMNS}",
+                (*values, conv.user, conv.n),
+            ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        return _conversation(row)
+
+    def remove_conversation(self, conv: ConversationId) -> None:
+        with self._write(f"delete {conv}") as conn:
+            # The foreign keys cascade to its messages and their chunks.
+            cursor = conn.execute(
+                "DELETE FROM conversations WHERE user_id = ? AND number = ?", (conv.user, conv.n)
+            )
+            if cursor.rowcount == 0:
+                raise ConversationNotFound(f"no conversation {conv}")
+
+    def expired(self, cutoff: datetime) -> list[str]:
+        # Every stored time is utc_now()'s fixed-width ISO form, so text order is time order.
+        limit = cutoff.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        with self._errors("find expired conversations"):
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT user_id, number FROM conversations WHERE pinned = 0 "
+                    "AND max(updated_at, coalesce(last_message_at, '')) < ? "
+                    "ORDER BY user_id, number",
+                    (limit,),
+                )
+                .fetchall()
+            )
+        return [str(ConversationId(u, n)) for u, n in rows]
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def _claim_seq(
+        self, conn: sqlite3.Connection, conv: ConversationId, limit: int | None, now: str
+    ) -> MessageId:
+        """The next seq of ``conv``, claimed in the caller's write transaction."""
+        row = conn.execute(
+            "SELECT deleted_at, last_seq FROM conversations WHERE user_id = ? AND number = ?",
+            (conv.user, conv.n),
+        ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        if row[0] is not None:
+            raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+        if limit is not None and row[1] + 1 > limit:
+            raise LimitExceeded(f"conversation {conv} has reached the limit of {limit} messages")
+        (seq,) = conn.execute(
+            "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = ? "
+            "WHERE user_id = ? AND number = ? RETURNING last_seq",
+            (now, conv.user, conv.n),
+        ).fetchone()
+        return MessageId(conv.user, conv.n, seq)
+
+    def append_message(
+        self, conv: ConversationId, record: dict[str, Any], *, max_messages: int | None
+    ) -> Message:
+        with self._write(f"append to {conv}") as conn:
+            now = utc_now()
+            mid = self._claim_seq(conn, conv, max_messages, now)
+            record["messageId"] = str(mid)
+            record["timestamp"] = now
+            message = rebuild_message(str(mid), mid.seq, [record], writer_alive=False)
+            conn.execute(
+                "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                "created_at, line) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                (
+                    mid.user,
+                    mid.conversation,
+                    mid.seq,
+                    message.role,
+                    message.status,
+                    now,
+                    _line(message),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+                "VALUES (?, ?, ?, 1, ?)",
+                (mid.user, mid.conversation, mid.seq, _dumps(record)),
+            )
+        return message
+
+    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> SqliteSink:
+        instance = self._instance_number()
+        with self._write(f"start a message in {conv}") as conn:
+            now = utc_now()
+            mid = self._claim_seq(conn, conv, max_messages, now)
+            conn.execute(
+                "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                "created_at) VALUES (?, ?, ?, NULL, 'streaming', ?, ?)",
+                (mid.user, mid.conversation, mid.seq, instance, now),
+            )
+        return SqliteSink(self, mid)
+
+    def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
+        key = (conv.user, conv.n)
+        with self._read(f"read {conv}") as conn:
+            rows = conn.execute(
+                # No status column: a NULL line says "not sealed", and every column read costs
+                # (status alone was a fifth of a 500-message read).
+                "SELECT seq, writer, line FROM messages "
+                "WHERE user_id = ? AND conversation = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (*key, after_seq, -1 if limit is None else limit),
+            ).fetchall()
+            if not rows and not self._exists(conn, conv):
+                raise ConversationNotFound(f"no conversation {conv}")
+            open_seqs = [row[0] for row in rows if row[2] is None]
+            chunks: dict[int, list[dict[str, Any]]] = {}
+            if open_seqs:
+                found = conn.execute(
+                    "SELECT seq, record FROM chunks WHERE user_id = ? AND conversation = ? "
+                    "AND seq IN (SELECT value FROM json_each(?)) ORDER BY seq, chunk",
+                    (*key, _dumps(open_seqs)),
+                )
+                loads = orjson.loads
+                for seq, group in itertools.groupby(found, key=_first):
+                    chunks[seq] = [loads(record) for _, record in group]
+        out = []
+        loads = orjson.loads
+        alive: dict[int | None, bool] = {}
+        for seq, writer, line in rows:
+            if line is not None:
+                out.append(_from_line(loads(line)))
+                continue
+            if writer not in alive:  # one probe per writer per read; never kept longer
+                alive[writer] = self._writer_alive(writer)
+            mid = str(MessageId(conv.user, conv.n, seq))
+            out.append(rebuild_message(mid, seq, chunks.get(seq, []), writer_alive=alive[writer]))
+        return out
+
+    def _exists(self, conn: sqlite3.Connection, conv: ConversationId) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM conversations WHERE user_id = ? AND number = ?", (conv.user, conv.n)
+            ).fetchone()
+            is not None
+        )
+
+    def message_count(self, conv: ConversationId) -> int:
+        with self._errors(f"count the messages of {conv}"):
+            row = (
+                self._conn()
+                .execute(
+                    "SELECT (SELECT count(*) FROM messages WHERE user_id = c.user_id "
+                    "AND conversation = c.number) FROM conversations AS c "
+                    "WHERE user_id = ? AND number = ?",
+                    (conv.user, conv.n),
+                )
+                .fetchone()
+            )
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        count: int = row[0]
+        return count
+
+    # -- integrity --------------------------------------------------------------------------
+
+    def check(self, fix: bool) -> list[Problem]:
+        """``PRAGMA integrity_check`` and ``foreign_key_check``, then the store's own
+        invariants: counters at least every number they hand out, message seqs 1..N and chunk
+        seqs 1..k without a gap, every sealed message's line equal to its chunk rows rebuilt.
+
+        ``fix`` repairs what is derived: a counter behind is moved up (never down), a line
+        is rebuilt from the chunk rows (a "sealed" message whose chunk rows do not end in a
+        terminal record becomes unsealed, and reads back ``interrupted``); and it tidies what
+        dead processes left: their lease files and ``instances`` rows, and their unsealed
+        messages' writer (an interrupted message is a valid state, never a problem). It never
+        deletes a row that holds data. Problems are found in one read snapshot (no lock held
+        against writers); the fixes are then applied in one short write transaction, each
+        guarded so that a change made meanwhile is never undone.
+        """
+        problems: list[Problem] = []
+        fixes: list[tuple[str, tuple[Any, ...]]] = []
+        where = self.describe()
+        with self._read("check the database") as conn:
+            for (line,) in conn.execute("PRAGMA integrity_check").fetchall():
+                if line != "ok":
+                    problems.append(Problem(where, "corrupt", line))
+            orphans = conn.execute(
+                'SELECT "table", "parent", count(*) FROM pragma_foreign_key_check GROUP BY 1, 2'
+            ).fetchall()
+            for table, parent, count in orphans:
+                problems.append(
+                    Problem(f"{where}:{table}", "orphan", f"{count} rows without their {parent}")
+                )
+            problems += self._check_counters(conn, fixes)
+            problems += self._check_gaps(conn)
+            problems += self._check_lines(conn, fixes)
+        if fix:
+            if fixes:
+                with self._write("repair the database") as conn:
+                    for sql, params in fixes:
+                        conn.execute(sql, params)
+            problems = [replace(p, fixed=True) if p.kind in _FIXABLE else p for p in problems]
+            self._tidy_leases()
+        return problems
+
+    def _check_counters(
+        self, conn: sqlite3.Connection, fixes: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[Problem]:
+        problems = []
+        behind = conn.execute(
+            "SELECT c.user_id, c.number, c.last_seq, m.top FROM conversations AS c JOIN "
+            "(SELECT user_id, conversation, max(seq) AS top FROM messages GROUP BY 1, 2) AS m "
+            "ON m.user_id = c.user_id AND m.conversation = c.number WHERE m.top > c.last_seq"
+        ).fetchall()
+        for user, n, last, top in behind:
+            fixes.append(
+                (
+                    "UPDATE conversations SET last_seq = max(last_seq, ?) "
+                    "WHERE user_id = ? AND number = ?",
+                    (top, user, n),
+                )
+            )
+            problems.append(
+                Problem(
+                    str(ConversationId(user, n)),
+                    "counter-behind",
+                    f"message counter {last} is behind message {top}",
+                )
+            )
+        behind = conn.execute(
+            "SELECT u.id, u.last_conversation, max(c.number) FROM users AS u "
+            "JOIN conversations AS c ON c.user_id = u.id GROUP BY u.id "
+            "HAVING max(c.number) > u.last_conversation"
+        ).fetchall()
+        for user, last, top in behind:
+            fixes.append(
+                (
+                    "UPDATE users SET last_conversation = max(last_conversation, ?) WHERE id = ?",
+                    (top, user),
+                )
+            )
+            problems.append(
+                Problem(
+                    str(UserId(user)),
+                    "counter-behind",
+                    f"conversation counter {last} is behind conversation {top}",
+                )
+            )
+        return problems
+
+    def _check_gaps(self, conn: sqlite3.Connection) -> list[Problem]:
+        problems = []
+        for user, n, count, top in conn.execute(
+            "SELECT user_id, conversation, count(*), max(seq) FROM messages GROUP BY 1, 2 "
+            "HAVING count(*) != max(seq) OR min(seq) != 1"
+        ).fetchall():
+            problems.append(
+                Problem(
+                    str(ConversationId(user, n)),
+                    "gap",
+                    f"{count} messages numbered up to {top}: some are missing",
+                )
+            )
+        for user, n, seq, count, top in conn.execute(
+            "SELECT user_id, conversation, seq, count(*), max(chunk) FROM chunks GROUP BY 1, 2, 3 "
+            "HAVING count(*) != max(chunk) OR min(chunk) != 1"
+        ).fetchall():
+            problems.append(
+                Problem(
+                    str(MessageId(user, n, seq)),
+                    "gap",
+                    f"{count} chunks numbered up to {top}: some are missing",
+                )
+            )
+        return problems
+
+    def _check_lines(
+        self, conn: sqlite3.Connection, fixes: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[Problem]:
+        """Every sealed message's line against its chunk rows, rebuilt."""
+        problems = []
+        rows = conn.execute(
+            "SELECT m.user_id, m.conversation, m.seq, m.line, c.record FROM messages AS m "
+            "LEFT JOIN chunks AS c USING (user_id, conversation, seq) "
+            "WHERE m.line IS NOT NULL OR m.status != 'streaming' "
+            "ORDER BY m.user_id, m.conversation, m.seq, c.chunk"
+        )
+        for (user, n, seq), group in itertools.groupby(rows, key=lambda r: r[:3]):
+            found = list(group)
+            mid = MessageId(user, n, seq)
+            records = [orjson.loads(r[4]) for r in found if r[4] is not None]
+            rebuilt = rebuild_message(str(mid), seq, records, writer_alive=False)
+            line = found[0][3]
+            try:
+                current = _from_line(orjson.loads(line)) if line is not None else None
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                current = None
+            if current == rebuilt:
+                continue
+            if rebuilt.status in TERMINAL:
+                detail = "the sealed message disagrees with its chunk rows"
+                change: tuple[str, str | None] = (rebuilt.status, _line(rebuilt))
+            else:
+                detail = "sealed, but its chunk rows end without a terminal record"
+                change = ("streaming", None)
+            fixes.append(
+                (
+                    "UPDATE messages SET status = ?, line = ?, writer = NULL "
+                    "WHERE user_id = ? AND conversation = ? AND seq = ? AND line IS ?",
+                    (*change, user, n, seq, line),
+                )
+            )
+            problems.append(Problem(str(mid), "stale-line", detail))
+        return problems
+
+    def _tidy_leases(self) -> None:
+        """Forget the leases of processes that are gone (their files, rows and writers)."""
+        with self._read("list the leases") as conn:
+            numbers = {n for (n,) in conn.execute("SELECT id FROM instances")}
+            numbers |= {
+                n
+                for (n,) in conn.execute(
+                    "SELECT DISTINCT writer FROM messages WHERE writer IS NOT NULL"
+                )
+            }
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for name in os.listdir(self._leases_dir):
+                stem, dot, ext = name.partition(".")
+                if stem.isdigit() and dot and ext == "lock":
+                    numbers.add(int(stem))
+        dead = [n for n in sorted(numbers) if not self._writer_alive(n)]
+        if not dead:
+            return
+        with self._write("forget ended leases") as conn:
+            for n in dead:
+                conn.execute("DELETE FROM instances WHERE id = ?", (n,))
+                conn.execute("UPDATE messages SET writer = NULL WHERE writer = ?", (n,))
+        for n in dead:
+            # Not held by anyone, and never handed out again: safe to remove.
+            _fsio.unlink_quietly(self._lease_path(n))
+
+
+def _line(message: Message) -> str:
+    """A sealed message's ``messages.line``: ``_rebuild``'s line, plus ``damaged`` if so."""
+    line = message_to_line(message)
+    if message.damaged:
+        line["damaged"] = True
+    return _dumps(line)
+
+
+def _from_line(line: dict[str, Any]) -> Message:
+    message = message_from_line(line)
+    if line.get("damaged"):
+        message.damaged = True
+    return message
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _conversation(row: tuple[Any, ...]) -> Conversation:
+    user, n, title, created_at, updated_at, pinned, metadata, participants, deleted_at = row
+    return Conversation(
+        id=str(ConversationId(user, n)),
+        user_id=str(UserId(user)),
+        title=title,
+        created_at=created_at,
+        updated_at=updated_at,
+        pinned=bool(pinned),
+        metadata=orjson.loads(metadata),
+        participants=orjson.loads(participants),
+        deleted_at=deleted_at,
+    )
+
+
+class SqliteSink:
+    """A streamed message of the SQLite backend: one ``chunks`` row per ``write_chunk``, then
+    the seal. Its liveness is the backend's lease (the message row names the instance) until
+    it is sealed or released. The lease is per process, not per message: a sink dropped
+    without either (``MessageWriter`` never does) reads ``streaming`` until the backend is
+    closed or its process ends."""
+
+    def __init__(self, backend: SqliteBackend, message_id: MessageId) -> None:
+        self._backend = backend
+        self._id = message_id
+        self._key = (message_id.user, message_id.conversation, message_id.seq)
+        self._open = True
+
+    @property
+    def message_id(self) -> MessageId:
+        return self._id
+
+    def write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
+        self._check_open()
+        with self._backend._write(f"write a chunk of {self._id}", durable=durable) as conn:
+            self._insert(conn, record)
+
+    def _insert(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        try:
+            conn.execute(
+                "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (*self._key, record["seq"], _dumps(record)),
+            )
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):  # the message row went with its conversation
+                raise ConversationNotFound(f"no conversation {self._id.conversation_id}") from None
+            raise StorageError(errno.EEXIST, f"chunk {record['seq']} of {self._id} exists") from exc
+        if record["seq"] == 1:
+            conn.execute(
+                "UPDATE messages SET role = ? WHERE user_id = ? AND conversation = ? AND seq = ?",
+                (record.get("role"), *self._key),
+            )
+
+    def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
+        self._check_open()
+        backend = self._backend
+        try:
+            with backend._write(f"seal {self._id}", durable=durable) as conn:
+                self._insert(conn, last)
+                records = [
+                    orjson.loads(r)
+                    for (r,) in conn.execute(
+                        "SELECT record FROM chunks WHERE user_id = ? AND conversation = ? "
+                        "AND seq = ? ORDER BY chunk",
+                        self._key,
+                    )
+                ]
+                message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
+                now = utc_now()
+                conn.execute(
+                    "UPDATE messages SET status = ?, writer = NULL, role = ?, line = ? "
+                    "WHERE user_id = ? AND conversation = ? AND seq = ?",
+                    (message.status, message.role, _line(message), *self._key),
+                )
+                conn.execute(
+                    "UPDATE conversations SET last_message_at = ? WHERE user_id = ? AND number = ?",
+                    (now, self._id.user, self._id.conversation),
+                )
+        finally:
+            self._open = False
+        return message
+
+    def release(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._backend._closed:
+            return  # its lease ended with the backend: the message reads interrupted already
+        # Not synced: if this commit is lost, so is the process and its lease (interrupted
+        # either way).
+        with self._backend._write(f"release {self._id}", durable=False) as conn:
+            conn.execute(
+                "UPDATE messages SET writer = NULL WHERE user_id = ? AND conversation = ? "
+                "AND seq = ? AND line IS NULL",
+                self._key,
+            )
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise WriterClosed(f"message {self._id} is already finished")
+
+
+def _reset_after_fork() -> None:
+    for backend in list(_BACKENDS):
+        backend._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
