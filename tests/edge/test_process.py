@@ -1,4 +1,7 @@
-"""The edge as a real process: graceful shutdown seals replies; a SIGKILL loses nothing durable."""
+"""The edge as a real process: graceful shutdown seals replies; a SIGKILL loses nothing durable.
+
+Each test runs on every backend the edge can be given (``DB_URL``): the file store and SQLite.
+"""
 
 from __future__ import annotations
 
@@ -26,11 +29,19 @@ class EdgeProcess:
         self.url = url
 
 
-async def start_edge(root: Path, upstream: str) -> EdgeProcess:
+@pytest.fixture(params=["file", "sqlite"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the edge under test stores: a file store directory or a SQLite database."""
+    if request.param == "file":
+        return f"file:{tmp_path / 'users'}"
+    return f"sqlite:{tmp_path / 'chat.db'}"
+
+
+async def start_edge(db_url: str, upstream: str) -> EdgeProcess:
     env = {
         **os.environ,
         "PERSIST_TRANSCRIPTS": "true",
-        "DB_URL": f"file:{root}",
+        "DB_URL": db_url,
         "UPSTREAM_BASE_URL": upstream,
         "EDGE_PORT": "0",
         "EDGE_LOG_LEVEL": "WARNING",
@@ -80,29 +91,28 @@ async def stream_until(
 
 
 async def test_sigterm_seals_the_streaming_reply_as_error(
-    tmp_path: Path, upstream: FakeUpstream
+    db_url: str, upstream: FakeUpstream
 ) -> None:
-    root = tmp_path / "users"
-    edge = await start_edge(root, upstream.base_url)
+    edge = await start_edge(db_url, upstream.base_url)
     conversation_id, http, resp = await stream_until(edge, 100)
     edge.proc.send_signal(signal.SIGTERM)
     # The stream outlives the 5 s grace period (2000 tokens x 5 ms), so it is cancelled.
     assert await asyncio.wait_for(edge.proc.wait(), 30) == 0
     resp.close()
     await http.close()
-    reply = Store(root).messages(conversation_id)[1]
-    assert reply.status == "error"
-    assert reply.error["type"] in ("cancelled", "client_disconnected")
-    assert "".join(f"tok{i} " for i in range(2000)).startswith(reply.content)
-    assert len(reply.content) > 0
-    assert Store(root).check() == []
+    with Store(db_url) as store:
+        reply = store.messages(conversation_id)[1]
+        assert reply.status == "error"
+        assert reply.error["type"] in ("cancelled", "client_disconnected")
+        assert "".join(f"tok{i} " for i in range(2000)).startswith(reply.content)
+        assert len(reply.content) > 0
+        assert store.check() == []
 
 
-async def test_sigkill_mid_stream_then_restart(tmp_path: Path, upstream: FakeUpstream) -> None:
-    root = tmp_path / "users"
+async def test_sigkill_mid_stream_then_restart(db_url: str, upstream: FakeUpstream) -> None:
     conversation_id: str | None = None
     for kill in range(KILLS):
-        edge = await start_edge(root, upstream.base_url)
+        edge = await start_edge(db_url, upstream.base_url)
         headers = {"X-Conversation-ID": conversation_id} if conversation_id else {}
         conversation_id, http, resp = await stream_until(edge, 130 + kill * 7, **headers)
         edge.proc.kill()
@@ -111,7 +121,7 @@ async def test_sigkill_mid_stream_then_restart(tmp_path: Path, upstream: FakeUps
         await http.close()
 
         # Restarted, the edge serves the cut reply as interrupted, with its durable prefix.
-        edge = await start_edge(root, upstream.base_url)
+        edge = await start_edge(db_url, upstream.base_url)
         async with aiohttp.ClientSession(headers={"x-session-id": "s1"}) as http:
             # The cut reply is the last message: the second-to-last seq is 4 * kill + 1.
             url = f"{edge.url}/v1/conversations/{conversation_id}/messages"
@@ -129,9 +139,9 @@ async def test_sigkill_mid_stream_then_restart(tmp_path: Path, upstream: FakeUps
             assert resp.status == 200
         edge.proc.terminate()
         await edge.proc.wait()
-    store = Store(root)
-    messages = store.messages(conversation_id, limit=None)
-    assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
-    assert [m.status for m in messages].count("interrupted") == KILLS
-    store.check(fix=True)
-    assert store.check() == []
+    with Store(db_url) as store:
+        messages = store.messages(conversation_id, limit=None)
+        assert [m.seq for m in messages] == list(range(1, len(messages) + 1))
+        assert [m.status for m in messages].count("interrupted") == KILLS
+        store.check(fix=True)
+        assert store.check() == []
