@@ -22,7 +22,8 @@ Contract every backend keeps (the conformance suite, ``tests/conformance``, chec
   written so far. Liveness is a lock the writer's process holds, never a timeout.
 * Errors are the ``ChunkstoreError`` tree: ``UserNotFound``, ``ConversationNotFound`` (a
   missing id), ``ConversationDeleted`` (writing to a soft-deleted one), ``LimitExceeded``,
-  ``StorageError`` (the engine failed: I/O, a locked database past ``lock_timeout``...).
+  ``LockTimeout`` (a lock or a locked database not had within ``lock_timeout``),
+  ``StorageError`` (the engine failed: I/O, a full disk, a corrupt database...).
 """
 
 from __future__ import annotations
@@ -134,7 +135,16 @@ class Backend(Protocol):
         """Rebuilt messages with ``seq > after_seq``, in seq order, at most ``limit``."""
 
     def message_count(self, conv: ConversationId) -> int:
-        """How many messages the conversation holds (streaming ones included)."""
+        """How many messages the conversation holds (streaming ones included, deleted ones
+        not)."""
+
+    def delete_message(self, conv: ConversationId, seq: int) -> bool:
+        """Delete message ``seq`` for good: from now on ``messages`` skips it and
+        ``message_count`` does not count it, on every process; its seq stays claimed (never
+        handed out again), so later seqs do not move. True if it was deleted now; False if
+        there is no such message or it was already deleted. ``ConversationNotFound`` for a
+        missing conversation, ``ConversationDeleted`` for a soft-deleted one, and
+        ``InvalidArgument`` while the message is still streaming (its writer is alive)."""
 
     # -- integrity --------------------------------------------------------------------------
 

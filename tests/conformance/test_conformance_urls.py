@@ -3,7 +3,6 @@ opens the same URLs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,7 @@ from chunkstore import AsyncStore
 
 
 @pytest.mark.parametrize("scheme", ["file", "filejson"])
-def test_file_urls_name_the_bare_path(
-    tmp_path: Path, scheme: str, scheme_supported: Callable[[str], bool]
-) -> None:
-    if not scheme_supported(scheme):
-        pytest.skip(f"{scheme}: URLs not available yet")
+def test_file_urls_name_the_bare_path(tmp_path: Path, scheme: str) -> None:
     path = tmp_path / "store"
     with open_store(str(path)) as bare:
         conv = bare.create_conversation(bare.user_for("s"), title="by path")
