@@ -283,6 +283,7 @@ class AsyncStore:
         name: str | None = None,
         finish_reason: str | None = None,
         usage: dict[str, Any] | None = None,
+        reply_to: int | None = None,
     ) -> Message:
         return await self._run(
             self.store.append_message,
@@ -295,6 +296,7 @@ class AsyncStore:
             name=name,
             finish_reason=finish_reason,
             usage=usage,
+            reply_to=reply_to,
         )
 
     async def append_turn(
@@ -310,9 +312,10 @@ class AsyncStore:
         *,
         chunk_tokens: int | None = None,
         flush_interval: float | None = _UNSET,
+        reply_to: int | None = None,
     ) -> AsyncMessageWriter:
         """Use as ``async with store.stream_message(conv_id) as w:`` (opened on entry)."""
-        options: dict[str, Any] = {"chunk_tokens": chunk_tokens}
+        options: dict[str, Any] = {"chunk_tokens": chunk_tokens, "reply_to": reply_to}
         if flush_interval is not _UNSET:
             options["flush_interval"] = flush_interval
         return AsyncMessageWriter(
@@ -327,6 +330,9 @@ class AsyncStore:
 
     async def message_count(self, conversation_id: str) -> int:
         return await self._run(self.store.message_count, conversation_id)
+
+    async def delete_message(self, conversation_id: str, message_id: str) -> bool:
+        return await self._run(self.store.delete_message, conversation_id, message_id)
 
     async def check(self, fix: bool = False) -> list[Problem]:
         return await self._run(self.store.check, fix)

@@ -7,8 +7,9 @@ Invariants of format v1:
   canonical id of its user and has a readable ``conversation.json``: a valid record with that
   id (a damaged one reads back as a rebuilt record flagged ``damaged``, see ``_metadata``);
 * ``messages/`` holds only files of that conversation; every record passes its checksum and
-  names its own message; message seqs run 1..N without a gap; a streamed message's chunks run
-  1..k without a gap; a sealed message has no leftover chunk files;
+  names its own message (a tombstone ``<messageId>.deleted`` too, and its message exists);
+  message seqs run 1..N without a gap; a streamed message's chunks run 1..k without a gap; a
+  sealed message has no leftover chunk files;
 * every name the store keeps a regular file under holds one (never a FIFO, directory, device,
   socket or symlink: those are never opened, see ``_fsio.open_regular``), and every directory
   of the layout is a real directory;
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _fsio, _locks, _records
 from ._exceptions import InvalidId
-from ._ids import ConversationId, MessageId, UserId
+from ._ids import ConversationId, MessageId, UserId, scan_tombstones, tombstone_name
 from ._layout import Layout
 from ._metadata import (
     LOST_FIELDS,
@@ -240,12 +241,28 @@ class _Checker:
             missing = sorted(set(range(1, max(files) + 1)) - set(files))
             if missing:
                 self.report(mdir, "gap", f"message seqs missing: {missing[:20]}")
+        self.check_tombstones(conv, names, files)
         finished = []
         for seq in sorted(files):
             message = self.check_message(MessageId(conv.user, conv.n, seq), files[seq])
             if message is not None:
                 finished.append(message)
         self.check_segment(conv, finished)
+
+    def check_tombstones(self, conv: ConversationId, names: list[str], files: Any) -> None:
+        """``<messageId>.deleted``: a readable record naming its message, of a message whose
+        files exist. Its presence is what deletes the message, whatever it holds, so nothing
+        here is fixed: a corrupt one still hides its message, and an orphan (no such
+        message) only keeps its seq from being handed out."""
+        mdir = self.layout.messages_dir(conv)
+        for seq in sorted(scan_tombstones(names, conv)):
+            mid = MessageId(conv.user, conv.n, seq)
+            path = os.path.join(mdir, tombstone_name(mid))
+            record = self.decode(path)
+            if record is not None and record.get("messageId") != str(mid):
+                self.report(path, "mismatch", "tombstone names another message")
+            if seq not in files:
+                self.report(path, "orphan", f"tombstone of {mid}, which has no files")
 
     def check_metadata(self, conv: ConversationId) -> None:
         """``conversation.json``: a damaged one (``_metadata``) reads back as a rebuilt record

@@ -27,6 +27,7 @@ from . import _fsio, _locks, _records
 from ._exceptions import (
     ConversationDeleted,
     ConversationNotFound,
+    InvalidArgument,
     InvalidId,
     LimitExceeded,
     StorageError,
@@ -34,7 +35,15 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
-from ._ids import MAX_DIGITS, ConversationId, MessageId, UserId, scan_conversation_numbers
+from ._ids import (
+    MAX_DIGITS,
+    ConversationId,
+    MessageId,
+    UserId,
+    scan_conversation_numbers,
+    scan_tombstones,
+    tombstone_name,
+)
 from ._layout import FORMAT_VERSION, Layout
 from ._metadata import Damage, conversation_record, damaged_conversation, read_conversation_file
 from ._models import Conversation, ConversationPage, Message, Problem
@@ -626,9 +635,7 @@ class FileBackend:
                 items.append(conversation)
         return ConversationPage(items, items[-1].id if more else None)
 
-    def update_conversation(
-        self, conv: ConversationId, changes: Mapping[str, Any]
-    ) -> Conversation:
+    def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
         # Read-modify-write under the conversation lock: no concurrent update is lost.
         # A damaged conversation's record (rebuilt, ``_metadata``) is written whole, so the
         # update repairs it: what the damaged file held beyond that is lost either way.
@@ -762,7 +769,13 @@ class FileBackend:
             exists(self._layout.sealed_file(mid))
             or exists(self._layout.writer_lock(mid))
             or exists(self._layout.chunk_file(mid, 1))
+            # A deleted message keeps its files, so this only matters for a stray tombstone:
+            # never hand out a seq a tombstone would hide.
+            or exists(self._tombstone(mid))
         )
+
+    def _tombstone(self, mid: MessageId) -> str:
+        return os.path.join(self._layout.messages_dir(mid.conversation_id), tombstone_name(mid))
 
     def _append_segment(self, conv: ConversationId, message: Message) -> None:
         try:
@@ -782,7 +795,42 @@ class FileBackend:
             names = os.listdir(self._layout.messages_dir(conv))
         except FileNotFoundError:
             raise ConversationNotFound(f"no conversation {conv}") from None
-        return len(list_message_files(names, conv))
+        files = list_message_files(names, conv)
+        return len(files.keys() - scan_tombstones(names, conv))
+
+    def delete_message(self, conv: ConversationId, seq: int) -> bool:
+        """Write the message's tombstone, ``<messageId>.deleted``: format v1 files are never
+        modified nor removed one by one, so a deletion is one more immutable file (created
+        with ``O_EXCL``, under the conversation's lock). Readers skip a tombstoned seq; its
+        files stay (they keep the seq claimed) until the conversation is hard-deleted."""
+        mid = MessageId(conv.user, conv.n, seq)
+        with self._conversation_lock(conv):
+            if self._read_conversation(conv).deleted:
+                raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+            layout = self._layout
+            exists = os.path.lexists
+            if exists(self._tombstone(mid)):
+                return False
+            sealed = exists(layout.sealed_file(mid))
+            if not sealed and not exists(layout.chunk_file(mid, 1)):
+                if not exists(layout.writer_lock(mid)):
+                    return False  # never claimed
+            # Not sealed: streaming while its writer holds the lock (a crashed writer's
+            # message is interrupted, final, and can go). The writer takes its lock under
+            # this conversation lock, so it cannot start between this probe and the write.
+            if not sealed and _locks.is_held(layout.writer_lock(mid)):
+                raise InvalidArgument(
+                    f"message {mid} is still streaming: it can be deleted once it ends"
+                )
+            record = {"v": 1, "messageId": str(mid), "deleted": True, "deletedAt": utc_now()}
+            try:
+                _fsio.create_exclusive(
+                    self._tombstone(mid), _records.encode_line(record), durable=self._durable
+                )
+            except FileExistsError:
+                return False
+        self._reader.forget(conv)
+        return True
 
     # -- integrity ----------------------------------------------------------------------------
 

@@ -26,6 +26,8 @@ __all__ = [
     "parse_message_file",
     "scan_conversation_numbers",
     "scan_message_files",
+    "scan_tombstones",
+    "tombstone_name",
 ]
 
 # No id has more digits than this: a bound keeps hostile input ("us" + 10**6 digits) cheap.
@@ -162,6 +164,25 @@ def scan_message_files(names: list[str], conv: ConversationId) -> list[tuple[int
         for seq, chunk, ext in pattern.findall("\0".join(names))
         if not (ext == "lock" and chunk)
     ]
+
+
+def tombstone_name(message_id: MessageId) -> str:
+    """The file name of a deleted message's tombstone: ``us01-co01-ms02.deleted``."""
+    return f"{message_id}{TOMBSTONE_SUFFIX}"
+
+
+TOMBSTONE_SUFFIX = ".deleted"
+# Not part of ``_MESSAGE_FILE_SUFFIX`` on purpose: ``scan_message_files`` (and so every reader
+# of format v1 written before tombstones existed) skips ``.deleted`` names, and a tombstone never
+# claims a seq on its own: the message's own files stay, and keep claiming it.
+_TOMBSTONE_SUFFIX = _N2 + re.escape(TOMBSTONE_SUFFIX)
+
+
+def scan_tombstones(names: list[str], conv: ConversationId) -> set[int]:
+    """The seqs of ``conv``'s deleted messages: the ``<messageId>.deleted`` names of its
+    ``messages/`` listing, in one pass."""
+    pattern = _names_pattern(f"{conv}-ms", _TOMBSTONE_SUFFIX)
+    return set(map(int, pattern.findall("\0".join(names))))
 
 
 def scan_conversation_numbers(names: list[str], user: UserId) -> list[int]:

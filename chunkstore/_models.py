@@ -38,6 +38,9 @@ class Message:
     # Some of the message's files were missing or failed their checksum: what is readable is
     # returned, and ``Store.check()`` names the broken files.
     damaged: bool = False
+    # The seq of the message this one answers (a reply's user or tool message), when the
+    # writer said so: concurrent turns interleave, and seq order alone cannot pair them.
+    reply_to: int | None = None
 
     @property
     def text(self) -> str:

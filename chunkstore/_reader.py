@@ -36,7 +36,7 @@ from typing import Any
 
 from . import _fsio, _locks, _records
 from ._exceptions import ConversationNotFound, StorageError
-from ._ids import ConversationId, MessageId, scan_message_files
+from ._ids import ConversationId, MessageId, scan_message_files, scan_tombstones
 from ._layout import Layout
 from ._models import Message
 from ._rebuild import TERMINAL, rebuild_message
@@ -90,6 +90,7 @@ class ConversationCache:
     """What one process knows of one conversation's messages."""
 
     __slots__ = (
+        "deleted",
         "dir_identity",
         "finished",
         "listing",
@@ -106,7 +107,8 @@ class ConversationCache:
         self.segment = SegmentIndex(segment_path)
         self.names: list[str] | None = None
         self.listing: dict[int, MessageFiles] = {}
-        self.seqs: list[int] = []  # the listing's seqs, sorted
+        self.seqs: list[int] = []  # the listing's seqs, sorted, without deleted ones
+        self.deleted: set[int] = set()  # seqs with a tombstone (``<messageId>.deleted``)
         self.finished: dict[int, Message] = {}  # read from sealed files, not in the segment
         # (device, inode, mtime) of messages/ when it was listed, and whether its mtime was
         # old enough then that any later change must show as a new mtime (see ``_fsio.settled``).
@@ -196,7 +198,10 @@ class ConversationReader:
             # Seqs are claimed gap-free, so the listing is nearly always exactly 1..n (n distinct
             # positive seqs whose largest is n): no need to sort what the directory order shuffled.
             n = len(listing)
-            cache.seqs = list(range(1, n + 1)) if n and max(listing) == n else sorted(listing)
+            seqs = list(range(1, n + 1)) if n and max(listing) == n else sorted(listing)
+            # A deleted message keeps its files; its tombstone hides it from every read.
+            deleted = cache.deleted = scan_tombstones(names, conv)
+            cache.seqs = [seq for seq in seqs if seq not in deleted] if deleted else seqs
             cache.names = names
         cache.dir_identity = identity
         # Until the mtime is older than the timestamp granularity, list on every read.

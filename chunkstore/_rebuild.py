@@ -81,7 +81,15 @@ def rebuild_message(
         error=last.get("error"),
         token_count=sum(r.get("tokenCount", 0) for r in records),
         damaged=damaged,
+        reply_to=_reply_to(first),
     )
+
+
+def _reply_to(record: dict[str, Any]) -> int | None:
+    """A record's ``replyTo`` (the seq the message answers); anything but a positive int is
+    no answer (an old or hand-written record)."""
+    value = record.get("replyTo")
+    return value if type(value) is int and value > 0 else None
 
 
 def _record_seq(record: dict[str, Any]) -> int:
@@ -106,6 +114,7 @@ _LINE_FIELDS = (
     ("name", "name"),
     ("error", "error"),
     ("tokenCount", "token_count"),
+    ("replyTo", "reply_to"),
 )
 
 
@@ -137,4 +146,6 @@ def message_from_line(line: dict[str, Any]) -> Message:
         get("name"),
         get("error"),
         get("tokenCount", 0),
+        False,
+        get("replyTo"),
     )

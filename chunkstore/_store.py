@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from ._backend import Backend
 from ._exceptions import ConversationDeleted, ConversationNotFound, InvalidArgument
-from ._ids import ConversationId, UserId
+from ._ids import ConversationId, MessageId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._turns import STORED_ROLES, Turn, merge_history, replayable
 from ._url import open_backend
@@ -46,6 +46,7 @@ DEFAULT_LOCK_TIMEOUT = 30.0
 DEFAULT_CACHE_CONVERSATIONS = 256
 
 _UNSET: Any = object()
+_MAX_SEQ = 10**18 - 1  # the largest seq a message id can spell (18 digits)
 
 
 class Store:
@@ -262,8 +263,13 @@ class Store:
         name: str | None = None,
         finish_reason: str | None = None,
         usage: dict[str, Any] | None = None,
+        reply_to: int | None = None,
     ) -> Message:
-        """Store a complete message (user, system, tool or assistant) in one write."""
+        """Store a complete message (user, system, tool or assistant) in one write.
+
+        ``reply_to``: the seq of the message this one answers (a reply's user or tool
+        message), stored as the record's ``replyTo`` and read back as ``Message.reply_to``.
+        """
         conv = ConversationId.parse(conversation_id)
         record = self._message_record(
             role,
@@ -274,6 +280,7 @@ class Store:
             name=name,
             finish_reason=finish_reason,
             usage=usage,
+            reply_to=reply_to,
         )
         return self._backend.append_message(
             conv, record, max_messages=self.max_messages_per_conversation
@@ -290,6 +297,7 @@ class Store:
         name: Any = None,
         finish_reason: Any = None,
         usage: Any = None,
+        reply_to: Any = None,
     ) -> dict[str, Any]:
         """The one record of a complete message, every field validated (``users/README.md``);
         the backend sets ``messageId`` and ``timestamp`` when it claims the seq."""
@@ -322,6 +330,8 @@ class Store:
             if not isinstance(usage, dict):
                 raise InvalidArgument("usage must be a dict")
             record["usage"] = usage
+        if reply_to is not None:
+            record["replyTo"] = _check_reply_to(reply_to)
         return record
 
     def stream_message(
@@ -332,14 +342,20 @@ class Store:
         *,
         chunk_tokens: int | None = None,
         flush_interval: float | None = _UNSET,
+        reply_to: int | None = None,
     ) -> MessageWriter:
-        """Start a streamed message; write tokens with ``append`` and end with ``finish``."""
+        """Start a streamed message; write tokens with ``append`` and end with ``finish``.
+
+        ``reply_to``: the seq of the message this one answers (see ``append_message``).
+        """
         conv = ConversationId.parse(conversation_id)
         check_role(role)
         if agent_id is not None:
             check_short("agent_id", agent_id)
         if chunk_tokens is not None:
             positive_int("chunk_tokens", chunk_tokens)
+        if reply_to is not None:
+            _check_reply_to(reply_to)
         sink = self._backend.open_stream(conv, max_messages=self.max_messages_per_conversation)
         return MessageWriter(
             sink,
@@ -348,11 +364,10 @@ class Store:
             chunk_tokens=chunk_tokens or self.chunk_tokens,
             flush_interval=self.flush_interval if flush_interval is _UNSET else flush_interval,
             durability=self.durability,
+            reply_to=reply_to,
         )
 
-    def append_turn(
-        self, conversation_id: str, messages: Sequence[Mapping[str, Any]]
-    ) -> Turn:
+    def append_turn(self, conversation_id: str, messages: Sequence[Mapping[str, Any]]) -> Turn:
         """Continue a conversation with the messages a chat client sent (OpenAI chat form:
         ``role``, ``content``, ``tool_calls``, ``tool_call_id``, ``name``).
 
@@ -366,9 +381,7 @@ class Store:
         records = [self._turn_record(m) for m in messages]
         if self._backend.get_conversation(conv).deleted:
             raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
-        history = [
-            m.to_openai() for m in self._backend.messages(conv, 0, None) if replayable(m)
-        ]
+        history = [m.to_openai() for m in self._backend.messages(conv, 0, None) if replayable(m)]
         overlap = merge_history(history, messages)
         new = [dict(m) for m in messages[overlap:]]
         stored = [
@@ -407,13 +420,35 @@ class Store:
         return self._backend.messages(conv, after_seq, limit)
 
     def message_count(self, conversation_id: str) -> int:
+        """How many messages the conversation holds (streaming ones included, deleted not)."""
         return self._backend.message_count(ConversationId.parse(conversation_id))
+
+    def delete_message(self, conversation_id: str, message_id: str) -> bool:
+        """Delete one message of a conversation: it no longer reads back, nor is it replayed.
+
+        Its seq stays taken (the next message does not reuse it; later seqs do not move).
+        True if it was deleted now, False if there is no such message or it is already
+        deleted. ``ConversationDeleted`` for a soft-deleted conversation; ``InvalidArgument``
+        for a message of another conversation, or one still streaming (end it first).
+        """
+        conv = ConversationId.parse(conversation_id)
+        mid = MessageId.parse(message_id)
+        if mid.conversation_id != conv:
+            raise InvalidArgument(f"message {mid} is not in conversation {conv}")
+        return self._backend.delete_message(conv, mid.seq)
 
     # -- integrity ----------------------------------------------------------------------------
 
     def check(self, fix: bool = False) -> list[Problem]:
         """Walk the store and report every broken invariant; ``fix`` repairs what is safe."""
         return self._backend.check(bool(fix))
+
+
+def _check_reply_to(value: Any) -> int:
+    """A ``reply_to``: the seq of a message, a positive integer of at most 18 digits."""
+    positive_int("reply_to", value, maximum=_MAX_SEQ)
+    result: int = value
+    return result
 
 
 def _digest(principal: str) -> str:

@@ -44,11 +44,13 @@ class MessageWriter:
         chunk_tokens: int,
         flush_interval: float | None,
         durability: str,
+        reply_to: int | None = None,
     ) -> None:
         self._sink: StreamSink | None = sink
         self._id = sink.message_id
         self._role = role
         self._agent_id = agent_id
+        self._reply_to = reply_to
         self._chunk_tokens = chunk_tokens
         self._flush_interval = flush_interval
         # "chunk": every chunk is durable before append() returns (at most the unwritten tail
@@ -125,6 +127,8 @@ class MessageWriter:
         }
         if self._agent_id is not None:
             record["agentId"] = self._agent_id
+        if self._reply_to is not None:
+            record["replyTo"] = self._reply_to
         return record
 
     def _write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
