@@ -1,7 +1,7 @@
 """The ``chunkstore`` command line (also ``python -m chunkstore``): inspect and maintain a store.
 
-Commands: ``ls``, ``show``, ``check``, ``sweep``, ``export``. Run ``chunkstore --help`` or
-``chunkstore COMMAND --help`` for their options.
+Commands: ``ls``, ``show``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``, ``sweep``,
+``export``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help`` for their options.
 
 Conventions:
 
@@ -15,6 +15,13 @@ Conventions:
 * Exit codes: 0 success; 1 a chunkstore error (unknown id, storage failure...) or, for
   ``check``, problems that remain; 2 a usage error, or a root that is not a chunkstore store of a
   version this chunkstore reads. Errors are one line on stderr, never a traceback.
+* Nothing is removed for good without ``--yes`` (``rm --hard``, ``sweep``): the CLI never
+  prompts, so it behaves the same in a terminal, a script and CI.
+* ``show --json`` and ``export`` write the same lines: a ``{"type": "conversation", ...}`` line
+  with the metadata, then a ``{"type": "message", "conversation_id": ..., ...}`` line per message.
+* ``check`` also lists the messages that read back ``interrupted`` (their writer died before
+  sealing them: a crash, a killed process). They are a valid state, not corruption: they are
+  reported as information and never change the exit code.
 """
 
 from __future__ import annotations
@@ -117,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  chunkstore ls                      users and their conversation counts\n"
             "  chunkstore ls us01 --all           a user's conversations, deleted ones too\n"
-            "  chunkstore show us01-co02 --json   every message of a conversation\n"
+            "  chunkstore show us01-co02 --json   a conversation's metadata and messages\n"
+            "  chunkstore rename us01-co02 Lisbon retitle a conversation\n"
+            "  chunkstore rm us01-co02            soft delete (chunkstore restore undoes it)\n"
+            "  chunkstore rm us01-co02 --hard -y  remove it for good\n"
+            "  chunkstore whoami my-session       the user id of a session (x-session-id)\n"
             "  chunkstore check --fix             verify the store, repair what is safe\n"
             "  chunkstore sweep --days 30         conversations a sweep would remove\n"
             "  chunkstore export -o backup.jsonl  every conversation as JSON Lines"
@@ -172,16 +183,71 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument(
         "--json",
         action="store_true",
-        help="one JSON line per message, with every field (no metadata block)",
+        help=(
+            'JSON Lines, as export writes them: a {"type": "conversation", ...} line with the '
+            'metadata, then a {"type": "message", ...} line per message, with every field'
+        ),
     )
     show.set_defaults(handler=_cmd_show)
+
+    rename = commands.add_parser(
+        "rename",
+        parents=[common],
+        help="change a conversation's title",
+        description="Change a conversation's title ('' removes it).",
+    )
+    rename.add_argument("conversation", metavar="CONV_ID", help="a conversation id, e.g. us01-co02")
+    rename.add_argument("title", metavar="TITLE", help="the new title ('' for none)")
+    rename.set_defaults(handler=_cmd_rename)
+
+    rm = commands.add_parser(
+        "rm",
+        parents=[common],
+        help="delete conversations (soft: restorable; --hard --yes: for good)",
+        description=(
+            "Soft-delete conversations: hidden from listings (ls --all shows them), read-only, "
+            "restorable with 'chunkstore restore'. With --hard, remove them and their messages "
+            "for good; that needs --yes (the CLI never prompts). Every id is checked before "
+            "anything is deleted."
+        ),
+    )
+    rm.add_argument("conversations", nargs="+", metavar="CONV_ID", help="conversations to delete")
+    rm.add_argument("--hard", action="store_true", help="remove for good (needs --yes)")
+    rm.add_argument("-y", "--yes", action="store_true", help="confirm --hard")
+    rm.set_defaults(handler=_cmd_rm)
+
+    restore = commands.add_parser(
+        "restore",
+        parents=[common],
+        help="undo a soft delete",
+        description="Undo the soft delete of conversations (a hard delete cannot be undone).",
+    )
+    restore.add_argument(
+        "conversations", nargs="+", metavar="CONV_ID", help="conversations to restore"
+    )
+    restore.set_defaults(handler=_cmd_restore)
+
+    whoami = commands.add_parser(
+        "whoami",
+        parents=[common],
+        help="the user id of a session id",
+        description=(
+            "Print the user id the store keeps for SESSION (the edge's x-session-id header or "
+            "cf_session_id cookie). Exits 1 if the store has never seen it; nothing is created. "
+            "SESSION '-' reads it from stdin (command lines are visible to other users)."
+        ),
+    )
+    whoami.add_argument("session", metavar="SESSION", help="a session id, or '-' for stdin")
+    whoami.set_defaults(handler=_cmd_whoami)
 
     check = commands.add_parser(
         "check",
         parents=[common],
         help="verify the store's on-disk invariants",
         description=(
-            "Walk the store and report every broken invariant. Exits 1 while problems remain."
+            "Walk the store and report every broken invariant. Exits 1 while problems remain. "
+            "Also lists the messages that read back 'interrupted' (their writer died before "
+            "sealing them): a valid state, not corruption, so they never change the exit code."
         ),
     )
     check.add_argument(
@@ -477,16 +543,32 @@ def _cmd_show(store: Store, args: argparse.Namespace) -> int:
     conv = store.get_conversation(args.conversation)
     messages = store.messages(conv.id, after_seq=args.after_seq, limit=args.limit)
     if args.json:
+        sys.stdout.write(_json_line(_conversation_record(conv)))
         for message in messages:
-            sys.stdout.write(_json_line(dataclasses.asdict(message)))
+            sys.stdout.write(_json_line(_message_record(conv.id, message)))
     else:
         print(_describe_conversation(store, conv))
         for message in messages:
             print()
             print(_describe_message(message))
-    if args.limit is not None and len(messages) == args.limit:
+    if not messages:
+        after = f" after seq {args.after_seq}" if args.after_seq else ""
+        _note(args, f"{conv.id} has no messages{after}")
+    elif args.limit is not None and len(messages) == args.limit:
         _note(args, f"more messages may follow: --after-seq {messages[-1].seq}")
     return EXIT_OK
+
+
+def _conversation_record(conv: Conversation) -> dict[str, Any]:
+    """A conversation as ``show --json`` and ``export`` write it."""
+    return {"type": "conversation", **dataclasses.asdict(conv)}
+
+
+def _message_record(conversation_id: str, message: Message) -> dict[str, Any]:
+    """A message as ``show --json`` and ``export`` write it."""
+    record: dict[str, Any] = {"type": "message", "conversation_id": conversation_id}
+    record.update(dataclasses.asdict(message))
+    return record
 
 
 def _describe_conversation(store: Store, conv: Conversation) -> str:
@@ -529,10 +611,64 @@ def _tool_name(call: Any) -> str:
     return str(name) if name else "?"
 
 
+def _cmd_rename(store: Store, args: argparse.Namespace) -> int:
+    conv = store.update_conversation(args.conversation, title=args.title or None)
+    _note(args, f"{conv.id} renamed to {conv.title!r}" if conv.title else f"{conv.id}: no title")
+    return EXIT_OK
+
+
+def _cmd_rm(store: Store, args: argparse.Namespace) -> int:
+    if args.hard and not args.yes:
+        raise InvalidArgument(
+            "rm --hard removes conversations and their messages for good (no restore): "
+            "add --yes to confirm"
+        )
+    # Resolve every id before deleting anything: a typo fails the command, not its tail.
+    conversations = [store.get_conversation(c) for c in args.conversations]
+    for conv in conversations:
+        if args.hard:
+            store.delete_conversation(conv.id, hard=True)
+            _note(args, f"removed {conv.id} for good")
+        elif conv.deleted:
+            _note(args, f"{conv.id} was already deleted (chunkstore restore {conv.id} undoes it)")
+        else:
+            store.delete_conversation(conv.id)
+            _note(args, f"deleted {conv.id} (chunkstore restore {conv.id} undoes it)")
+    return EXIT_OK
+
+
+def _cmd_restore(store: Store, args: argparse.Namespace) -> int:
+    conversations = [store.get_conversation(c) for c in args.conversations]
+    for conv in conversations:
+        if conv.deleted:
+            store.restore_conversation(conv.id)
+            _note(args, f"restored {conv.id}")
+        else:
+            _note(args, f"{conv.id} was not deleted")
+    return EXIT_OK
+
+
+def _cmd_whoami(store: Store, args: argparse.Namespace) -> int:
+    session = sys.stdin.readline().strip() if args.session == "-" else args.session
+    user = store.find_user(session) if session else None
+    if user is None:
+        # The session id is a credential of sorts: never echoed back.
+        _error(f"no user for this session id in {store.backend.describe()} (nothing created)")
+        return EXIT_FAILURE
+    print(user)
+    return EXIT_OK
+
+
 def _cmd_check(store: Store, args: argparse.Namespace) -> int:
     problems = store.check(fix=args.fix)
     for problem in problems:
         print(problem)
+    interrupted = _interrupted_messages(store, args)
+    for message in interrupted:
+        print(
+            f"interrupted: {message.id}: its writer stopped before sealing it; "
+            f"{len(message.text)} character(s) kept (info: not a problem)"
+        )
     remaining = sum(1 for p in problems if not p.fixed)
     fixed = len(problems) - remaining
     if not problems:
@@ -541,7 +677,30 @@ def _cmd_check(store: Store, args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem(s): {fixed} fixed, {remaining} remaining")
     else:
         print(f"{len(problems)} problem(s) found (run with --fix to repair what is safe)")
+    if interrupted:
+        print(
+            f"{len(interrupted)} interrupted message(s): their writer died (a crash, a killed "
+            "process); what it made durable reads back. Not corruption: the exit code ignores them"
+        )
     return EXIT_FAILURE if remaining else EXIT_OK
+
+
+def _interrupted_messages(store: Store, args: argparse.Namespace) -> list[Message]:
+    """Every message that reads back ``interrupted``, deleted conversations included."""
+    conversations = [
+        conv.id
+        for user in store.users()
+        for conv in reversed(_all_conversations(store, user, include_deleted=True))
+    ]
+    found: list[Message] = []
+    for conversation_id in _progress(args, conversations, desc="messages", unit="conv"):
+        try:
+            messages = store.messages(conversation_id, limit=None)
+        except (ChunkstoreError, OSError) as exc:  # what check() reported already
+            _note(args, f"{conversation_id}: messages not read: {exc}")
+            continue
+        found.extend(m for m in messages if m.status == "interrupted")
+    return found
 
 
 def _cmd_sweep(store: Store, args: argparse.Namespace) -> int:
@@ -575,11 +734,9 @@ def _cmd_export(store: Store, args: argparse.Namespace) -> int:
     messages = 0
     try:
         for conv in _progress(args, conversations, desc="export", unit="conv"):
-            out.write(orjson.dumps({"type": "conversation", **dataclasses.asdict(conv)}))
-            out.write(b"\n")
+            out.write(orjson.dumps(_conversation_record(conv), option=orjson.OPT_APPEND_NEWLINE))
             for message in store.messages(conv.id, limit=None):
-                line = {"type": "message", "conversation_id": conv.id}
-                line.update(dataclasses.asdict(message))
+                line = _message_record(conv.id, message)
                 out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
                 messages += 1
     except BaseException:

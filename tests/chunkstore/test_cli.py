@@ -201,19 +201,38 @@ def test_show_text(store: Store, cli: Run) -> None:
     assert "upstream went away" in out
 
 
-def test_show_json_has_every_field(store: Store, cli: Run) -> None:
+def test_show_json_is_the_metadata_then_every_message(store: Store, cli: Run) -> None:
     r = cli("show", "us01-co01", "--json")
     assert r.code == 0
+    assert r.err == ""
+    head, *messages = r.json_lines()
+    conv = store.get_conversation("us01-co01")
+    assert head == {"type": "conversation", **dataclasses.asdict(conv)}
     expected = [dataclasses.asdict(m) for m in store.messages("us01-co01", limit=None)]
-    assert r.json_lines() == expected
-    assert [line["seq"] for line in r.json_lines()] == [1, 2, 3, 4]
-    assert r.json_lines()[1]["agent_id"] == "guide"
-    assert r.json_lines()[1]["usage"] == {"total_tokens": 3}
+    assert messages == [{"type": "message", "conversation_id": "us01-co01", **m} for m in expected]
+    assert [line["seq"] for line in messages] == [1, 2, 3, 4]
+    assert messages[1]["agent_id"] == "guide"
+    assert messages[1]["usage"] == {"total_tokens": 3}
+    # The same lines as export's, so one reader parses both.
+    assert r.out == cli("-q", "export", "us01-co01").out
+
+
+def test_show_says_when_a_conversation_has_no_messages(store: Store, cli: Run) -> None:
+    for args in (["--json"], []):
+        r = cli("show", "us01-co03", *args)
+        assert r.code == 0
+        assert r.err == "us01-co03 has no messages\n"
+    r = cli("show", "us01-co03", "--json")
+    assert [line["type"] for line in r.json_lines()] == ["conversation"]
+    r = cli("show", "us01-co01", "--json", "--after-seq", "4")
+    assert [line["type"] for line in r.json_lines()] == ["conversation"]
+    assert r.err == "us01-co01 has no messages after seq 4\n"
+    assert cli("-q", "show", "us01-co03").err == ""
 
 
 def test_show_pages_with_after_seq_and_limit(store: Store, cli: Run) -> None:
     r = cli("show", "us01-co01", "--json", "--after-seq", "1", "--limit", "2")
-    assert [line["seq"] for line in r.json_lines()] == [2, 3]
+    assert [line.get("seq") for line in r.json_lines()] == [None, 2, 3]
     assert "--after-seq 3" in r.err  # where the next page starts
     r = cli("show", "us01-co01", "--after-seq", "3")
     assert "#4 assistant error" in r.out and "#1 " not in r.out
@@ -265,6 +284,137 @@ def test_show_bad_numbers_are_usage_errors(store: Store, cli: Run, args: list[st
     r = cli("show", "us01-co01", *args)
     assert r.code == 2
     assert "usage: chunkstore show" in r.err
+
+
+# -- rename, rm, restore, whoami ----------------------------------------------------------------
+
+
+def test_rename(store: Store, cli: Run) -> None:
+    r = cli("rename", "us01-co01", "Lisbon")
+    assert (r.code, r.out, r.err) == (0, "", "us01-co01 renamed to 'Lisbon'\n")
+    assert store.get_conversation("us01-co01").title == "Lisbon"
+    r = cli("rename", "us01-co01", "")  # no title
+    assert (r.code, r.err) == (0, "us01-co01: no title\n")
+    assert store.get_conversation("us01-co01").title is None
+    r = cli("rename", "us01-co09", "x")
+    assert (r.code, r.err) == (1, "chunkstore: error: no conversation us01-co09\n")
+    r = cli("rename", "us01-co01", "x" * 100_000)
+    assert r.code == 2 and "title longer than" in r.err
+
+
+def test_rm_is_soft_and_restore_undoes_it(store: Store, cli: Run) -> None:
+    r = cli("rm", "us01-co01", "us01-co02")
+    assert (r.code, r.out) == (0, "")
+    assert r.err.splitlines() == [
+        "deleted us01-co01 (chunkstore restore us01-co01 undoes it)",
+        "deleted us01-co02 (chunkstore restore us01-co02 undoes it)",
+    ]
+    assert store.get_conversation("us01-co01").deleted
+    assert cli("ls", "us01", "--json").out == ""
+    assert "already deleted" in cli("rm", "us01-co01").err
+    r = cli("restore", "us01-co01", "us01-co02")
+    assert r.code == 0
+    assert r.err.splitlines() == ["restored us01-co01", "restored us01-co02"]
+    assert not store.get_conversation("us01-co01").deleted
+    assert store.message_count("us01-co01") == 4
+    assert cli("restore", "us01-co01").err == "us01-co01 was not deleted\n"
+
+
+def test_rm_checks_every_id_first(store: Store, cli: Run) -> None:
+    r = cli("rm", "us01-co01", "us01-co99")
+    assert (r.code, r.err) == (1, "chunkstore: error: no conversation us01-co99\n")
+    assert not store.get_conversation("us01-co01").deleted
+    assert cli("restore", "us01-co01", "bad").code == 1
+    assert cli("rm").code == 2  # at least one id
+
+
+def test_rm_hard_needs_yes(store: Store, cli: Run) -> None:
+    r = cli("rm", "us01-co01", "--hard")
+    assert (r.code, r.out) == (2, "")
+    assert r.err == (
+        "chunkstore: error: rm --hard removes conversations and their messages for good "
+        "(no restore): add --yes to confirm\n"
+    )
+    assert store.message_count("us01-co01") == 4
+    r = cli("rm", "us01-co01", "us01-co03", "--hard", "--yes")
+    assert r.code == 0
+    assert r.err.splitlines() == ["removed us01-co01 for good", "removed us01-co03 for good"]
+    ids = [line["id"] for line in cli("ls", "us01", "--all", "--json").json_lines()]
+    assert ids == ["us01-co02"]
+    r = cli("restore", "us01-co01")
+    assert (r.code, r.err) == (1, "chunkstore: error: no conversation us01-co01\n")
+    assert cli("-q", "rm", "us01-co02", "--hard", "-y").err == ""
+
+
+def test_whoami(store: Store, cli: Run, monkeypatch: Any) -> None:
+    r = cli("whoami", "session-b")
+    assert (r.code, r.out, r.err) == (0, "us02\n", "")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("session-a\n"))
+    assert cli("whoami", "-").out == "us01\n"
+    r = cli("whoami", "never-seen-7c1e")
+    assert (r.code, r.out) == (1, "")
+    assert r.err.startswith("chunkstore: error: no user for this session id in ")
+    assert "never-seen-7c1e" not in r.err  # a session id is a credential: never echoed
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert cli("whoami", "-").code == 1
+    assert store.users() == ["us01", "us02"]  # nothing created
+
+
+def test_every_command_takes_db_url(
+    store: Store, root: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    monkeypatch.setenv("CHUNKSTORE_URL", f"file:{tmp_path / 'nowhere'}")
+    monkeypatch.delenv("CHUNKSTORE_ROOT", raising=False)
+    url = f"file:{root}"
+    commands = [
+        ["ls"],
+        ["ls", "us01", "--all"],
+        ["show", "us01-co01", "--json"],
+        ["rename", "us01-co02", "Renamed"],
+        ["rm", "us01-co02"],
+        ["restore", "us01-co02"],
+        ["whoami", "session-a"],
+        ["check"],
+        ["sweep", "--days", "30"],
+        ["export", "-o", str(tmp_path / "x.jsonl")],
+        ["rm", "us01-co02", "--hard", "--yes"],
+    ]
+    for argv in commands:
+        # The environment names a store that does not exist: only the URL reaches this one.
+        assert main([*argv, "--db-url", url]) == 0, (argv, capsys.readouterr().err)
+    capsys.readouterr()
+    assert store.users() == ["us01", "us02"]
+    assert [c.id for c in store.list_conversations("us01", include_deleted=True)] == [
+        "us01-co03",
+        "us01-co01",
+    ]
+
+
+# -- check: interrupted messages ----------------------------------------------------------------
+
+
+def test_check_reports_interrupted_messages_without_failing(store: Store, cli: Run) -> None:
+    writer = store.stream_message("us01-co02", role="assistant")
+    writer.append("half a rep")
+    writer.flush()
+    writer.abandon()  # what a crash leaves: unsealed chunks, no live writer
+    assert store.messages("us01-co02", limit=None)[-1].status == "interrupted"
+    r = cli("check")
+    assert r.code == 0
+    assert r.out.splitlines() == [
+        "interrupted: us01-co02-ms02: its writer stopped before sealing it; "
+        "10 character(s) kept (info: not a problem)",
+        "store is clean: no problems found",
+        "1 interrupted message(s): their writer died (a crash, a killed process); what it made "
+        "durable reads back. Not corruption: the exit code ignores them",
+    ]
+    # Beside a real problem, the exit code is the problem's alone.
+    (root := Path(store.root)).joinpath("stray.txt").write_text("x")
+    r = cli("check")
+    assert r.code == 1
+    assert "stranger: " in r.out and "interrupted: us01-co02-ms02" in r.out
+    root.joinpath("stray.txt").unlink()
+    assert cli("check", "--fix").code == 0
 
 
 # -- check --------------------------------------------------------------------------------------
@@ -499,7 +649,7 @@ def test_help_version_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: chunkstore")
-    for command in ("ls", "show", "check", "sweep", "export"):
+    for command in ("ls", "show", "rename", "rm", "restore", "whoami", "check", "sweep", "export"):
         assert command in out
     assert main(["--version"]) == 0
     assert "store format version 1" in capsys.readouterr().out
@@ -587,3 +737,26 @@ def test_an_unknown_scheme_or_a_missing_database_is_a_usage_error(
     assert main(["ls", "--db-url", f"sqlite:{tmp_path / 'missing.db'}"]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not (tmp_path / "missing.db").exists()  # never created by the CLI
+
+
+def test_the_new_commands_on_a_sqlite_store(tmp_path: Path, capsys: Any) -> None:
+    pytest.importorskip("chunkstore._sqlite")
+    url = f"sqlite:{tmp_path / 'chat.db'}"
+    s = Store(url, durability="none")
+    user = s.user_for("sqlite-session")
+    conv = s.create_conversation(user, title="T")
+    writer = s.stream_message(conv.id)
+    writer.append("part")
+    writer.flush()
+    writer.abandon()
+    s.close()
+    for argv in (["rename", conv.id, "U"], ["rm", conv.id], ["restore", conv.id]):
+        assert main(["--db-url", url, *argv]) == 0, capsys.readouterr().err
+    assert main(["--db-url", url, "whoami", "sqlite-session"]) == 0
+    assert capsys.readouterr().out == f"{user}\n"
+    assert main(["--db-url", url, "check"]) == 0
+    assert f"interrupted: {conv.id}-ms01" in capsys.readouterr().out
+    assert main(["--db-url", url, "show", conv.id, "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out.splitlines()[0])["title"] == "U"
+    assert main(["--db-url", url, "rm", conv.id, "--hard", "--yes"]) == 0
+    assert main(["--db-url", url, "show", conv.id]) == 1
