@@ -150,6 +150,7 @@ def message_object(message: Message) -> dict[str, Any]:
         "usage": message.usage,
         "created_at": _unix(message.created_at) or 0,
         "damaged": message.damaged,
+        "reply_to": message.reply_to,
     }
 
 

@@ -59,6 +59,13 @@ _METADATA = {
 }
 _TITLE = {"type": ["string", "null"], "maxLength": 512}
 _UNIX_TIME = {"type": "integer", "description": "Unix time in seconds."}
+_REPLY_TO = {
+    "type": ["integer", "null"],
+    "minimum": 1,
+    "description": "A reply's: the seq of the message it answers (the last user or tool "
+    "message of its turn). Turns sent at once are stored user, user, assistant, assistant; "
+    "this pairs each reply with its question. null when unknown.",
+}
 _CONVERSATION_ID = {
     "type": "string",
     "pattern": "^us(0[1-9]|[1-9][0-9]{1,17})-co(0[1-9]|[1-9][0-9]{1,17})$",
@@ -151,6 +158,7 @@ def _schemas() -> dict[str, Any]:
                 "type": "boolean",
                 "description": "Some of the message's files were unreadable: content is partial.",
             },
+            "reply_to": _REPLY_TO,
         },
         "A stored message, rebuilt from its chunk files.",
     )

@@ -125,10 +125,12 @@ class ReplyRecorder:
         chunk_tokens: int,
         flush_ms: int,
         metrics: Metrics,
+        reply_to: int | None = None,
     ) -> None:
         self._store = store
         self._conversation_id = conversation_id
         self._agent_id = agent_id
+        self._reply_to = reply_to  # the seq of the message this reply answers
         self._chunk_tokens = chunk_tokens
         self._flush_s = flush_ms / 1000
         self._metrics = metrics
@@ -221,6 +223,7 @@ class ReplyRecorder:
                 agent_id=self._agent_id,
                 chunk_tokens=self._chunk_tokens,
                 flush_interval=None,  # time-based flushing is ours (below), on the event loop
+                reply_to=self._reply_to,
             ).open()
             self.message_id = writer.message_id
             await self._consume(writer)

@@ -9,12 +9,15 @@ A request is one *turn* of a conversation, in one of four modes:
 * no id and no system message → a new conversation (titled from the first user message);
 * a system (or developer) message and no id → stateless: relayed, nothing stored.
 
-Stateful responses carry ``X-Conversation-ID``. Streams are relayed in bundles (``Bundler``)
-while a ``ReplyRecorder`` stores the reply in the background. Disk work never holds up the
-relay: ``[DONE]`` follows the upstream's last event at once, flagged ``storage_failed`` if
-storing has failed by then (``STORAGE_FINAL_TIMEOUT_MS`` > 0 makes it wait that long for the
-seal instead, so the flag also covers the last write). The next turn of the conversation and
-its history endpoints wait for the reply to be stored (``PendingReplies``): read-your-writes.
+Stateful responses carry ``X-Conversation-ID``. A stored reply records the seq of the message it
+answers (``reply_to``: the last user or tool message its turn stored), so replies to turns sent
+at once, stored ``user, user, assistant, assistant``, still pair with their questions. Streams
+are relayed in bundles (``Bundler``) while a ``ReplyRecorder`` stores the reply in the
+background. Disk work never holds up the relay: ``[DONE]`` follows the upstream's last event at
+once, flagged ``storage_failed`` if storing has failed by then (``STORAGE_FINAL_TIMEOUT_MS`` >
+0 makes it wait that long for the seal instead, so the flag also covers the last write). The
+next turn of the conversation and its history endpoints wait for the reply to be stored
+(``PendingReplies``): read-your-writes.
 
 A request that would start a conversation and gets no reply (the upstream is unreachable,
 answers an error status or something that is not a chat completion, or the client leaves
@@ -68,7 +71,10 @@ log = logging.getLogger("edge.relay")
 CONVERSATION_HEADER = "X-Conversation-ID"
 AGENT_HEADER = "X-Agent-ID"
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
+# What a reply answers: the last of these its turn stored (``Turn.reply_to``).
+_QUESTION_ROLES = frozenset({"user", "tool"})
 _TITLE_CHARS = 80
+_ELLIPSIS = "\u2026"
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Turn:
     agent_id: str | None = None
     created: bool = False  # this request created the conversation
     answered: bool = False  # a reply (even a failed one) is being stored
+    reply_to: int | None = None  # the seq of the message the reply answers
 
 
 # -- conversation modes -----------------------------------------------------------------------
@@ -170,7 +177,33 @@ def _title_from(messages: list[dict[str, Any]]) -> str | None:
                     if isinstance(p, dict) and isinstance(p.get("text"), str)
                 )
             if isinstance(content, str) and content.strip():
-                return " ".join(content.split())[:_TITLE_CHARS]
+                return _shorten(" ".join(content.split()))
+    return None
+
+
+def _shorten(text: str) -> str:
+    """``text`` in at most ``_TITLE_CHARS`` characters: cut at the last word boundary that
+    fits, with an ellipsis when cut (mid-word only for a first word longer than that)."""
+    if len(text) <= _TITLE_CHARS:
+        return text
+    limit = _TITLE_CHARS - len(_ELLIPSIS)
+    # One character more than fits: a space there means the cut already ends a word.
+    space = text.rfind(" ", 0, limit + 1)
+    cut = text[:space] if space > 0 else text[:limit]
+    return cut.rstrip(" ,;:-") + _ELLIPSIS
+
+
+async def _answered_seq(store: AsyncStore, conversation_id: str, stored: list[Any]) -> int | None:
+    """The seq a reply of this turn answers: the last user or tool message the turn stored,
+    else (a retry whose question was stored by an earlier attempt) the conversation's last."""
+    for message in reversed(stored):
+        if message.role in _QUESTION_ROLES:
+            seq: int = message.seq
+            return seq
+    for message in reversed(await store.messages(conversation_id, 0, None)):
+        if message.role in _QUESTION_ROLES:
+            found: int = message.seq
+            return found
     return None
 
 
@@ -202,7 +235,9 @@ async def _plan_turn(
                 "This conversation is deleted; restore it to continue.",
                 code="conversation_deleted",
             ) from None
-        return Turn(conversation_id, instructions + turn.history + turn.new, agent)
+        plan = Turn(conversation_id, instructions + turn.history + turn.new, agent)
+        plan.reply_to = await _answered_seq(store, conversation_id, turn.stored)
+        return plan
     if any(m.get("role") in _INSTRUCTION_ROLES for m in messages):
         return Turn(None, messages, agent)
     user = await session_user(request, create=True)
@@ -210,7 +245,8 @@ async def _plan_turn(
     conversation = await store.create_conversation(user, title=_title_from(messages))
     plan = Turn(conversation.id, messages, agent, created=True)
     try:
-        await store.append_turn(conversation.id, messages)
+        stored = (await store.append_turn(conversation.id, messages)).stored
+        plan.reply_to = await _answered_seq(store, conversation.id, stored)
     except BaseException:
         # The turn is stored whole or not at all: the new conversation goes with it.
         await asyncio.shield(_roll_back(request, store, conversation.id))
@@ -312,6 +348,7 @@ async def _relay_json(
             tool_calls=message.get("tool_calls") or None,
             finish_reason=choice.get("finish_reason"),
             usage=completion.get("usage"),
+            reply_to=turn.reply_to,
         )
     except Exception as exc:  # whatever storing raised, the client still gets its reply
         request.app[METRICS].storage_failures.inc()
@@ -387,6 +424,7 @@ async def _relay_stream(
             store,
             turn.conversation_id,
             agent_id=turn.agent_id,
+            reply_to=turn.reply_to,
             chunk_tokens=config.chunk_tokens,
             flush_ms=config.history_batch_flush_ms,
             metrics=metrics,

@@ -3,11 +3,13 @@ fake upstream for conversations written through ``/v1/chat/completions``."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 from fake_upstream import FakeUpstream, MakeEdge
@@ -876,3 +878,125 @@ async def test_the_openai_sdk_can_use_the_history_api(make_edge: MakeEdge) -> No
             await sdk.conversations.retrieve("conv_123")
     finally:
         await sdk.close()
+
+
+# -- titles and reply_to ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "title"),
+    [
+        ("Short question", "Short question"),
+        ("  spaced \n\t out  ", "spaced out"),
+        ("word " * 16, ("word " * 16).strip()),  # 79 characters: fits
+        ("x" * 80, "x" * 80),
+        (
+            "Plan a three day trip to Lisbon with a day in Sintra and good seafood restaurants "
+            "near the river",
+            "Plan a three day trip to Lisbon with a day in Sintra and good seafood\u2026",
+        ),
+        ("y" * 200, "y" * 79 + "\u2026"),  # one word longer than a title: cut mid-word
+        ("a" * 78 + " bcdef", "a" * 78 + "\u2026"),
+        ("abc, " * 30, ("abc, " * 16).rstrip(", ") + "\u2026"),
+    ],
+)
+async def test_titles_are_cut_at_a_word_boundary(
+    make_edge: MakeEdge, text: str, title: str
+) -> None:
+    client = await make_edge()
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "tokens-1", "messages": [{"role": "user", "content": text}]},
+        headers=session(),
+    )
+    assert resp.status == 200
+    cid = resp.headers["X-Conversation-ID"]
+    got = (await get_json(client, f"/v1/conversations/{cid}"))["title"]
+    assert got == title
+    assert len(got) <= 80
+
+
+async def test_replies_record_the_seq_they_answer(make_edge: MakeEdge) -> None:
+    client = await make_edge()
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "tokens-2", "messages": [{"role": "user", "content": "first"}]},
+        headers=session(),
+    )
+    cid = resp.headers["X-Conversation-ID"]
+    headers = {**session(), "X-Conversation-ID": cid}
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "tools", "stream": True, "messages": [{"role": "user", "content": "w?"}]},
+        headers=headers,
+    )
+    await resp.read()
+    call_id = (await get_json(client, f"/v1/conversations/{cid}/messages"))["data"][3][
+        "tool_calls"
+    ][0]["id"]
+    # A tool result is what the next reply answers.
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={
+            "model": "tokens-2",
+            "stream": True,
+            "messages": [{"role": "tool", "tool_call_id": call_id, "content": "sunny"}],
+        },
+        headers=headers,
+    )
+    await resp.read()
+    # A retry whose question an earlier, failed attempt stored answers that question.
+    for model, status in (("error-500", 500), ("tokens-2", 200)):
+        resp = await client.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "again"}]},
+            headers=headers,
+        )
+        assert resp.status == status
+    data = (await get_json(client, f"/v1/conversations/{cid}/messages"))["data"]
+    assert [(m["seq"], m["role"], m["reply_to"]) for m in data] == [
+        (1, "user", None),
+        (2, "assistant", 1),
+        (3, "user", None),
+        (4, "assistant", 3),
+        (5, "tool", None),
+        (6, "assistant", 5),
+        (7, "user", None),
+        (8, "assistant", 7),
+    ]
+
+
+async def test_concurrent_turns_pair_each_reply_with_its_question(make_edge: MakeEdge) -> None:
+    """Two turns sent at once may be stored ``user, user, assistant, assistant``: each reply
+    says which question it answers."""
+    client = await make_edge()
+    cid = (await create(client))["id"]
+    headers = {**session(), "X-Conversation-ID": cid}
+
+    async def ask(question: str) -> None:
+        resp = await client.post(
+            "/v1/chat/completions",
+            json={
+                "model": "echo",
+                "stream": True,
+                "messages": [{"role": "user", "content": question}],
+            },
+            headers=headers,
+        )
+        assert resp.status == 200
+        await resp.read()
+
+    await asyncio.gather(ask("question A"), ask("question B"), ask("question C"))
+    data = (await get_json(client, f"/v1/conversations/{cid}/messages"))["data"]
+    by_seq = {m["seq"]: m for m in data}
+    replies = [m for m in data if m["role"] == "assistant"]
+    assert len(replies) == 3
+    answered = set()
+    for reply in replies:
+        question = by_seq[reply["reply_to"]]
+        assert question["role"] == "user"
+        # The echo model answers with the messages it was sent: its question came last.
+        sent = orjson.loads(reply["content"])
+        assert sent[-1] == {"role": "user", "content": question["content"]}
+        answered.add(question["content"])
+    assert answered == {"question A", "question B", "question C"}
