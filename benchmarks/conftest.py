@@ -44,6 +44,8 @@ class Sizes:
     listing_conversations: int
     listing_api_conversations: int
     listing_rounds: int
+    # interleaved rounds of the SQLite backend's listing and lookup (each a few dozen µs)
+    listing_paired_rounds: int
     # test_relay: concurrent streams, tokens per stream, rounds per concurrency.
     relay_concurrency: tuple[int, ...]
     relay_tokens: int
@@ -63,6 +65,7 @@ FULL = Sizes(
     listing_conversations=10_000,
     listing_api_conversations=1_000,
     listing_rounds=60,
+    listing_paired_rounds=400,
     relay_concurrency=(1, 50, 200),
     relay_tokens=400,
     relay_rounds={1: 40, 50: 8, 200: 5},
@@ -80,6 +83,7 @@ TINY = Sizes(
     listing_conversations=1_000,
     listing_api_conversations=20,
     listing_rounds=2,
+    listing_paired_rounds=2,
     relay_concurrency=(1, 4),
     relay_tokens=60,
     relay_rounds={1: 2, 4: 1},
@@ -173,8 +177,38 @@ class Results:
         benchmark.extra_info.update(
             {k: v for k, v in metrics.items() if k not in ("median", "min")}
         )
-        self.values[(suite, case, variant)] = metrics
+        self.values.setdefault((suite, case, variant), {}).update(metrics)
         return metrics
+
+    def record_pair(
+        self,
+        benchmark: Any,
+        suite: str,
+        case: str,
+        subject: str,
+        baseline: str,
+        figures: dict[str, float],
+        *,
+        op: str | None = None,
+        limit: float | None = None,
+        target: str = "",
+    ) -> None:
+        """Keep the figures of one ``paired`` run as two variants' ``paired_median_s`` (each
+        side's median over the interleaved rounds), and declare their ratio: one report row
+        with both medians, the ratio and the target."""
+        benchmark.extra_info.update(figures)
+        for variant, key in ((subject, "paired_subject_s"), (baseline, "paired_baseline_s")):
+            self.values.setdefault((suite, case, variant), {})["paired_median_s"] = figures[key]
+        self.ratio(
+            suite,
+            case,
+            subject,
+            baseline,
+            metric="paired_median_s",
+            op=op,
+            limit=limit,
+            target=target,
+        )
 
     def ratio(
         self,
@@ -316,6 +350,7 @@ METRIC_LABELS = {
     "done_wait_p50_ms": "wait for [DONE] p50",
     "failed_requests": "failed requests",
     "paired_ratio": "ratio, interleaved rounds",
+    "paired_median_s": "time (median), interleaved rounds",
     "ttft_p50_ms": "first event p50",
     "ttft_p99_ms": "first event p99",
     "tokens_per_event": "tokens per event",

@@ -13,6 +13,14 @@ API (durability "none"), and the rest are written directly in on-disk format v1
 Baseline: SQLite ``conversations`` table (``INTEGER PRIMARY KEY`` plus an index on
 ``(user_id, id)``), page 50 both with ``OFFSET`` and keyset (``id < ?``), rows turned into dicts.
 chunkstore's page 50 uses its cursor (the id to continue after).
+
+The SQLite backend (``test_sqlite_backend``), SPEC §6: at most 1.2x a hand-written query of the
+same rows on the same engine. A user with as many conversations, all created through
+``Store("sqlite:PATH")`` (fast enough there: about 30 µs each); page 1, page 50 (its cursor)
+and ``get_conversation``, against the same queries hand-written on the backend's own database
+(``_handwritten.list_page``, ``get_conversation``: rows into the same ``Conversation`` objects
+and ``ConversationPage``), in alternating rounds (``conftest.paired``); cold: a fresh ``Store``
+/ connection each round, opened in the untimed setup; warm: one reused.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks import _data
-from benchmarks.conftest import SIZES, Results
+from benchmarks import _data, _handwritten
+from benchmarks.conftest import SIZES, Results, paired
 from chunkstore import (
     Store,  # the record codec: the fixture writes on-disk format v1
 )
@@ -253,3 +261,115 @@ def _wait_until_quiet(directory: Path) -> None:
     conversations are being created that fast, a warm listing costs what a cold one does."""
     while not settled(time.time_ns(), os.stat(directory).st_mtime_ns):
         time.sleep(0.05)
+
+
+# -- the SQLite backend against hand-written SQL on its own database ------------------------------
+
+
+@dataclass
+class SqliteListing:
+    path: str  # the backend's database
+    user: str
+    count: int
+
+
+@pytest.fixture(scope="module")
+def sqlite_listing(tmp_path_factory: pytest.TempPathFactory) -> SqliteListing:
+    path = str(tmp_path_factory.mktemp("listing-sqlite") / "store.db")
+    count = SIZES.listing_conversations
+    with Store(f"sqlite:{path}", durability="none") as store:
+        user = store.user_for("bench-listing")
+        for i in range(1, count + 1):
+            store.create_conversation(user, title=f"Conversation {i}", metadata={"n": str(i)})
+    return SqliteListing(path, user, count)
+
+
+@pytest.mark.parametrize(
+    ("what", "temperature"),
+    [(w, t) for w in ("page 1", f"page {PAGE}", "lookup") for t in ("cold", "warm")],
+)
+def test_sqlite_backend(
+    benchmark: Any, results: Results, sqlite_listing: SqliteListing, what: str, temperature: str
+) -> None:
+    """The SQLite backend against hand-written SQL on its own database, in alternating rounds."""
+    count, user = sqlite_listing.count, sqlite_listing.user
+    user_n = UserId.parse(user).n
+    target = f"sqlite:{sqlite_listing.path}"
+    api: Callable[[Store], Any]
+    hand_written: Callable[[sqlite3.Connection], Any]
+    if what == "lookup":
+        case = f"get_conversation at {count:,}"
+        conv_id = str(ConversationId(user_n, count // 2))
+
+        def api(store: Store) -> Any:
+            return store.get_conversation(conv_id)
+
+        def hand_written(conn: sqlite3.Connection) -> Any:
+            return _handwritten.get_conversation(conn, conv_id)
+
+    else:
+        page = int(what.split()[1])
+        case = f"page {page} of {count:,}"
+        before, _ = _page_cursor(count, page)
+        cursor = str(ConversationId(user_n, before)) if page > 1 else None
+
+        def api(store: Store) -> Any:
+            return store.list_conversations(user, LIMIT, cursor)
+
+        def hand_written(conn: sqlite3.Connection) -> Any:
+            return _handwritten.list_page(conn, user, LIMIT, cursor)
+
+    benchmark.group = f"listing {case}, sqlite backend, interleaved"
+    # The same result, field for field, or the comparison means nothing.
+    with Store(target, durability="none") as store:
+        expected = api(store)
+    conn = _handwritten.connect(sqlite_listing.path)
+    assert hand_written(conn) == expected
+    conn.close()
+    if what == "lookup":
+        assert expected.id == conv_id
+    else:
+        first = count - (page - 1) * LIMIT
+        assert [c.id for c in expected] == [
+            str(ConversationId(user_n, first - i)) for i in range(LIMIT)
+        ]
+
+    rounds = SIZES.listing_paired_rounds
+    if temperature == "cold":
+        figures = benchmark.pedantic(
+            paired,
+            args=(
+                (lambda: Store(target, durability="none"), api),
+                (lambda: _handwritten.connect(sqlite_listing.path), hand_written),
+                rounds,
+            ),
+            rounds=1,
+            iterations=1,
+        )
+    else:
+        with Store(target, durability="none") as store:
+            conn = _handwritten.connect(sqlite_listing.path)
+            api(store)
+            hand_written(conn)
+            figures = benchmark.pedantic(
+                paired,
+                args=(
+                    (lambda: None, lambda _: api(store)),
+                    (lambda: None, lambda _: hand_written(conn)),
+                    rounds,
+                ),
+                rounds=1,
+                iterations=1,
+            )
+            conn.close()
+    results.record_pair(
+        benchmark,
+        SUITE,
+        case,
+        f"chunkstore sqlite backend {temperature}",
+        f"hand-written query {temperature}",
+        figures,
+        op="<=",
+        limit=1.2,
+        target="≤ 1.2x hand-written",
+    )

@@ -18,6 +18,21 @@ sqlite cold / warm         indexed ``chunks`` table, grouped into message dicts;
 jsonl                      one JSONL file of chunk records per conversation
 naive files                every chunk its own file: list, read, parse, join
 =========================  ===============================================================
+
+The SQLite backend (``test_rebuild_sqlite_backend``), SPEC §6: at most 1.2x a hand-written query
+of the same rows on the same engine. The same conversations written through
+``Store("sqlite:PATH")``; in alternating rounds (``conftest.paired``):
+
+=========================  ===============================================================
+chunkstore sqlite backend  ``store.messages(conv, limit=None)`` on ``Store("sqlite:PATH")``:
+cold / warm                a fresh ``Store`` each round (opened in the untimed setup) / one
+                           reused (the backend has no in-process cache: warm is SQLite's
+                           page cache)
+hand-written query         ``SELECT line FROM messages ... ORDER BY seq`` on the backend's own
+cold / warm                database, each line into the same ``Message``
+                           (``_handwritten.read_messages``); a fresh connection each round,
+                           opened as the backend opens its own / one reused
+=========================  ===============================================================
 """
 
 from __future__ import annotations
@@ -30,7 +45,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _data
+from benchmarks import _data, _handwritten
 from benchmarks.conftest import SIZES, Results, paired
 from chunkstore import Store
 from chunkstore._ids import ConversationId
@@ -221,4 +236,84 @@ def test_rebuild_paired(
         op="<=" if spec else None,
         limit=limit if spec else None,
         target=f"≤ {limit}x SQLite" if spec else "",
+    )
+
+
+# -- the SQLite backend against hand-written SQL on its own database ------------------------------
+
+
+@dataclass
+class SqliteCorpus:
+    path: str  # the backend's database: one conversation per size
+    conversations: dict[int, str]  # size -> conversation id
+
+
+@pytest.fixture(scope="module")
+def sqlite_corpus(tmp_path_factory: pytest.TempPathFactory) -> SqliteCorpus:
+    path = str(tmp_path_factory.mktemp("rebuild-sqlite") / "store.db")
+    with Store(f"sqlite:{path}", durability="none", flush_interval=None) as store:
+        user = store.user_for("bench-rebuild")
+        conversations = {}
+        for n in SIZES.rebuild_messages:
+            conv = store.create_conversation(user, title=f"{n} messages")
+            _data.write_conversation(store, conv.id, n, seed=n)
+            conversations[n] = conv.id
+    return SqliteCorpus(path, conversations)
+
+
+@pytest.mark.parametrize(
+    ("n", "temperature"), [(n, t) for n in SIZES.rebuild_messages for t in ("cold", "warm")]
+)
+def test_rebuild_sqlite_backend(
+    benchmark: Any, results: Results, sqlite_corpus: SqliteCorpus, n: int, temperature: str
+) -> None:
+    """The SQLite backend against hand-written SQL on its own database, in alternating rounds."""
+    conv_id = sqlite_corpus.conversations[n]
+    target = f"sqlite:{sqlite_corpus.path}"
+    benchmark.group = f"rebuild {n} msgs, sqlite backend, interleaved"
+
+    def api(store: Store) -> list[Any]:
+        return store.messages(conv_id, limit=None)
+
+    def hand_written(conn: Any) -> list[Any]:
+        return _handwritten.read_messages(conn, conv_id)
+
+    # The same messages, field for field, or the comparison means nothing.
+    with Store(target, durability="none") as store:
+        expected = api(store)
+    conn = _handwritten.connect(sqlite_corpus.path)
+    assert hand_written(conn) == expected
+    assert len(expected) == n and all(m.status == "complete" for m in expected)
+    conn.close()
+
+    subject: tuple[Callable[[], Any], Callable[[Any], Any]]
+    baseline: tuple[Callable[[], Any], Callable[[Any], Any]]
+    if temperature == "cold":
+        subject = (lambda: Store(target, durability="none"), api)
+        baseline = (lambda: _handwritten.connect(sqlite_corpus.path), hand_written)
+        figures = benchmark.pedantic(
+            paired, args=(subject, baseline, SIZES.rebuild_rounds[n]), rounds=1, iterations=1
+        )
+    else:
+        with Store(target, durability="none") as store:
+            conn = _handwritten.connect(sqlite_corpus.path)
+            api(store)
+            hand_written(conn)
+            subject = (lambda: None, lambda _: api(store))
+            baseline = (lambda: None, lambda _: hand_written(conn))
+            figures = benchmark.pedantic(
+                paired, args=(subject, baseline, SIZES.rebuild_rounds[n]), rounds=1, iterations=1
+            )
+            conn.close()
+    spec = n in (50, 500)
+    results.record_pair(
+        benchmark,
+        SUITE,
+        f"{n} msgs",
+        f"chunkstore sqlite backend {temperature}",
+        f"hand-written query {temperature}",
+        figures,
+        op="<=" if spec else None,
+        limit=1.2 if spec else None,
+        target="≤ 1.2x hand-written" if spec else "",
     )

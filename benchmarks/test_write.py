@@ -10,19 +10,28 @@
 SQLite runs in WAL mode (what an application would choose for concurrent readers) with
 ``synchronous=FULL`` (every commit fsynced: comparable to durability "chunk") and ``NORMAL``
 (the WAL is synced only at checkpoints: comparable to "message"/"none").
+
+The SQLite backend (``test_reply_sqlite_backend``), SPEC §6: at most 1.2x a hand-written query of
+the same rows on the same engine. The same 400-token reply through ``Store("sqlite:PATH")``
+under each durability, against ``_handwritten.ReplyWriter`` writing the same rows into the
+backend's own database (another conversation of the same file) with the same transactions and
+the same ``PRAGMA synchronous`` per transaction, in alternating rounds (``conftest.paired``).
 """
 
 from __future__ import annotations
 
 import random
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import pytest
 
-from benchmarks import _data
-from benchmarks.conftest import SIZES, Results
-from chunkstore import MessageWriter, Store
+from benchmarks import _data, _handwritten
+from benchmarks.conftest import SIZES, Results, paired
+from chunkstore import Message, MessageWriter, Store
+from chunkstore._ids import ConversationId
 
 SUITE = "write"
 MODES = ("chunk", "message", "none")
@@ -172,3 +181,91 @@ def _declare(results: Results, case: str) -> None:
     results.ratio(SUITE, case, "chunkstore chunk", "sqlite FULL", target="(both fsync per chunk)")
     results.ratio(SUITE, case, "chunkstore message", "sqlite NORMAL")
     results.ratio(SUITE, case, "chunkstore none", "sqlite NORMAL")
+
+
+# -- the SQLite backend against hand-written SQL on its own database ------------------------------
+
+
+def _rows(path: str, conversation_id: str) -> list[Any]:
+    """A conversation's message and chunk rows, without what differs between two writes of
+    the same reply (ids, times): what the backend and the hand-written writer must agree on."""
+    conv = ConversationId.parse(conversation_id)
+    volatile = ("messageId", "id", "timestamp", "createdAt", "completedAt")
+    with sqlite3.connect(path) as conn:
+        messages = conn.execute(
+            "SELECT seq, role, status, writer, line FROM messages WHERE user_id = ? "
+            "AND conversation = ? ORDER BY seq",
+            (conv.user, conv.n),
+        ).fetchall()
+        chunks = conn.execute(
+            "SELECT seq, chunk, typeof(record), record FROM chunks WHERE user_id = ? "
+            "AND conversation = ? ORDER BY seq, chunk",
+            (conv.user, conv.n),
+        ).fetchall()
+    conn.close()
+
+    def strip(text: str) -> dict[str, Any]:
+        return {k: v for k, v in orjson.loads(text).items() if k not in volatile}
+
+    return [
+        [(seq, role, status, writer, strip(line)) for seq, role, status, writer, line in messages],
+        [(seq, chunk, kind, strip(record)) for seq, chunk, kind, record in chunks],
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reply_sqlite_backend(
+    benchmark: Any,
+    results: Results,
+    tmp_path_factory: pytest.TempPathFactory,
+    tokens: list[str],
+    mode: Any,
+) -> None:
+    """A 400-token reply through the SQLite backend against hand-written SQL writing the same
+    rows into its database, in alternating rounds."""
+    benchmark.group = f"write a 400-token reply, sqlite backend {mode}, interleaved"
+    path = str(tmp_path_factory.mktemp(f"write-sqlite-backend-{mode}") / "store.db")
+    usage = {"completion_tokens": len(tokens)}
+    with Store(f"sqlite:{path}", durability=mode, flush_interval=None) as store:
+        user = store.user_for("bench-write")
+        api_conv = store.create_conversation(user, title="backend").id
+        hand_conv = store.create_conversation(user, title="hand-written").id
+        conn = _handwritten.connect(path)
+        writer = _handwritten.ReplyWriter(conn, hand_conv, mode, _handwritten.take_instance(conn))
+
+        def api(_: Any) -> Message:
+            with store.stream_message(api_conv, role="assistant") as stream:
+                for token in tokens:
+                    stream.append(token)
+                return stream.finish("stop", usage=usage)
+
+        def hand_written(_: Any) -> Message:
+            return writer.write_reply(tokens, "stop", usage)
+
+        # One reply each, outside the timing: the same message and the same rows, or the
+        # comparison means nothing.
+        ours, theirs = api(None), hand_written(None)
+        same = ("role", "content", "status", "finish_reason", "usage", "token_count", "seq")
+        assert all(getattr(ours, f) == getattr(theirs, f) for f in same)
+        assert ours.content == "".join(tokens) and ours.status == "complete"
+        assert _rows(path, api_conv) == _rows(path, hand_conv)
+        figures = benchmark.pedantic(
+            paired,
+            args=((lambda: None, api), (lambda: None, hand_written), SIZES.reply_rounds),
+            rounds=1,
+            iterations=1,
+        )
+        assert _rows(path, api_conv) == _rows(path, hand_conv)
+        assert store.messages(hand_conv, limit=None) != []
+        conn.close()
+    results.record_pair(
+        benchmark,
+        SUITE,
+        "400-token reply",
+        f"chunkstore sqlite backend {mode}",
+        f"hand-written query {mode}",
+        figures,
+        op="<=",
+        limit=1.2,
+        target="≤ 1.2x hand-written",
+    )
