@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         _fail(f"configuration error: {exc}")
 
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     # Imported only now so a misconfiguration is reported before the app and its dependencies
     # are loaded.
     from edge.app import create_app
@@ -115,7 +115,12 @@ def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
         kind, _ = parse_store_url(config.db_url)
         persistence = f"on, {kind} store at {config.store_path.resolve()}"
     else:
-        persistence = "off (pure proxy; set PERSIST_TRANSCRIPTS=true to store conversations)"
+        # The bare `edge` command's default, unlike `make run`'s: say so, and how to turn it on.
+        persistence = (
+            "off (a pure proxy: nothing is stored, the history API answers 501)\n"
+            "               the default of `edge`; `make run` turns it on: "
+            "PERSIST_TRANSCRIPTS=true or --persist-transcripts"
+        )
     if config.upstream_base_url is None:
         upstream = "built-in demo (set UPSTREAM_BASE_URL to relay to a real API)"
     else:
@@ -125,7 +130,7 @@ def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
             f"edge listening on {', '.join(urls)} (Press CTRL+C to quit)",
             f"  persistence: {persistence}",
             f"  upstream:    {upstream}",
-            "  try:        curl -N -H 'x-session-id: demo' -H 'Content-Type: application/json' "
+            "  try:         curl -N -H 'x-session-id: demo' -H 'Content-Type: application/json' "
             f"{urls[0]}/v1/chat/completions "
             """-d '{"model":"demo","stream":true,"messages":[{"role":"user","content":"hi"}]}'""",
         ]

@@ -5,6 +5,8 @@ start-up fails half-way: the store (only when ``PERSIST_TRANSCRIPTS`` is on: oth
 may touch the disk), the built-in demo upstream (when no ``UPSTREAM_BASE_URL``), one shared
 upstream ``ClientSession``, and the retention sweeper. On shutdown, replies still streaming are
 sealed as ``error`` with their partial text before the store closes.
+
+The outermost middleware logs one ``access`` event per request (``edge.logs``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import orjson
@@ -24,7 +27,7 @@ from edge.config import EdgeConfig
 from edge.demo import start_demo_upstream
 from edge.history import add_history_routes
 from edge.keys import CONFIG, METRICS, PENDING_REPLIES, STORE, UPSTREAM_SESSION, UPSTREAM_URL
-from edge.logs import log_event
+from edge.logs import elapsed_ms, log_access, log_event
 from edge.metrics import CONTENT_TYPE_LATEST, Metrics
 from edge.middlewares import middlewares, set_session_cookie
 from edge.openapi import openapi_document
@@ -36,13 +39,36 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("edge")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 # How long shutdown waits for cancelled streams to seal their partial replies.
 _SHUTDOWN_GRACE_S = 10.0
 
 
+@web.middleware
+async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: one ``access`` event per request, with the status the client got and the
+    time until the handler returned (a stream's whole length). The path only: never the
+    query string."""
+    start = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        status = 499  # cancelled before it answered (shutdown); nginx's "client closed request"
+        raise
+    finally:
+        log_access(request.method, request.path, status, elapsed_ms(start))
+
+
 def create_app(config: EdgeConfig) -> web.Application:
     app = web.Application(
-        middlewares=middlewares(),
+        middlewares=[access_log_middleware, *middlewares()],
         # aiohttp enforces this while reading, with or without Content-Length: 413 past it.
         client_max_size=config.max_request_bytes,
     )

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
-from chunkstore import InvalidArgument, parse_store_url, redact_url
+from chunkstore import InvalidArgument, __version__, parse_store_url, redact_url
 
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_GIL_SWITCH_INTERVAL_US",
     "DEFAULT_HISTORY_BATCH_FLUSH_MS",
     "DEFAULT_HOST",
+    "DEFAULT_LOG_FORMAT",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_PERSIST_TRANSCRIPTS",
@@ -75,10 +76,12 @@ __all__ = [
     "DEFAULT_UPSTREAM_MAX_EVENT_BYTES",
     "DEFAULT_UPSTREAM_READ_TIMEOUT_S",
     "DURABILITY_MODES",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "ConfigError",
     "Durability",
     "EdgeConfig",
+    "LogFormat",
     "LogLevel",
     "build_parser",
     "load_config",
@@ -86,9 +89,11 @@ __all__ = [
 
 Durability = Literal["chunk", "message", "none"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LogFormat = Literal["json", "text"]
 
 DURABILITY_MODES: Final[tuple[Durability, ...]] = ("chunk", "message", "none")
 LOG_LEVELS: Final[tuple[LogLevel, ...]] = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: Final[tuple[LogFormat, ...]] = ("json", "text")
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 8080
@@ -110,6 +115,7 @@ DEFAULT_UPSTREAM_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_CLIENT_HEADER_TIMEOUT_S: Final = 20
 DEFAULT_CLIENT_BODY_TIMEOUT_S: Final = 60
 DEFAULT_LOG_LEVEL: Final[LogLevel] = "INFO"
+DEFAULT_LOG_FORMAT: Final[LogFormat] = "json"
 
 
 class ConfigError(ValueError):
@@ -152,6 +158,7 @@ class EdgeConfig:
     client_body_timeout_s: int = DEFAULT_CLIENT_BODY_TIMEOUT_S
     max_idle_connections: int | None = None
     log_level: LogLevel = DEFAULT_LOG_LEVEL
+    log_format: LogFormat = DEFAULT_LOG_FORMAT
 
     def __post_init__(self) -> None:
         if isinstance(self.upstream_base_url, str):
@@ -629,6 +636,13 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "{" + ",".join(LOG_LEVELS) + "}",
         _choice(LOG_LEVELS, upper=True),
     ),
+    _Option(
+        "log_format",
+        "EDGE_LOG_FORMAT",
+        "log lines (access log, store events, messages): one JSON object each, or plain text",
+        "{" + ",".join(LOG_FORMATS) + "}",
+        _choice(LOG_FORMATS, upper=False),
+    ),
 )
 
 
@@ -651,6 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
             "a flag overrides the variable, and an empty value means the default."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for option in _OPTIONS:
         # argparse %-formats help strings, hence the escaping.
         text = f"{option.help} [env {option.env}; default: {_default_text(option)}]"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+import chunkstore
 import edge.__main__ as edge_main
 from edge.config import (
     DEFAULT_CHUNK_TOKENS,
@@ -23,6 +23,7 @@ from edge.config import (
     DEFAULT_GIL_SWITCH_INTERVAL_US,
     DEFAULT_HISTORY_BATCH_FLUSH_MS,
     DEFAULT_HOST,
+    DEFAULT_LOG_FORMAT,
     DEFAULT_LOG_LEVEL,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PERSIST_TRANSCRIPTS,
@@ -62,6 +63,7 @@ ENV_VARS = (
     "GIL_SWITCH_INTERVAL_US",
     "RETENTION_INTERVAL_S",
     "EDGE_LOG_LEVEL",
+    "EDGE_LOG_FORMAT",
 )
 
 
@@ -100,6 +102,7 @@ def test_defaults() -> None:
     assert config.gil_switch_interval_us == DEFAULT_GIL_SWITCH_INTERVAL_US == 200
     assert config.retention_interval_s == DEFAULT_RETENTION_INTERVAL_S == 3600
     assert config.log_level == DEFAULT_LOG_LEVEL == "INFO"
+    assert config.log_format == DEFAULT_LOG_FORMAT == "json"
 
 
 def test_reads_os_environ_and_sys_argv_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -163,6 +166,8 @@ def test_repr_hides_secrets() -> None:
         ("RETENTION_INTERVAL_S", "60", "retention_interval_s", 60),
         ("EDGE_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("EDGE_LOG_LEVEL", "Warning", "log_level", "WARNING"),
+        ("EDGE_LOG_FORMAT", "text", "log_format", "text"),
+        ("EDGE_LOG_FORMAT", "JSON", "log_format", "json"),
     ],
 )  # fmt: skip
 def test_each_variable_is_parsed(env: str, raw: str, field: str, expected: object) -> None:
@@ -222,6 +227,7 @@ def test_unrelated_env_is_ignored() -> None:
         (["--store-threads", "8"], "store_threads", 8),
         (["--retention-interval-s", "1"], "retention_interval_s", 1),
         (["--log-level", "error"], "log_level", "ERROR"),
+        (["--log-format", "text"], "log_format", "text"),
     ],
 )  # fmt: skip
 def test_each_flag_is_parsed(argv: list[str], field: str, expected: object) -> None:
@@ -270,6 +276,8 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "--port",
         "--api-keys",
         "--log-level",
+        "--log-format",
+        "--version",
         "--store-durability",
         "--persist-transcripts",
         "--no-persist-transcripts",
@@ -282,7 +290,9 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 
 
 def test_parser_has_one_flag_per_field() -> None:
-    dests = {action.dest for action in build_parser()._actions if action.dest != "help"}
+    dests = {
+        action.dest for action in build_parser()._actions if action.dest not in ("help", "version")
+    }
     assert dests == {field.name for field in dataclasses.fields(EdgeConfig)}
 
 
@@ -341,6 +351,7 @@ def test_argparse_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFix
          "STORE_DURABILITY must be one of chunk, message, none, got 'fsync'"),
         ("EDGE_LOG_LEVEL", "TRACE",
          "EDGE_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, got 'TRACE'"),
+        ("EDGE_LOG_FORMAT", "logfmt", "EDGE_LOG_FORMAT must be one of json, text, got 'logfmt'"),
         ("EDGE_HOST", "local host", "EDGE_HOST must be a host name without whitespace"),
         ("UPSTREAM_API_KEY", "sk abc", "UPSTREAM_API_KEY must be a key without whitespace"),
         ("EDGE_API_KEYS", " , ,", "EDGE_API_KEYS must list at least one key"),
@@ -427,9 +438,7 @@ def test_flag_errors_name_the_flag_and_read_like_env_errors() -> None:
         == "--port must be an integer from 0 to 65535, got 'abc'"
     )
     assert config_error({}, ["--api-keys", ","]).startswith("--api-keys must list at least one key")
-    assert config_error({}, ["--db-url", "nosuch:x.db"]).startswith(
-        "--db-url must be a store URL"
-    )
+    assert config_error({}, ["--db-url", "nosuch:x.db"]).startswith("--db-url must be a store URL")
     # A good flag does not excuse a bad environment value: both are validated.
     assert config_error({"EDGE_PORT": "abc"}, ["--port", "80"]).startswith("EDGE_PORT must be")
 
@@ -541,7 +550,7 @@ def test_main_runs_the_app_with_a_banner(
     levels: list[object] = []
     monkeypatch.setitem(sys.modules, "edge.app", fake_app_module(created))
     monkeypatch.setattr(edge_main, "run_app", fake_run_app(calls))
-    monkeypatch.setattr(logging, "basicConfig", lambda **kwargs: levels.append(kwargs["level"]))
+    monkeypatch.setattr(edge_main, "configure_logging", lambda *args: levels.append(args))
     argv = ["--port", "0", "--db-url", f"file:{tmp_path}", "--log-level", "debug"]
     if persist:
         argv += ["--persist-transcripts", "--upstream-base-url", "http://up.example/v1"]
@@ -551,20 +560,35 @@ def test_main_runs_the_app_with_a_banner(
     assert [config.port for config in created] == [0]
     assert calls[0]["host"] == "127.0.0.1"
     assert calls[0]["port"] == 0
-    assert levels == ["DEBUG"]
+    assert levels == [("DEBUG", "json")]
     out = capsys.readouterr().out
     assert "edge listening on http://127.0.0.1:43210" in out
     if persist:
         assert f"persistence: on, file store at {tmp_path}" in out
         assert "upstream:    http://up.example/v1" in out
     else:
-        assert "persistence: off" in out
+        # The bare command's default differs from `make run`'s: the banner says so, and how.
+        assert "persistence: off (a pure proxy: nothing is stored" in out
+        assert "`make run` turns it on: PERSIST_TRANSCRIPTS=true or --persist-transcripts" in out
         assert "built-in demo" in out
 
 
 def test_banner_falls_back_to_the_configured_address(capsys: pytest.CaptureFixture[str]) -> None:
     edge_main._banner_printer(EdgeConfig(port=9999))("")
     assert "edge listening on http://127.0.0.1:9999" in capsys.readouterr().out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        load_config(["--version"], {})
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"edge {chunkstore.__version__}\n"
+    result = run_edge(["--version"])
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"edge {chunkstore.__version__}\n",
+        "",
+    )
 
 
 def test_main_reports_config_errors(

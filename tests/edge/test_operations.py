@@ -61,7 +61,11 @@ async def test_healthz_with_persistence(make_edge: MakeEdge) -> None:
     assert resp.status == 200
     assert await resp.json() == {
         "status": "ok",
-        "checks": {"persistence": True, "upstream": "configured", "store_writable": True},
+        "checks": {
+            "persistence": True,
+            "upstream": "configured",
+            "store_writable": True,
+        },
     }
 
 
@@ -96,7 +100,10 @@ async def test_healthz_without_persistence_touches_no_disk(
     client = await make_edge(persist_transcripts=False)
     resp = await client.get("/healthz")
     assert resp.status == 200
-    assert (await resp.json())["checks"] == {"persistence": False, "upstream": "configured"}
+    assert (await resp.json())["checks"] == {
+        "persistence": False,
+        "upstream": "configured",
+    }
     assert not store_root.exists()
 
 
@@ -165,7 +172,9 @@ async def test_metrics_label_errors_with_their_status(make_edge: MakeEdge) -> No
         assert value(metrics, "edge_requests_total", **labels) == 1
 
 
-async def test_metrics_count_unmatched_paths_under_one_label(make_edge: MakeEdge) -> None:
+async def test_metrics_count_unmatched_paths_under_one_label(
+    make_edge: MakeEdge,
+) -> None:
     client = await make_edge()
     for path in ("/nope", "/nope/us01-co01", "/secret-path"):
         assert (await client.get(path)).status == 404
@@ -209,6 +218,33 @@ async def test_chunk_writes_and_rebuilds_are_logged_as_json_without_content(
 
     for line in lines:
         for leak in ("tok0", "tok12", SECRET, SESSION):
+            assert leak not in line
+
+
+async def test_every_request_is_one_access_event_without_its_query_string(
+    make_edge: MakeEdge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge.access")
+    client = await make_edge()
+    await stream_chat(client, "tokens-130")
+    assert (await client.get("/v1/models?api_key=sk-query-secret")).status == 200
+    assert (await client.get("/nowhere")).status == 404
+    assert (await client.delete("/healthz")).status == 405
+
+    formatter = JsonFormatter()
+    lines = [formatter.format(r) for r in caplog.records if r.name == "edge.access"]
+    events = [orjson.loads(line) for line in lines]
+    assert [(e["method"], e["path"], e["status"]) for e in events] == [
+        ("POST", "/v1/chat/completions", 200),
+        ("GET", "/v1/models", 200),
+        ("GET", "/nowhere", 404),
+        ("DELETE", "/healthz", 405),
+    ]
+    for event in events:
+        assert event["event"] == "access" and event["logger"] == "edge.access"
+        assert isinstance(event["duration_ms"], float) and event["duration_ms"] >= 0
+    for line in lines:
+        for leak in ("sk-query-secret", SECRET, SESSION):
             assert leak not in line
 
 

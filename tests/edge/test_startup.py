@@ -155,7 +155,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(SETTINGS_PREFIXES) or name in ("DB_URL", "PERSIST_TRANSCRIPTS"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr(edge_main, "configure_logging", lambda level: None)
+    monkeypatch.setattr(edge_main, "configure_logging", lambda level, log_format: None)
 
 
 def test_main_serves_the_app_with_the_configured_deadlines(
