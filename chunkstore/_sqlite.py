@@ -177,6 +177,12 @@ MIGRATIONS: list[Migration] = [
             )""",
         ),
     ),
+    (
+        # ``Store.delete_message``: the row stays (its seq stays claimed, seqs stay gap-free),
+        # marked; readers skip it. Like the file store's tombstone, it hides, it does not erase.
+        "deleted messages",
+        statements("ALTER TABLE messages ADD COLUMN deleted_at TEXT"),
+    ),
 ]
 
 _CONVERSATION_COLUMNS = (
@@ -673,8 +679,8 @@ class SqliteBackend:
             rows = conn.execute(
                 # No status column: a NULL line says "not sealed", and every column read costs
                 # (status alone was a fifth of a 500-message read).
-                "SELECT seq, writer, line FROM messages "
-                "WHERE user_id = ? AND conversation = ? AND seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, writer, line FROM messages WHERE user_id = ? AND conversation = ? "
+                "AND seq > ? AND deleted_at IS NULL ORDER BY seq LIMIT ?",
                 (*key, after_seq, -1 if limit is None else limit),
             ).fetchall()
             if not rows and not self._exists(conn, conv):
@@ -717,7 +723,7 @@ class SqliteBackend:
                 self._conn()
                 .execute(
                     "SELECT (SELECT count(*) FROM messages WHERE user_id = c.user_id "
-                    "AND conversation = c.number) FROM conversations AS c "
+                    "AND conversation = c.number AND deleted_at IS NULL) FROM conversations AS c "
                     "WHERE user_id = ? AND number = ?",
                     (conv.user, conv.n),
                 )
@@ -727,6 +733,38 @@ class SqliteBackend:
             raise ConversationNotFound(f"no conversation {conv}")
         count: int = row[0]
         return count
+
+    def delete_message(self, conv: ConversationId, seq: int) -> bool:
+        with self._write(f"delete message {seq} of {conv}") as conn:
+            row = conn.execute(
+                "SELECT deleted_at FROM conversations WHERE user_id = ? AND number = ?",
+                (conv.user, conv.n),
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFound(f"no conversation {conv}")
+            if row[0] is not None:
+                raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+            found = conn.execute(
+                "SELECT line, writer, deleted_at FROM messages "
+                "WHERE user_id = ? AND conversation = ? AND seq = ?",
+                (conv.user, conv.n, seq),
+            ).fetchone()
+            if found is None or found[2] is not None:
+                return False
+            line, writer, _ = found
+            # Not sealed: streaming while its writer's lease is held (a crashed writer's
+            # message is interrupted, final, and can go).
+            if line is None and self._writer_alive(writer):
+                raise InvalidArgument(
+                    f"message {MessageId(conv.user, conv.n, seq)} is still streaming: "
+                    "it can be deleted once it ends"
+                )
+            conn.execute(
+                "UPDATE messages SET deleted_at = ? "
+                "WHERE user_id = ? AND conversation = ? AND seq = ?",
+                (utc_now(), conv.user, conv.n, seq),
+            )
+        return True
 
     # -- integrity --------------------------------------------------------------------------
 
