@@ -4,6 +4,7 @@
 ``users``, ``./users``, ``/srv/users``  the file store (format v1) in that directory
 ``file:PATH``, ``file:///abs/path``     the same (``filejson:`` is an alias)
 ``sqlite:PATH``, ``sqlite:///abs/path``  one SQLite database file
+``postgresql://...``, ``postgres://...``  a PostgreSQL database (a libpq URI, kept whole)
 =====================================  ===============================================
 
 A target that starts with a scheme (``letters:``) is always a URL, never a path: an unknown
@@ -29,7 +30,8 @@ _PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*:)[^/@\s]*(
 
 #: Scheme → backend name.
 SCHEMES = {"file": "file", "filejson": "file", "sqlite": "sqlite"}
-_PLANNED = ("postgresql", "postgres")
+#: Schemes of a database server: the whole URL goes to the driver.
+_SERVERS = {"postgresql": "postgresql", "postgres": "postgresql"}
 
 
 def redact_url(text: str) -> str:
@@ -39,7 +41,8 @@ def redact_url(text: str) -> str:
 
 def parse_store_url(target: str | os.PathLike[str]) -> tuple[str, str]:
     """``(backend, location)`` for a store target: ``("file", "./users")``,
-    ``("sqlite", "./chat.db")``. ``InvalidArgument`` (a ``ValueError``) for anything else."""
+    ``("sqlite", "./chat.db")``, ``("postgresql", "postgresql://...")``. ``InvalidArgument``
+    (a ``ValueError``) for anything else."""
     if not isinstance(target, str):
         return "file", os.fspath(target)
     if not target or "\x00" in target:
@@ -49,15 +52,13 @@ def parse_store_url(target: str | os.PathLike[str]) -> tuple[str, str]:
         return "file", target
     scheme = match.group(1).lower()
     rest = target[match.end() :]
-    if scheme in _PLANNED:
-        raise InvalidArgument(
-            f"the {scheme}:// backend is not available in this version of chunkstore "
-            f"(got {redact_url(target)!r})"
-        )
+    if scheme in _SERVERS:
+        # libpq knows the scheme in lower case only.
+        return _SERVERS[scheme], f"postgresql:{rest}"
     if scheme not in SCHEMES:
         raise InvalidArgument(
             f"unknown store URL scheme {scheme!r} in {redact_url(target)!r}: use a path, "
-            "file:PATH or sqlite:PATH"
+            "file:PATH, sqlite:PATH or postgresql://..."
         )
     if rest.startswith("//"):
         # scheme://localhost/abs or scheme:///abs: an authority, then an absolute path.
@@ -77,6 +78,17 @@ def open_backend(target: str | os.PathLike[str], **options: Any) -> Backend:
     """The backend ``target`` names, opened with the front's ``options`` (``durability``,
     ``lock_timeout``, ``cache_conversations``)."""
     kind, location = parse_store_url(target)
+    if kind == "postgresql":
+        try:
+            from ._postgres import PostgresBackend
+        except ImportError as exc:
+            raise InvalidArgument(
+                f"the PostgreSQL backend needs psycopg ({exc}): "
+                "pip install 'chunkstore[postgresql]'"
+            ) from None
+        return PostgresBackend(
+            location, durability=options["durability"], lock_timeout=options["lock_timeout"]
+        )
     if kind == "sqlite":
         from ._sqlite import SqliteBackend
 

@@ -7,6 +7,7 @@ None is ever skipped: a backend that cannot open fails every test.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,10 +16,16 @@ from conformance_support import open_store
 
 from chunkstore import Conversation, Store
 
-# Backend name -> a fresh store URL inside a test's own temporary directory.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "support"))  # pg_server
+import pg_server
+
+# Backend name -> a fresh store URL inside a test's own temporary directory (PostgreSQL: a
+# fresh schema on the session's server, see tests/support/pg_server.py; under CI a missing
+# server fails every test, never skips it).
 BACKENDS: dict[str, Callable[[Path], str]] = {
     "file": lambda tmp_path: str(tmp_path / "store"),
     "sqlite": lambda tmp_path: f"sqlite:{tmp_path / 'chat.db'}",
+    "postgresql": lambda tmp_path: pg_server.fresh_schema(),
 }
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,0 +1,1163 @@
+"""The PostgreSQL backend (``postgresql://`` or ``postgres://``, a libpq URI): one database,
+several processes on several machines.
+
+It mirrors the SQLite backend's design (``_sqlite.py``); where the engines differ:
+
+* **Driver**: psycopg 3, its sync ``ConnectionPool`` (``psycopg_pool``; at most ``pool_size``
+  connections, 10 by default, shared by every thread of the store), no ORM. Connections run in
+  autocommit mode with ``prepare_threshold=None`` (no server-side prepared statements), so the
+  pool may sit behind a *transaction-mode* pooler (PgBouncer): nothing outlives a transaction
+  on a pooled connection (every setting is ``SET LOCAL``). The one exception is the lease
+  connection (below).
+* **Schema versions**: the ``_migrations`` table, ``MIGRATIONS`` below applied at open by the
+  same ~30-line runner as ``_migrations.py`` (written again here for psycopg): one transaction
+  per migration, each under a transaction-level advisory lock, so two processes opening a fresh
+  database at once apply each migration once (the second waits, then finds it done). A
+  database newer than the code is refused (``StoreFormatError``); a schema with tables but no
+  ``_migrations`` is not a chunkstore database. The tables go in the connection's current
+  schema (``search_path``): several stores can share one database, one schema each
+  (``?options=-csearch_path%3Dname``).
+* **Tables** (version 1) are SQLite's: ``users`` (``last_conversation`` is the per-user
+  counter), ``sessions`` (principal digests), ``conversations`` (``PRIMARY KEY (user_id,
+  number)``, ``last_seq`` the message counter), ``messages`` (``PRIMARY KEY (user_id,
+  conversation, seq)``, the UNIQUE (conversation, seq) of SPEC §7; ``status``, ``writer``,
+  ``line``), ``chunks`` (one row per chunk record, the record verbatim as JSON text, written
+  while the reply streams), ``instances`` (leases) and ``health``. Version 2 adds
+  ``messages.deleted_at`` (``delete_message``). Times are ``utc_now()``'s fixed-width ISO text,
+  as on SQLite, so they read back exactly and compare in text order (``COLLATE "C"``); JSON is
+  text too (``jsonb`` would reorder a metadata object's keys); a title is a ``json`` string,
+  since a ``text`` value cannot hold NUL. Foreign keys cascade: a hard
+  delete is one ``DELETE``. A sealed message's merged form is its ``line`` (derived;
+  ``check(fix=True)`` rebuilds it), so reads of sealed messages never merge chunk rows.
+* **Seqs** are claimed in the transaction that inserts the message row: ``UPDATE
+  conversations SET last_seq = last_seq + 1 ... RETURNING last_seq`` takes the row's lock, so
+  concurrent writers (on any machine) queue on it and the seqs are gap-free and unique; a
+  rolled-back claim gives its number back. Conversation numbers the same way from
+  ``users.last_conversation`` (the user's row lock also makes ``max_conversations`` exact).
+  User ids are an identity column, new users created under a transaction-level advisory lock
+  so that two processes seeing a new principal at once do not both burn a number.
+* **Transactions are short**: ``BEGIN`` and its ``SET LOCAL`` settings go in one round trip;
+  no transaction is held across a stream (each chunk is its own).
+* **Durability** is ``synchronous_commit``, per transaction (``SET LOCAL``): ``on`` waits
+  for the commit's WAL flush. ``"chunk"``: a chunk written ``durable`` commits with ``on``.
+  ``"message"``: chunks commit with ``off`` (still atomic and in order: a server crash may only
+  lose the latest commits), the seal with ``on``, whose flush covers every earlier commit, so
+  the whole message is durable when sealed. ``"none"``: ``off`` everywhere. Metadata writes and
+  ``append_message`` commit with ``on`` unless ``"none"``.
+* **Locks wait at most ``lock_timeout``**: ``SET LOCAL lock_timeout`` in every write (a row
+  lock or an advisory lock not had in time is ``LockTimeout``), and a pool with every
+  connection busy for that long is ``LockTimeout`` too.
+* **Liveness without timeouts: a per-process lease.** The first ``open_stream`` of a backend
+  opens ONE dedicated connection (never from the pool), takes an instance number (a row of
+  ``instances``, an identity: never handed out twice) and holds the session-level advisory
+  lock ``pg_advisory_lock(<the store's namespace>, <instance>)`` on it for the backend's
+  lifetime. The namespace is the oid of the store's ``instances`` table, so stores in
+  different schemas of one database never share a lease. A streaming message row names its
+  writer instance; a reader says ``streaming`` while that advisory lock is held (``pg_locks``:
+  ``locktype = 'advisory'``, ``granted``, matching ``classid``/``objid``), ``interrupted``
+  otherwise: one query per read, for every unsealed message at once, probed *before* those
+  messages' rows are read again (a writer dead at the probe never comes back, so a message
+  still unsealed after it is truly interrupted). The server drops the lock when the session
+  ends: a killed process (``SIGKILL`` included), a closed or broken connection. So 200
+  concurrent streams of one process need the pool plus one connection, never 200.
+  ``release()`` sets the message's writer to NULL (``interrupted`` at once). ``close()`` ends
+  the lease.
+
+  *If the lease connection dies* (a server restart, a network cut, ``pg_terminate_backend``)
+  the lease is gone: every reply of the process that is still streaming reads
+  ``interrupted`` from then on (a reply sealed later still reads complete). The next
+  ``open_stream`` notices (the message row is only inserted while its lease is held, checked
+  in the same statement) and takes a new number on a new connection. A machine that vanishes
+  without closing its TCP connection keeps its lease until the server gives the connection
+  up: the lease session sets ``tcp_keepalives_idle=10``, ``tcp_keepalives_interval=5``,
+  ``tcp_keepalives_count=3`` (about 25 s over TCP) and turns ``idle_session_timeout`` off.
+
+  *Poolers*: a session advisory lock needs a real session. The lease connection must reach
+  the server directly or through a *session-mode* pooler, never a transaction-mode one (which
+  would hand the session, and the lock, to other clients between statements). The pooled
+  connections may use either mode.
+* **Fork**: a forked child never uses the parent's pool nor lease connection (psycopg's
+  finalizers leave a parent's connection alone in a child): it opens its own on first use.
+* **Errors** become the chunkstore tree (``_storage_error``): a lock not had in time
+  (``lock_not_available``, ``query_canceled``) is ``LockTimeout``; a full disk
+  ``StorageError(ENOSPC)``; a refused login ``StorageError(EACCES)``; a missing database
+  ``StorageError(ENOENT)``; a lost or refused connection and anything else the server reports
+  ``StorageError(EIO)``. Messages show the URL with its password hidden.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import socket
+import threading
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
+
+from ._exceptions import (
+    ChunkstoreError,
+    ConversationDeleted,
+    ConversationNotFound,
+    InvalidArgument,
+    LimitExceeded,
+    LockTimeout,
+    StorageError,
+    StoreFormatError,
+    UserNotFound,
+    WriterClosed,
+)
+from ._ids import ConversationId, MessageId, UserId
+from ._models import Conversation, ConversationPage, Message, Problem
+from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
+from ._url import redact_url
+from ._writer import utc_now
+
+__all__ = ["MIGRATIONS", "PostgresBackend", "PostgresSink", "migrate", "version_of"]
+
+DURABILITY_MODES = ("chunk", "message", "none")
+DEFAULT_POOL_SIZE = 10
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+#: A migration: its name and its statements, run in order in one transaction.
+Migration = tuple[str, tuple[str, ...]]
+
+MIGRATIONS: list[Migration] = [
+    (
+        "initial schema",
+        (
+            """CREATE TABLE users (
+                id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                created_at text NOT NULL,
+                last_conversation bigint NOT NULL DEFAULT 0
+            )""",
+            """CREATE TABLE sessions (
+                digest text PRIMARY KEY,
+                user_id bigint NOT NULL REFERENCES users (id)
+            )""",
+            """CREATE TABLE conversations (
+                user_id bigint NOT NULL REFERENCES users (id),
+                number bigint NOT NULL,
+                title json,
+                created_at text NOT NULL,
+                updated_at text NOT NULL,
+                pinned boolean NOT NULL DEFAULT false,
+                metadata text NOT NULL DEFAULT '{}',
+                participants text NOT NULL DEFAULT '[]',
+                deleted_at text,
+                last_seq bigint NOT NULL DEFAULT 0,
+                last_message_at text,
+                PRIMARY KEY (user_id, number)
+            )""",
+            """CREATE TABLE messages (
+                user_id bigint NOT NULL,
+                conversation bigint NOT NULL,
+                seq bigint NOT NULL,
+                role text,
+                status text NOT NULL,
+                writer integer,
+                created_at text NOT NULL,
+                line text,
+                PRIMARY KEY (user_id, conversation, seq),
+                FOREIGN KEY (user_id, conversation)
+                    REFERENCES conversations (user_id, number) ON DELETE CASCADE
+            )""",
+            """CREATE TABLE chunks (
+                user_id bigint NOT NULL,
+                conversation bigint NOT NULL,
+                seq bigint NOT NULL,
+                chunk bigint NOT NULL,
+                record text NOT NULL,
+                PRIMARY KEY (user_id, conversation, seq, chunk),
+                FOREIGN KEY (user_id, conversation, seq)
+                    REFERENCES messages (user_id, conversation, seq) ON DELETE CASCADE
+            )""",
+            """CREATE TABLE instances (
+                id integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                pid integer NOT NULL,
+                host text NOT NULL,
+                started_at text NOT NULL
+            )""",
+            """CREATE TABLE health (
+                id integer PRIMARY KEY CHECK (id = 1),
+                pinged_at text NOT NULL
+            )""",
+        ),
+    ),
+    (
+        "messages can be deleted",
+        ("ALTER TABLE messages ADD COLUMN deleted_at text",),
+    ),
+]
+
+# pg_advisory_xact_lock(_SCHEMA_LOCK, 0) serializes migrations ("csk" + "M").
+_SCHEMA_LOCK = 0x63736B4D
+
+_CONVERSATION_COLUMNS = (
+    "user_id, number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
+)
+# update_conversation's keys -> (column, how the value is stored)
+_UPDATABLE: dict[str, tuple[str, Any]] = {
+    "title": ("title", lambda v: _json_text(v)),
+    "pinned": ("pinned", lambda v: bool(v)),
+    "metadata": ("metadata", lambda v: _dumps(dict(v))),
+    "deleted_at": ("deleted_at", lambda v: v),
+}
+_MESSAGE_KEY = "user_id = %s AND conversation = %s AND seq = %s"
+# The instances whose lease is held now, among those asked (%s: the namespace, the numbers).
+_HELD_LEASES = (
+    "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND objsubid = 2 AND classid::int8 = %s AND objid::int8 = ANY(%s::int8[]) "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+# Settings of the lease session: a vanished client's lease ends (TCP keepalives), and an idle
+# lease is never timed out. Only the settings this server knows are set.
+_LEASE_SETTINGS = (
+    "SELECT set_config(s.name, s.value, false) FROM (VALUES "
+    "('tcp_keepalives_idle', '10'), ('tcp_keepalives_interval', '5'), "
+    "('tcp_keepalives_count', '3'), ('idle_session_timeout', '0'), "
+    "('idle_in_transaction_session_timeout', '0')) AS s (name, value) "
+    "WHERE s.name IN (SELECT name FROM pg_settings)"
+)
+
+# The kinds of problem check(fix=True) repairs.
+_FIXABLE = frozenset({"counter-behind", "stale-line"})
+
+# Every live backend, so one fork handler can reset them all in the child.
+_BACKENDS: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
+# In a forked child, the parent's pools and connections: kept referenced, never used.
+_INHERITED: list[object] = []
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _json_text(value: str | None) -> str | None:
+    """A title as stored: a JSON string (PostgreSQL text cannot hold NUL, JSON escapes it)."""
+    return None if value is None else _dumps(value)
+
+
+def _storage_error(exc: Exception, action: str, timeout: float) -> ChunkstoreError:
+    """The chunkstore error for a psycopg or pool error (its ``__cause__``)."""
+    text = redact_url(str(exc).strip())
+    err: ChunkstoreError
+    if isinstance(exc, PoolTimeout):
+        err = LockTimeout(f"{action}: no database connection free within {timeout}s ({text})")
+    elif isinstance(exc, PoolClosed):
+        err = StorageError(errno.EBADF, f"{action}: the store is closed")
+    elif isinstance(exc, pg_errors.LockNotAvailable | pg_errors.QueryCanceled):
+        err = LockTimeout(f"{action}: a lock was not had within {timeout}s ({text})")
+    elif isinstance(exc, pg_errors.DiskFull):
+        err = StorageError(errno.ENOSPC, f"{action}: {text}")
+    elif isinstance(exc, pg_errors.OutOfMemory):
+        err = StorageError(errno.ENOMEM, f"{action}: {text}")
+    elif isinstance(
+        exc,
+        pg_errors.InsufficientPrivilege
+        | pg_errors.InvalidAuthorizationSpecification
+        | pg_errors.InvalidPassword,
+    ):
+        err = StorageError(errno.EACCES, f"{action}: {text}")
+    elif isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        err = StorageError(errno.EROFS, f"{action}: {text}")
+    elif isinstance(exc, pg_errors.InvalidCatalogName):
+        err = StorageError(errno.ENOENT, f"{action}: {text}")
+    else:  # a lost or refused connection, corruption, anything else the server reports
+        err = StorageError(errno.EIO, f"{action}: {text}")
+    err.__cause__ = exc
+    return err
+
+
+# -- migrations (the runner of _migrations.py, for psycopg) ------------------------------------
+
+
+def version_of(conn: Conn, *, what: str = "the database") -> int:
+    """The schema version of the store in ``conn``'s current schema (0: none yet)."""
+    has_migrations, has_tables = conn.execute(
+        "SELECT to_regclass(format('%I._migrations', current_schema())) IS NOT NULL, "
+        "EXISTS (SELECT 1 FROM pg_tables WHERE schemaname = current_schema())"
+    ).fetchone() or (False, False)
+    if not has_migrations:
+        if has_tables:
+            raise StoreFormatError(
+                f"{what} has tables but no _migrations table: not a chunkstore database"
+            )
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM _migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: Conn, migrations: Sequence[Migration], *, what: str) -> int:
+    """Bring the store on ``conn`` (autocommit) up to ``len(migrations)``; return it.
+
+    A store already at the code's version costs two reads and takes no lock.
+    """
+    target = len(migrations)
+    while True:
+        current = version_of(conn, what=what)
+        if current > target:
+            raise StoreFormatError(
+                f"{what} has schema version {current}; this chunkstore knows versions up to "
+                f"{target} (upgrade chunkstore to open it)"
+            )
+        if current == target:
+            return current
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK,))
+            # Read again under the lock: another process may have migrated meanwhile.
+            if version_of(conn, what=what) == current:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS _migrations (version integer PRIMARY KEY, "
+                    "name text NOT NULL, applied_at text NOT NULL)"
+                )
+                name, sql = migrations[current]
+                for statement in sql:
+                    conn.execute(statement.encode())
+                conn.execute(
+                    "INSERT INTO _migrations (version, name, applied_at) VALUES (%s, %s, %s)",
+                    (current + 1, name, utc_now()),
+                )
+
+
+class _LeaseLost(Exception):
+    """Internal: the backend's lease ended (its connection died); take a new one."""
+
+
+class PostgresBackend:
+    """The PostgreSQL backend (see the module docstring); implements ``_backend.Backend``.
+
+    ``url``: a libpq URI (``postgresql://user:pw@host:5432/db?options=...``).
+    ``durability``: ``"chunk"``, ``"message"`` or ``"none"``, as for every backend.
+    ``lock_timeout``: how long a write waits for a lock, or for a free pooled connection.
+    ``pool_size``: the most connections the pool opens (the lease connection comes on top).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        durability: str = "chunk",
+        lock_timeout: float = 30.0,
+        pool_size: int = DEFAULT_POOL_SIZE,
+    ) -> None:
+        if durability not in DURABILITY_MODES:
+            raise InvalidArgument(f"durability must be one of {DURABILITY_MODES}")
+        if pool_size < 1:
+            raise InvalidArgument("pool_size must be at least 1")
+        self.url = url
+        self.durability = durability
+        self.lock_timeout = lock_timeout
+        self.pool_size = pool_size
+        try:
+            params = conninfo_to_dict(url)
+        except psycopg.Error as exc:
+            raise InvalidArgument(
+                f"{self.describe()} is not a PostgreSQL URL ({redact_url(str(exc))})"
+            ) from None
+        self._connect_options: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+        if "connect_timeout" not in params:
+            self._connect_options["connect_timeout"] = 10
+        # lock_timeout 0 would mean "wait forever" to the server: 1 ms is the least.
+        self._lock_ms = f"{max(1, round(lock_timeout * 1000))}ms"
+        self._sync_durable = "off" if durability == "none" else "on"
+        self._closed = False
+        self._pid = os.getpid()
+        self._guard = threading.Lock()
+        self._lease_guard = threading.Lock()
+        self._pool: ConnectionPool[Conn] | None = None
+        self._lease: Conn | None = None
+        self._instance: int | None = None
+        self._space = 0  # the lease namespace: the oid of this store's instances table
+        with self._errors("open the database"), self._connect() as conn:
+            migrate(conn, MIGRATIONS, what=self.describe())
+            row = conn.execute(
+                "SELECT format('%I.instances', current_schema())::regclass::oid::int8"
+            ).fetchone()
+            self._space = int(row[0]) if row else 0
+        _BACKENDS.add(self)
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend({self.describe()!r}, durability={self.durability!r})"
+
+    # -- connections and transactions ------------------------------------------------------
+
+    def _connect(self) -> Conn:
+        conn: Conn = psycopg.connect(self.url, **self._connect_options)
+        return conn
+
+    def _get_pool(self) -> ConnectionPool[Conn]:
+        if self._pid != os.getpid():
+            self._after_fork()
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._guard:
+            if self._closed:
+                raise StorageError(errno.EBADF, f"{self.describe()} is closed")
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url,
+                    kwargs=self._connect_options,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    timeout=self.lock_timeout,
+                    name="chunkstore",
+                    open=False,
+                )
+                self._pool.open(wait=False)
+            return self._pool
+
+    def _after_fork(self) -> None:
+        """In a forked child: forget the parent's pool and lease (never use them)."""
+        self._guard = threading.Lock()
+        self._lease_guard = threading.Lock()
+        self._pid = os.getpid()
+        _INHERITED.extend(x for x in (self._pool, self._lease) if x is not None)
+        self._pool = None
+        self._lease, self._instance = None, None
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            raise _storage_error(
+                exc, f"{self.describe()}: cannot {action}", self.lock_timeout
+            ) from exc
+
+    @contextlib.contextmanager
+    def _read(self, action: str) -> Iterator[Conn]:
+        """A pooled connection for reads (autocommit: each statement its own snapshot)."""
+        with self._errors(action), self._get_pool().connection() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _write(self, action: str, *, durable: bool = True) -> Iterator[Conn]:
+        """One write transaction, committed ``durable`` (``synchronous_commit``, see the
+        module docstring) unless the store's durability is ``"none"``."""
+        sync = self._sync_durable if durable else "off"
+        with self._errors(action), self._get_pool().connection() as conn:
+            conn.execute(
+                f"BEGIN; SET LOCAL synchronous_commit = {sync}; "
+                f"SET LOCAL lock_timeout = '{self._lock_ms}'".encode()
+            )
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
+        _BACKENDS.discard(self)
+        with self._lease_guard, self._guard:
+            self._closed = True
+            pool, self._pool = self._pool, None
+            lease, self._lease = self._lease, None
+            instance, self._instance = self._instance, None
+        if lease is not None:
+            # Tidy only: the session ending is what ends the lease (and check(fix=True)
+            # removes the rows of leases that ended without this).
+            with contextlib.suppress(psycopg.Error):
+                lease.execute("DELETE FROM instances WHERE id = %s", (instance,))
+            with contextlib.suppress(psycopg.Error):
+                lease.close()
+        if pool is not None:
+            with contextlib.suppress(psycopg.Error):
+                pool.close()
+
+    def ping(self) -> None:
+        with self._write("take a write") as conn:
+            conn.execute(
+                "INSERT INTO health (id, pinged_at) VALUES (1, %s) "
+                "ON CONFLICT (id) DO UPDATE SET pinged_at = excluded.pinged_at",
+                (utc_now(),),
+            )
+
+    # -- the liveness lease -----------------------------------------------------------------
+
+    def _instance_number(self) -> int:
+        """This backend's instance number, its lease taken on first use (see the docstring)."""
+        if self._pid != os.getpid():
+            self._after_fork()
+        instance = self._instance
+        if instance is not None:
+            return instance
+        with self._lease_guard:
+            if self._instance is not None:
+                return self._instance
+            if self._closed:
+                raise StorageError(errno.EBADF, f"{self.describe()} is closed")
+            with self._errors("take a liveness lease"):
+                conn = self._connect()
+                try:
+                    conn.execute(_LEASE_SETTINGS)
+                    for _ in range(10):
+                        # The row becomes visible with its lock already held.
+                        with conn.transaction():
+                            row = conn.execute(
+                                "INSERT INTO instances (pid, host, started_at) "
+                                "VALUES (%s, %s, %s) RETURNING id",
+                                (os.getpid(), socket.gethostname(), utc_now()),
+                            ).fetchone()
+                            n = int(row[0]) if row else 0
+                            got = conn.execute(
+                                "SELECT pg_try_advisory_lock(%s::int8::bit(32)::int4, %s)",
+                                (self._space, n),
+                            ).fetchone()
+                        if got and got[0]:
+                            self._lease, self._instance = conn, n
+                            return n
+                        # Held by someone (a database restored from an older copy: the counter
+                        # went back): that number is spent; take the next one.
+                    raise StorageError(errno.EEXIST, f"{self.describe()}: cannot take a lease")
+                except BaseException:
+                    conn.close()
+                    raise
+
+    def _drop_lease(self, instance: int) -> None:
+        """Forget lease ``instance`` after it was found lost (its connection died)."""
+        with self._lease_guard:
+            if self._instance != instance:
+                return  # already replaced
+            lease, self._lease, self._instance = self._lease, None, None
+        if lease is not None:
+            with contextlib.suppress(psycopg.Error):
+                lease.close()
+
+    def _held(self, conn: Conn, writers: Sequence[int]) -> set[int]:
+        """The instances among ``writers`` whose lease is held now (one query)."""
+        if not writers:
+            return set()
+        return {int(n) for (n,) in conn.execute(_HELD_LEASES, (self._space, list(writers)))}
+
+    # -- users ------------------------------------------------------------------------------
+
+    def user_for(self, principal_digest: str) -> str:
+        found = self.find_user(principal_digest)
+        if found is not None:
+            return found
+        with self._write("create a user") as conn:
+            # One creator at a time: two processes seeing a new principal at once must not
+            # both take a number (an identity never gives one back).
+            conn.execute("SELECT pg_advisory_xact_lock(%s::int8::bit(32)::int4, 0)", (self._space,))
+            row = conn.execute(
+                "SELECT user_id FROM sessions WHERE digest = %s", (principal_digest,)
+            ).fetchone()
+            if row is not None:
+                return str(UserId(row[0]))  # another process created it meanwhile
+            row = conn.execute(
+                "INSERT INTO users (created_at) VALUES (%s) RETURNING id", (utc_now(),)
+            ).fetchone()
+            assert row is not None
+            conn.execute(
+                "INSERT INTO sessions (digest, user_id) VALUES (%s, %s)", (principal_digest, row[0])
+            )
+        return str(UserId(row[0]))
+
+    def find_user(self, principal_digest: str) -> str | None:
+        with self._read("find a user") as conn:
+            row = conn.execute(
+                "SELECT user_id FROM sessions WHERE digest = %s", (principal_digest,)
+            ).fetchone()
+        return None if row is None else str(UserId(row[0]))
+
+    def users(self) -> list[str]:
+        with self._read("list users") as conn:
+            rows = conn.execute("SELECT id FROM users ORDER BY id").fetchall()
+        return [str(UserId(n)) for (n,) in rows]
+
+    # -- conversations ----------------------------------------------------------------------
+
+    def create_conversation(
+        self,
+        user: UserId,
+        *,
+        title: str | None,
+        metadata: dict[str, str],
+        participants: list[str],
+        pinned: bool,
+        max_conversations: int | None,
+    ) -> Conversation:
+        with self._write("create a conversation") as conn:
+            # The user's row lock first: concurrent creators queue here, so the count below
+            # sees every conversation committed before ours.
+            row = conn.execute(
+                "UPDATE users SET last_conversation = last_conversation + 1 WHERE id = %s "
+                "RETURNING last_conversation",
+                (user.n,),
+            ).fetchone()
+            if row is None:
+                raise UserNotFound(f"no user {user}")
+            if max_conversations is not None:
+                counted = conn.execute(
+                    "SELECT count(*) FROM conversations WHERE user_id = %s", (user.n,)
+                ).fetchone()
+                if counted is not None and counted[0] >= max_conversations:
+                    raise LimitExceeded(
+                        f"user {user} has reached the limit of {max_conversations} conversations"
+                    )
+            now = utc_now()
+            created = conn.execute(
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL) "
+                f"RETURNING {_CONVERSATION_COLUMNS}",
+                (
+                    user.n,
+                    row[0],
+                    _json_text(title),
+                    now,
+                    now,
+                    pinned,
+                    _dumps(metadata),
+                    _dumps(participants),
+                ),
+            ).fetchone()
+        assert created is not None
+        return _conversation(created)
+
+    def get_conversation(self, conv: ConversationId) -> Conversation:
+        with self._read(f"read {conv}") as conn:
+            row = conn.execute(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
+                "WHERE user_id = %s AND number = %s",
+                (conv.user, conv.n),
+            ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        return _conversation(row)
+
+    def list_conversations(
+        self,
+        user: UserId,
+        *,
+        limit: int,
+        before: ConversationId | None,
+        include_deleted: bool,
+    ) -> ConversationPage:
+        sql = (
+            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = %s AND number < %s"
+        )
+        if not include_deleted:
+            sql += " AND deleted_at IS NULL"
+        sql += " ORDER BY number DESC LIMIT %s"
+        below = before.n if before is not None else 2**63 - 1
+        with self._read(f"list the conversations of {user}") as conn:
+            rows = conn.execute(sql.encode(), (user.n, below, limit + 1)).fetchall()
+        items = [_conversation(row) for row in rows[:limit]]
+        return ConversationPage(items, items[-1].id if len(rows) > limit else None)
+
+    def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
+        sets, values = ["updated_at = %s"], [utc_now()]
+        for key, value in changes.items():
+            column, encode = _UPDATABLE[key]
+            sets.append(f"{column} = %s")
+            values.append(encode(value))
+        with self._write(f"update {conv}") as conn:
+            # One UPDATE under the row's lock: no concurrent update is lost.
+            row = conn.execute(
+                f"UPDATE conversations SET {', '.join(sets)} WHERE user_id = %s AND number = %s "
+                f"RETURNING {_CONVERSATION_COLUMNS}".encode(),
+                (*values, conv.user, conv.n),
+            ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        return _conversation(row)
+
+    def remove_conversation(self, conv: ConversationId) -> None:
+        with self._write(f"delete {conv}") as conn:
+            # The foreign keys cascade to its messages and their chunks.
+            cursor = conn.execute(
+                "DELETE FROM conversations WHERE user_id = %s AND number = %s",
+                (conv.user, conv.n),
+            )
+            if cursor.rowcount == 0:
+                raise ConversationNotFound(f"no conversation {conv}")
+
+    def expired(self, cutoff: datetime) -> list[str]:
+        # Every stored time is utc_now()'s fixed-width ISO text: text order ("C") is time order.
+        limit = cutoff.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+        with self._read("find expired conversations") as conn:
+            rows = conn.execute(
+                "SELECT user_id, number FROM conversations WHERE NOT pinned "
+                'AND greatest(updated_at, last_message_at) COLLATE "C" < %s '
+                "ORDER BY user_id, number",
+                (limit,),
+            ).fetchall()
+        return [str(ConversationId(u, n)) for u, n in rows]
+
+    # -- messages ---------------------------------------------------------------------------
+
+    def _claim_seq(
+        self, conn: Conn, conv: ConversationId, limit: int | None, now: str
+    ) -> MessageId:
+        """The next seq of ``conv``, claimed in the caller's write transaction (its row lock
+        is held until that transaction ends; a rollback gives the number back)."""
+        row = conn.execute(
+            "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = %s "
+            "WHERE user_id = %s AND number = %s RETURNING last_seq, deleted_at",
+            (now, conv.user, conv.n),
+        ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        seq, deleted_at = row
+        if deleted_at is not None:
+            raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+        if limit is not None and seq > limit:
+            raise LimitExceeded(f"conversation {conv} has reached the limit of {limit} messages")
+        return MessageId(conv.user, conv.n, seq)
+
+    def append_message(
+        self, conv: ConversationId, record: dict[str, Any], *, max_messages: int | None
+    ) -> Message:
+        with self._write(f"append to {conv}") as conn:
+            now = utc_now()
+            mid = self._claim_seq(conn, conv, max_messages, now)
+            record["messageId"] = str(mid)
+            record["timestamp"] = now
+            message = rebuild_message(str(mid), mid.seq, [record], writer_alive=False)
+            conn.execute(
+                "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                "created_at, line) VALUES (%s, %s, %s, %s, %s, NULL, %s, %s)",
+                (
+                    mid.user,
+                    mid.conversation,
+                    mid.seq,
+                    message.role,
+                    message.status,
+                    now,
+                    _line(message),
+                ),
+            )
+            conn.execute(
+                "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+                "VALUES (%s, %s, %s, 1, %s)",
+                (mid.user, mid.conversation, mid.seq, _dumps(record)),
+            )
+        return message
+
+    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> PostgresSink:
+        for _ in range(3):
+            instance = self._instance_number()
+            try:
+                with self._write(f"start a message in {conv}") as conn:
+                    now = utc_now()
+                    mid = self._claim_seq(conn, conv, max_messages, now)
+                    # Inserted only while our lease is held: a stream never starts on a lease
+                    # that is already gone (its reply would read interrupted at once).
+                    cursor = conn.execute(
+                        "INSERT INTO messages (user_id, conversation, seq, role, status, "
+                        "writer, created_at) SELECT %s, %s, %s, NULL, 'streaming', %s, %s "
+                        f"WHERE EXISTS ({_HELD_LEASES})",
+                        (mid.user, mid.conversation, mid.seq, instance, now)
+                        + (self._space, [instance]),
+                    )
+                    if cursor.rowcount != 1:
+                        raise _LeaseLost
+            except _LeaseLost:
+                self._drop_lease(instance)
+                continue
+            return PostgresSink(self, mid)
+        raise StorageError(errno.EIO, f"{self.describe()}: cannot keep a liveness lease")
+
+    def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
+        key = (conv.user, conv.n)
+        with self._read(f"read {conv}") as conn:
+            rows = conn.execute(
+                "SELECT seq, writer, line FROM messages WHERE user_id = %s AND conversation = %s "
+                "AND seq > %s AND deleted_at IS NULL ORDER BY seq LIMIT %s",
+                (*key, after_seq, limit),
+            ).fetchall()
+            if not rows and not self._exists(conn, conv):
+                raise ConversationNotFound(f"no conversation {conv}")
+            open_seqs = [seq for seq, _, line in rows if line is None]
+            if not open_seqs:
+                return [_from_line(orjson.loads(line)) for _, _, line in rows]
+            # The liveness probe first, then the unsealed messages read again: a writer dead
+            # at the probe never comes back, so one still unsealed after it is interrupted.
+            alive = self._held(conn, sorted({w for _, w, line in rows if line is None and w}))
+            again = conn.execute(
+                "SELECT m.seq, m.writer, m.line, c.record FROM messages AS m "
+                "LEFT JOIN chunks AS c USING (user_id, conversation, seq) "
+                "WHERE m.user_id = %s AND m.conversation = %s AND m.seq = ANY(%s) "
+                "AND m.deleted_at IS NULL ORDER BY m.seq, c.chunk",
+                (*key, open_seqs),
+            ).fetchall()
+        loads = orjson.loads
+        now_open: dict[int, Message] = {}
+        for seq, group in itertools.groupby(again, key=_first):
+            found = list(group)
+            _, writer, line, _ = found[0]
+            if line is not None:  # sealed meanwhile
+                now_open[seq] = _from_line(loads(line))
+                continue
+            records = [loads(r[3]) for r in found if r[3] is not None]
+            mid = str(MessageId(conv.user, conv.n, seq))
+            now_open[seq] = rebuild_message(mid, seq, records, writer_alive=writer in alive)
+        out = []
+        for seq, _, line in rows:
+            if line is not None:
+                out.append(_from_line(loads(line)))
+            elif seq in now_open:  # else deleted meanwhile
+                out.append(now_open[seq])
+        return out
+
+    def _exists(self, conn: Conn, conv: ConversationId) -> bool:
+        return (
+            conn.execute(
+                "SELECT 1 FROM conversations WHERE user_id = %s AND number = %s",
+                (conv.user, conv.n),
+            ).fetchone()
+            is not None
+        )
+
+    def message_count(self, conv: ConversationId) -> int:
+        with self._read(f"count the messages of {conv}") as conn:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM messages WHERE user_id = c.user_id "
+                "AND conversation = c.number AND deleted_at IS NULL) FROM conversations AS c "
+                "WHERE user_id = %s AND number = %s",
+                (conv.user, conv.n),
+            ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        return int(row[0])
+
+    def delete_message(self, conv: ConversationId, seq: int) -> bool:
+        """Mark the row deleted (``deleted_at``) and drop its content (its chunk rows and its
+        line): the row stays, so the seq stays claimed and ``check`` finds no gap."""
+        mid = MessageId(conv.user, conv.n, seq)
+        key = (conv.user, conv.n, seq)
+        with self._write(f"delete message {mid}") as conn:
+            # FOR SHARE: a soft delete of the conversation waits for us (and we for it).
+            row = conn.execute(
+                "SELECT deleted_at FROM conversations WHERE user_id = %s AND number = %s FOR SHARE",
+                (conv.user, conv.n),
+            ).fetchone()
+            if row is None:
+                raise ConversationNotFound(f"no conversation {conv}")
+            if row[0] is not None:
+                raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+            # FOR UPDATE: a seal waits for us; once deleted, a seal no longer touches the row.
+            found = conn.execute(
+                f"SELECT line, writer, deleted_at FROM messages WHERE {_MESSAGE_KEY} FOR UPDATE",
+                key,
+            ).fetchone()
+            if found is None or found[2] is not None:
+                return False
+            line, writer, _ = found
+            if line is None and writer is not None and self._held(conn, [writer]):
+                raise InvalidArgument(
+                    f"message {mid} is still streaming: it can be deleted once it ends"
+                )
+            conn.execute(
+                "UPDATE messages SET deleted_at = %s, line = NULL, writer = NULL "
+                f"WHERE {_MESSAGE_KEY}",
+                (utc_now(), *key),
+            )
+            conn.execute(f"DELETE FROM chunks WHERE {_MESSAGE_KEY}", key)
+        return True
+
+    # -- integrity --------------------------------------------------------------------------
+
+    def check(self, fix: bool) -> list[Problem]:
+        """The store's invariants (the engine keeps its own: foreign keys, unique keys):
+        counters at least every number they hand out, message seqs 1..N and chunk seqs 1..k
+        without a gap, every sealed message's line equal to its chunk rows rebuilt.
+
+        ``fix`` repairs what is derived, as on SQLite: a counter behind is moved up (never
+        down), a line is rebuilt from the chunk rows; and it tidies what dead processes left
+        (their ``instances`` rows and their unsealed messages' writer). It never deletes a
+        row that holds data. Problems are found in one snapshot (``REPEATABLE READ``, no lock
+        held against writers); the fixes are then applied in one short write transaction,
+        each guarded so that a change made meanwhile is never undone.
+        """
+        problems: list[Problem] = []
+        fixes: list[tuple[str, tuple[Any, ...]]] = []
+        with self._read("check the database") as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                problems += self._check_counters(conn, fixes)
+                problems += self._check_gaps(conn)
+                problems += self._check_lines(conn, fixes)
+            finally:
+                conn.execute("ROLLBACK")
+        if fix:
+            if fixes:
+                with self._write("repair the database") as conn:
+                    for sql, params in fixes:
+                        conn.execute(sql.encode(), params)
+            problems = [replace(p, fixed=True) if p.kind in _FIXABLE else p for p in problems]
+            self._tidy_leases()
+        return problems
+
+    def _check_counters(
+        self, conn: Conn, fixes: list[tuple[str, tuple[Any, ...]]]
+    ) -> list[Problem]:
+        problems = []
+        behind = conn.execute(
+            "SELECT c.user_id, c.number, c.last_seq, m.top FROM conversations AS c JOIN "
+            "(SELECT user_id, conversation, max(seq) AS top FROM messages GROUP BY 1, 2) AS m "
+            "ON m.user_id = c.user_id AND m.conversation = c.number WHERE m.top > c.last_seq"
+        ).fetchall()
+        for user, n, last, top in behind:
+            fixes.append(
+                (
+                    "UPDATE conversations SET last_seq = greatest(last_seq, %s) "
+                    "WHERE user_id = %s AND number = %s",
+                    (top, user, n),
+                )
+            )
+            problems.append(
+                Problem(
+                    str(ConversationId(user, n)),
+                    "counter-behind",
+                    f"message counter {last} is behind message {top}",
+                )
+            )
+        behind = conn.execute(
+            "SELECT u.id, u.last_conversation, max(c.number) FROM users AS u "
+            "JOIN conversations AS c ON c.user_id = u.id GROUP BY u.id "
+            "HAVING max(c.number) > u.last_conversation"
+        ).fetchall()
+        for user, last, top in behind:
+            fixes.append(
+                (
+                    "UPDATE users SET last_conversation = greatest(last_conversation, %s) "
+                    "WHERE id = %s",
+                    (top, user),
+                )
+            )
+            problems.append(
+                Problem(
+                    str(UserId(user)),
+                    "counter-behind",
+                    f"conversation counter {last} is behind conversation {top}",
+                )
+            )
+        return problems
+
+    def _check_gaps(self, conn: Conn) -> list[Problem]:
+        problems = []
+        for user, n, count, top in conn.execute(
+            "SELECT user_id, conversation, count(*), max(seq) FROM messages GROUP BY 1, 2 "
+            "HAVING count(*) != max(seq) OR min(seq) != 1"
+        ).fetchall():
+            problems.append(
+                Problem(
+                    str(ConversationId(user, n)),
+                    "gap",
+                    f"{count} messages numbered up to {top}: some are missing",
+                )
+            )
+        for user, n, seq, count, top in conn.execute(
+            "SELECT user_id, conversation, seq, count(*), max(chunk) FROM chunks "
+            "GROUP BY 1, 2, 3 HAVING count(*) != max(chunk) OR min(chunk) != 1"
+        ).fetchall():
+            problems.append(
+                Problem(
+                    str(MessageId(user, n, seq)),
+                    "gap",
+                    f"{count} chunks numbered up to {top}: some are missing",
+                )
+            )
+        return problems
+
+    def _check_lines(self, conn: Conn, fixes: list[tuple[str, tuple[Any, ...]]]) -> list[Problem]:
+        """Every sealed message's line against its chunk rows, rebuilt (deleted ones aside)."""
+        problems = []
+        rows = conn.execute(
+            "SELECT m.user_id, m.conversation, m.seq, m.line, c.record FROM messages AS m "
+            "LEFT JOIN chunks AS c USING (user_id, conversation, seq) "
+            "WHERE (m.line IS NOT NULL OR m.status != 'streaming') AND m.deleted_at IS NULL "
+            "ORDER BY m.user_id, m.conversation, m.seq, c.chunk"
+        )
+        for (user, n, seq), group in itertools.groupby(rows, key=lambda r: r[:3]):
+            found = list(group)
+            mid = MessageId(user, n, seq)
+            records = [orjson.loads(r[4]) for r in found if r[4] is not None]
+            rebuilt = rebuild_message(str(mid), seq, records, writer_alive=False)
+            line = found[0][3]
+            try:
+                current = _from_line(orjson.loads(line)) if line is not None else None
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                current = None
+            if current == rebuilt:
+                continue
+            if rebuilt.status in TERMINAL:
+                detail = "the sealed message disagrees with its chunk rows"
+                change: tuple[str, str | None] = (rebuilt.status, _line(rebuilt))
+            else:
+                detail = "sealed, but its chunk rows end without a terminal record"
+                change = ("streaming", None)
+            fixes.append(
+                (
+                    "UPDATE messages SET status = %s, line = %s, writer = NULL "
+                    f"WHERE {_MESSAGE_KEY} AND line IS NOT DISTINCT FROM %s",
+                    (*change, user, n, seq, line),
+                )
+            )
+            problems.append(Problem(str(mid), "stale-line", detail))
+        return problems
+
+    def _tidy_leases(self) -> None:
+        """Forget the leases that ended (their ``instances`` rows and messages' writer)."""
+        with self._read("list the leases") as conn:
+            numbers = {int(n) for (n,) in conn.execute("SELECT id FROM instances")}
+            numbers |= {
+                int(n)
+                for (n,) in conn.execute(
+                    "SELECT DISTINCT writer FROM messages WHERE writer IS NOT NULL"
+                )
+            }
+            dead = sorted(numbers - self._held(conn, sorted(numbers)))
+        if not dead:
+            return
+        # A lease that ended never comes back (its number is never handed out again).
+        with self._write("forget ended leases") as conn:
+            conn.execute("DELETE FROM instances WHERE id = ANY(%s)", (dead,))
+            conn.execute("UPDATE messages SET writer = NULL WHERE writer = ANY(%s)", (dead,))
+
+
+def _line(message: Message) -> str:
+    """A sealed message's ``messages.line``: ``_rebuild``'s line, plus ``damaged`` if so."""
+    line = message_to_line(message)
+    if message.damaged:
+        line["damaged"] = True
+    return _dumps(line)
+
+
+def _from_line(line: dict[str, Any]) -> Message:
+    message = message_from_line(line)
+    if line.get("damaged"):
+        message.damaged = True
+    return message
+
+
+def _first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def _conversation(row: tuple[Any, ...]) -> Conversation:
+    user, n, title, created_at, updated_at, pinned, metadata, participants, deleted_at = row
+    return Conversation(
+        id=str(ConversationId(user, n)),
+        user_id=str(UserId(user)),
+        title=title,
+        created_at=created_at,
+        updated_at=updated_at,
+        pinned=bool(pinned),
+        metadata=orjson.loads(metadata),
+        participants=orjson.loads(participants),
+        deleted_at=deleted_at,
+    )
+
+
+class PostgresSink:
+    """A streamed message of the PostgreSQL backend: one ``chunks`` row per ``write_chunk``,
+    then the seal. Its liveness is the backend's lease (the message row names the instance)
+    until it is sealed or released."""
+
+    def __init__(self, backend: PostgresBackend, message_id: MessageId) -> None:
+        self._backend = backend
+        self._id = message_id
+        self._key = (message_id.user, message_id.conversation, message_id.seq)
+        self._open = True
+
+    @property
+    def message_id(self) -> MessageId:
+        return self._id
+
+    def write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
+        self._check_open()
+        with self._backend._write(f"write a chunk of {self._id}", durable=durable) as conn:
+            self._insert(conn, record)
+
+    def _insert(self, conn: Conn, record: dict[str, Any]) -> None:
+        try:
+            conn.execute(
+                "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (*self._key, record["seq"], _dumps(record)),
+            )
+        except pg_errors.ForeignKeyViolation:
+            # The message row went with its conversation (a hard delete).
+            raise ConversationNotFound(f"no conversation {self._id.conversation_id}") from None
+        except pg_errors.UniqueViolation as exc:
+            raise StorageError(errno.EEXIST, f"chunk {record['seq']} of {self._id} exists") from exc
+        if record["seq"] == 1:
+            conn.execute(
+                f"UPDATE messages SET role = %s WHERE {_MESSAGE_KEY}",
+                (record.get("role"), *self._key),
+            )
+
+    def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
+        self._check_open()
+        try:
+            with self._backend._write(f"seal {self._id}", durable=durable) as conn:
+                self._insert(conn, last)
+                records = [
+                    orjson.loads(r)
+                    for (r,) in conn.execute(
+                        f"SELECT record FROM chunks WHERE {_MESSAGE_KEY} ORDER BY chunk",
+                        self._key,
+                    )
+                ]
+                message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
+                conn.execute(
+                    "UPDATE messages SET status = %s, writer = NULL, role = %s, line = %s "
+                    f"WHERE {_MESSAGE_KEY} AND deleted_at IS NULL",
+                    (message.status, message.role, _line(message), *self._key),
+                )
+                conn.execute(
+                    "UPDATE conversations SET last_message_at = %s "
+                    "WHERE user_id = %s AND number = %s",
+                    (utc_now(), self._id.user, self._id.conversation),
+                )
+        finally:
+            self._open = False
+        return message
+
+    def release(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        if self._backend._closed:
+            return  # its lease ended with the backend: the message reads interrupted already
+        # Not synced: if this commit is lost, the lease is too (interrupted either way).
+        with self._backend._write(f"release {self._id}", durable=False) as conn:
+            conn.execute(
+                f"UPDATE messages SET writer = NULL WHERE {_MESSAGE_KEY} AND line IS NULL",
+                self._key,
+            )
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise WriterClosed(f"message {self._id} is already finished")
+
+
+def _reset_after_fork() -> None:
+    for backend in list(_BACKENDS):
+        backend._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
