@@ -3,8 +3,9 @@
 Resources live in ``cleanup_ctx`` so they are opened in order and closed in reverse, even when
 start-up fails half-way: the store (only when ``PERSIST_TRANSCRIPTS`` is on: otherwise nothing
 may touch the disk), the built-in demo upstream (when no ``UPSTREAM_BASE_URL``), one shared
-upstream ``ClientSession``, and the retention sweeper. On shutdown, replies still streaming are
-sealed as ``error`` with their partial text before the store closes.
+upstream ``ClientSession`` (and the probe ``/healthz`` uses to tell whether the upstream is
+reachable), and the retention sweeper. On shutdown, replies still streaming are sealed as
+``error`` with their partial text before the store closes.
 
 The outermost middleware logs one ``access`` event per request (``edge.logs``).
 """
@@ -22,7 +23,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore, ChunkstoreError
+from chunkstore import AsyncStore, ChunkstoreError, redact_url
 from edge.config import EdgeConfig
 from edge.demo import start_demo_upstream
 from edge.history import add_history_routes
@@ -43,6 +44,62 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # How long shutdown waits for cancelled streams to seal their partial replies.
 _SHUTDOWN_GRACE_S = 10.0
+# /healthz's upstream probe: how long one may take, and how long its answer is reused (so a
+# monitor polling /healthz does not become load on the upstream).
+UPSTREAM_PROBE_TIMEOUT_S = 2.0
+UPSTREAM_PROBE_TTL_S = 5.0
+
+
+class UpstreamProbe:
+    """Whether the upstream answers HTTP: a ``GET <UPSTREAM_BASE_URL>/models`` without
+    ``UPSTREAM_API_KEY`` (no billing, no key in flight), bounded by
+    ``UPSTREAM_PROBE_TIMEOUT_S``. Any HTTP status counts (a 401 is an upstream that answers); a
+    refused connection, a DNS or TLS failure or a timeout does not. The answer is cached for
+    ``UPSTREAM_PROBE_TTL_S``, and concurrent callers share one probe."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url
+        self.reachable: bool | None = None  # None: never probed
+        self._checked_at = float("-inf")
+        self._task: asyncio.Task[bool] | None = None
+
+    async def check(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if self.reachable is not None and loop.time() - self._checked_at < UPSTREAM_PROBE_TTL_S:
+            return self.reachable
+        if self._task is None:
+            self._task = loop.create_task(self._probe())
+        # Shielded: a /healthz client that leaves does not cancel the probe the others await.
+        return await asyncio.shield(self._task)
+
+    async def _probe(self) -> bool:
+        timeout = aiohttp.ClientTimeout(total=UPSTREAM_PROBE_TIMEOUT_S)
+        try:
+            async with self.session.get(
+                f"{self.url}/models", timeout=timeout, allow_redirects=False
+            ):
+                reachable = True
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            reachable = False
+        finally:
+            self._task = None
+        if self.reachable is not False and not reachable:
+            log.warning("the upstream %s is unreachable", redact_url(self.url))
+        elif self.reachable is False and reachable:
+            log.info("the upstream %s is reachable again", redact_url(self.url))
+        self.reachable = reachable
+        self._checked_at = asyncio.get_running_loop().time()
+        return reachable
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+UPSTREAM_PROBE = web.AppKey("upstream_probe", UpstreamProbe)
 
 
 @web.middleware
@@ -151,9 +208,11 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     connector = aiohttp.TCPConnector(limit=0)
     session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=True)
     app[UPSTREAM_SESSION] = session
+    probe = app[UPSTREAM_PROBE] = UpstreamProbe(session, url)
     try:
         yield
     finally:
+        await probe.close()
         await session.close()
         if demo is not None:
             await demo.cleanup()
@@ -187,11 +246,15 @@ async def _sweep_forever(store: AsyncStore, days: float, interval_s: int) -> Non
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness and readiness: 503 only when the store cannot take a write. An unreachable
+    upstream is reported (``checks.upstream_reachable``) but leaves the status 200: the edge
+    itself is fine, and restarting it would not bring the upstream back."""
     config = request.app[CONFIG]
     store = request.app.get(STORE)
     checks: dict[str, object] = {
         "persistence": config.persist_transcripts,
         "upstream": "demo" if config.upstream_base_url is None else "configured",
+        "upstream_reachable": await request.app[UPSTREAM_PROBE].check(),
     }
     status = 200
     if store is not None:

@@ -229,9 +229,10 @@ def _schemas() -> dict[str, Any]:
                     "properties": {
                         "persistence": {"type": "boolean"},
                         "upstream": {"enum": ["demo", "configured"]},
+                        "upstream_reachable": {"type": "boolean"},
                         "store_writable": {"type": "boolean"},
                     },
-                    "required": ["persistence", "upstream"],
+                    "required": ["persistence", "upstream", "upstream_reachable"],
                 },
             },
             "required": ["status", "checks"],

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ from fake_upstream import FakeUpstream, MakeEdge
 from prometheus_client.parser import text_string_to_metric_families
 
 import chunkstore._fsio
+import edge.app
 from edge.logs import JsonFormatter
 
 Client = TestClient[Any, Any]
@@ -64,6 +68,7 @@ async def test_healthz_with_persistence(make_edge: MakeEdge) -> None:
         "checks": {
             "persistence": True,
             "upstream": "configured",
+            "upstream_reachable": True,
             "store_writable": True,
         },
     }
@@ -103,8 +108,68 @@ async def test_healthz_without_persistence_touches_no_disk(
     assert (await resp.json())["checks"] == {
         "persistence": False,
         "upstream": "configured",
+        "upstream_reachable": True,
     }
     assert not store_root.exists()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+async def test_healthz_reports_an_unreachable_upstream_and_stays_live(
+    make_edge: MakeEdge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="edge")
+    url = f"http://probe:pw-7d1c@127.0.0.1:{closed_port()}/v1"
+    client = await make_edge(upstream_base_url=url)
+    resp = await client.get("/healthz")
+    # Liveness: the edge itself is fine; restarting it would not bring the upstream back.
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["status"] == "ok"
+    assert body["checks"]["upstream_reachable"] is False
+    assert body["checks"]["store_writable"] is True
+    warnings = [r.getMessage() for r in caplog.records if "unreachable" in r.getMessage()]
+    assert len(warnings) == 1 and "pw-7d1c" not in warnings[0]
+
+
+async def test_healthz_gives_up_on_a_silent_upstream_quickly(
+    make_edge: MakeEdge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(edge.app, "UPSTREAM_PROBE_TIMEOUT_S", 0.2)
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        client = await make_edge(upstream_base_url=f"http://127.0.0.1:{silent.getsockname()[1]}")
+        started = time.monotonic()
+        resp = await client.get("/healthz")
+        assert time.monotonic() - started < 2
+    assert resp.status == 200
+    assert (await resp.json())["checks"]["upstream_reachable"] is False
+
+
+async def test_healthz_probes_the_upstream_once_per_interval(
+    make_edge: MakeEdge, fake_upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_edge()
+
+    def probes() -> int:
+        return sum(1 for r in fake_upstream.requests if r.path == "/v1/models")
+
+    answers = await asyncio.gather(*(client.get("/healthz") for _ in range(10)))
+    assert {a.status for a in answers} == {200}
+    assert probes() == 1  # concurrent checks share one probe
+    await client.get("/healthz")
+    assert probes() == 1  # then its answer is reused for a few seconds
+    monkeypatch.setattr(edge.app, "UPSTREAM_PROBE_TTL_S", 0.0)
+    await client.get("/healthz")
+    assert probes() == 2
+    # The probe sends no credentials upstream.
+    assert all("Authorization" not in r.headers for r in fake_upstream.requests)
 
 
 async def test_healthz_is_503_when_the_store_is_not_writable(
