@@ -20,10 +20,17 @@ The contract:
   page's ``last_seq``), stable and gap-free because sequence numbers are.
 * Reads log one structured ``rebuild`` event and observe ``edge_rebuild_seconds``; neither ever
   carries message content.
+* OpenAI's Conversations API works on the same paths: ``POST /v1/conversations`` takes up to
+  20 initial ``items``, and ``/{id}/items[/{item_id}]`` serves ``client.conversations.items``
+  (the mapping between items and stored messages is ``edge.conversations``).
+* A soft-deleted conversation answers 404 to ``GET /{id}`` and to an update, as OpenAI's
+  deleted ones do, unless ``include_deleted=1`` is given; the listing (``include_deleted=1``),
+  ``DELETE`` (idempotent) and ``POST /{id}/restore`` still reach it. Its items answer 404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -33,11 +40,34 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore, Conversation, ConversationId, InvalidId, Message
-from edge.errors import ApiError, parse_json_object
+from chunkstore import (
+    AsyncStore,
+    Conversation,
+    ConversationDeleted,
+    ConversationId,
+    InvalidArgument,
+    InvalidId,
+    Message,
+)
+from edge.conversations import (
+    append_items,
+    find_message,
+    item_not_found,
+    item_objects,
+    items_body,
+    items_to_messages,
+    list_items,
+    parse_after,
+    parse_include,
+    parse_item_id,
+    parse_limit,
+    parse_order,
+)
+from edge.errors import ApiError, conversation_not_found, parse_json_object
 from edge.keys import METRICS, PENDING_REPLIES
 from edge.logs import elapsed_ms, log_event
 from edge.persist import SETTLE_TIMEOUT_S
+from edge.relay import title_from
 from edge.scope import owned_conversation, require_store, session_user
 
 __all__ = [
@@ -88,6 +118,8 @@ def add_history_routes(app: web.Application) -> None:
             },
             f"{item}/messages": {"GET": list_messages},
             f"{item}/restore": {"POST": restore_conversation},
+            f"{item}/items": {"GET": list_conversation_items, "POST": create_items},
+            f"{item}/items/{{item_id}}": {"GET": get_item, "DELETE": delete_item},
         }
         for path, handlers in routes.items():
             resource = app.router.add_resource(path)
@@ -250,10 +282,23 @@ async def _owned(request: web.Request) -> tuple[AsyncStore, str]:
 
 async def create_conversation(request: web.Request) -> web.Response:
     store = require_store(request)
-    fields = _conversation_fields(await _json_body(request) or {})
+    body = await _json_body(request) or {}
+    # OpenAI's initial items (up to 20), all validated before anything is created.
+    raw_items = body.pop("items", None)
+    messages = [] if raw_items is None else items_to_messages(raw_items, allow_empty=True)
+    fields = _conversation_fields(body)
+    if messages and "title" not in fields:
+        fields["title"] = title_from(messages)
     user = await session_user(request, create=True)
     assert user is not None
     conversation = await store.create_conversation(user, **fields)
+    if messages:
+        try:
+            await append_items(store, conversation.id, messages)
+        except BaseException:
+            # Created whole or not at all: the conversation goes with its items.
+            await asyncio.shield(store.delete_conversation(conversation.id, hard=True))
+            raise
     return json_response(conversation_object(conversation), status=201)
 
 
@@ -319,16 +364,26 @@ async def _skip(
     return cursor, False
 
 
-async def get_conversation(request: web.Request) -> web.Response:
+async def _visible(request: web.Request) -> tuple[AsyncStore, str, Conversation]:
+    """``_owned``, and its conversation, which must not be soft-deleted unless the request
+    says ``include_deleted=1`` (OpenAI's deleted conversations are gone: 404)."""
+    include_deleted = _bool_param(request, "include_deleted")
     store, conversation_id = await _owned(request)
     conversation = await store.get_conversation(conversation_id)
+    if conversation.deleted and not include_deleted:
+        raise conversation_not_found()
+    return store, conversation_id, conversation
+
+
+async def get_conversation(request: web.Request) -> web.Response:
+    store, conversation_id, conversation = await _visible(request)
     body = conversation_object(conversation)
     body["messages"] = await _message_page(request, store, conversation_id, 0, FIRST_MESSAGES_PAGE)
     return json_response(body)
 
 
 async def update_conversation(request: web.Request) -> web.Response:
-    store, conversation_id = await _owned(request)
+    store, conversation_id, _ = await _visible(request)
     body = await _json_body(request)
     if not body:
         raise ApiError(
@@ -386,3 +441,101 @@ async def _message_page(
         "last_seq": page[-1].seq if page else None,
         "has_more": len(messages) > limit,
     }
+
+
+# -- OpenAI items (edge.conversations) ----------------------------------------------------------
+
+
+async def _live(request: web.Request) -> tuple[AsyncStore, str]:
+    """``_owned``, for OpenAI's item endpoints: a soft-deleted conversation is a 404."""
+    store, conversation_id = await _owned(request)
+    if (await store.get_conversation(conversation_id)).deleted:
+        raise conversation_not_found()
+    return store, conversation_id
+
+
+def _item_list(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }
+
+
+async def create_items(request: web.Request) -> web.Response:
+    store, conversation_id = await _live(request)
+    parse_include(request)
+    messages = await items_body(request)
+    try:
+        stored = await append_items(store, conversation_id, messages)
+    except ConversationDeleted:
+        raise conversation_not_found() from None  # deleted meanwhile
+    return json_response(_item_list([i for m in stored for i in item_objects(m)], False))
+
+
+async def list_conversation_items(request: web.Request) -> web.Response:
+    store, conversation_id = await _live(request)
+    limit = parse_limit(request)
+    descending = parse_order(request)
+    after = parse_after(request, conversation_id)
+    parse_include(request)
+    start = time.perf_counter()
+    data, has_more = await list_items(
+        store, conversation_id, after=after, limit=limit, descending=descending
+    )
+    request.app[METRICS].rebuild_seconds.observe(time.perf_counter() - start)
+    log_event(
+        "rebuild",
+        conversation_id=conversation_id,
+        items=len(data),
+        order="desc" if descending else "asc",
+        duration_ms=elapsed_ms(start),
+    )
+    return json_response(_item_list(data, has_more))
+
+
+async def _item(request: web.Request) -> tuple[AsyncStore, str, Message, dict[str, Any]]:
+    """The conversation, message and item named in the path; 404 unless all exist."""
+    store, conversation_id = await _live(request)
+    item_id = request.match_info["item_id"]
+    parsed = parse_item_id(item_id, conversation_id)
+    if parsed is None:
+        raise item_not_found()
+    message = await find_message(store, conversation_id, parsed[0])
+    if message is None:
+        raise item_not_found()
+    for item in item_objects(message):
+        if item["id"] == item_id:
+            return store, conversation_id, message, item
+    raise item_not_found()
+
+
+async def get_item(request: web.Request) -> web.Response:
+    parse_include(request)
+    _store, _conversation_id, _message, item = await _item(request)
+    return json_response(item)
+
+
+async def delete_item(request: web.Request) -> web.Response:
+    """Delete the stored message the item belongs to (all of its items); OpenAI answers with
+    the conversation."""
+    store, conversation_id, message, _item_object = await _item(request)
+    streaming = ApiError(
+        409,
+        "This message is still being written; delete it once it ends.",
+        code="message_streaming",
+    )
+    if message.status == "streaming":
+        raise streaming
+    try:
+        deleted = await store.delete_message(conversation_id, message.id)
+    except InvalidArgument:
+        raise streaming from None
+    except ConversationDeleted:
+        raise conversation_not_found() from None
+    if not deleted:
+        raise item_not_found()  # deleted meanwhile
+    conversation = await store.get_conversation(conversation_id)
+    return json_response(conversation_object(conversation))

@@ -175,9 +175,18 @@ def _schemas() -> dict[str, Any]:
         },
         "A page of messages in seq order.",
     )
+    items = _item_schemas()
     detail_properties = _conversation_properties()
     detail_properties["messages"] = _ref(_SCHEMAS, "MessageList")
     fields = {"title": _TITLE, "metadata": _nullable(_METADATA), "pinned": {"type": "boolean"}}
+    create_fields = {
+        **fields,
+        "items": {
+            **_nullable({"type": "array", "maxItems": 20, "items": _ref(_SCHEMAS, "InputItem")}),
+            "description": "OpenAI's initial items (up to 20), stored as its first messages. "
+            "Without a title, the first user message's text names the conversation.",
+        },
+    }
     return {
         "Error": error,
         "Conversation": _closed(_conversation_properties(), "A conversation's metadata."),
@@ -199,9 +208,10 @@ def _schemas() -> dict[str, Any]:
         ),
         "ConversationCreate": {
             "type": "object",
-            "properties": fields,
+            "properties": create_fields,
             "additionalProperties": False,
         },
+        **items,
         "ConversationUpdate": {
             "type": "object",
             "properties": fields,
@@ -290,6 +300,126 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+_ITEM_ID = {
+    "type": "string",
+    "pattern": "^(msg_|fco_|fc_)us[0-9]{2,18}-co[0-9]{2,18}-ms[0-9]{2,18}(_[1-9][0-9]{0,3})?$",
+    "description": "msg_<message id>: a message's text; fc_<message id>_<n>: its n-th tool "
+    "call; fco_<message id>: a tool result. Any other spelling is a 404.",
+    "examples": ["msg_us01-co01-ms01", "fc_us01-co01-ms02_1", "fco_us01-co01-ms03"],
+}
+_ITEM_STATUS = {
+    "enum": ["completed", "in_progress", "incomplete"],
+    "description": "in_progress: still streaming; incomplete: it failed or was interrupted.",
+}
+_ITEM_SEQ = {"type": "integer", "minimum": 1, "description": "Its message's seq (ours)."}
+
+
+def _item_schemas() -> dict[str, Any]:
+    """OpenAI's conversation items, as the edge serves stored messages (``edge.conversations``)."""
+
+    def part(kind: str, properties: dict[str, Any]) -> dict[str, Any]:
+        return _closed({"type": {"const": kind}, **properties}, f"A {kind} content part.")
+
+    extra = {
+        "seq": _ITEM_SEQ,
+        "reply_to": _REPLY_TO,
+        "status": _ITEM_STATUS,
+    }
+    message = _closed(
+        {
+            "id": _ITEM_ID,
+            "type": {"const": "message"},
+            "role": {"enum": ["user", "assistant", "system", "developer"]},
+            "content": {"type": "array", "items": _ref(_SCHEMAS, "ContentPart")},
+            **extra,
+        },
+        "A stored message's text (and images): input_text parts, output_text for the assistant.",
+    )
+    function_call = _closed(
+        {
+            "id": _ITEM_ID,
+            "type": {"const": "function_call"},
+            "call_id": {"type": "string"},
+            "name": {"type": "string"},
+            "arguments": {"type": "string"},
+            **extra,
+        },
+        "One tool call of a stored assistant message.",
+    )
+    function_call_output = _closed(
+        {
+            "id": _ITEM_ID,
+            "type": {"const": "function_call_output"},
+            "call_id": {"type": "string"},
+            "output": {"type": "string"},
+            **extra,
+        },
+        "A stored tool message (a tool's result).",
+    )
+    return {
+        "ContentPart": {
+            "oneOf": [
+                part("input_text", {"text": {"type": "string"}}),
+                part(
+                    "output_text",
+                    {
+                        "text": {"type": "string"},
+                        "annotations": {"type": "array", "maxItems": 0},
+                    },
+                ),
+                part("refusal", {"refusal": {"type": "string"}}),
+                part(
+                    "input_image",
+                    {"image_url": {"type": ["string", "null"]}, "detail": {"type": "string"}},
+                ),
+            ]
+        },
+        "Item": {"oneOf": [message, function_call, function_call_output]},
+        "ItemList": _closed(
+            {
+                "object": {"const": "list"},
+                "data": {"type": "array", "items": _ref(_SCHEMAS, "Item")},
+                "first_id": _nullable(_ITEM_ID),
+                "last_id": {
+                    **_nullable(_ITEM_ID),
+                    "description": "Pass as after for the next page; null on an empty page.",
+                },
+                "has_more": {"type": "boolean"},
+            },
+            "A page of items (or the items just created).",
+        ),
+        "InputItem": {
+            "type": "object",
+            "description": "An OpenAI input item: a message (type message, or just role and "
+            "content: text or input_text / output_text / refusal / input_image parts), a "
+            "function_call (call_id, name, arguments) or a function_call_output (call_id, "
+            "output). Other item types are a 400.",
+            "properties": {
+                "type": {"enum": ["message", "function_call", "function_call_output"]},
+                "role": {"enum": ["user", "assistant", "system", "developer"]},
+                "content": {"type": ["string", "array"], "items": {"type": "object"}},
+                "call_id": {"type": "string"},
+                "name": {"type": "string"},
+                "arguments": {"type": "string"},
+                "output": {"type": ["string", "array"], "items": {"type": "object"}},
+            },
+        },
+        "ItemsCreate": {
+            "type": "object",
+            "properties": {
+                "items": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 20,
+                    "items": _ref(_SCHEMAS, "InputItem"),
+                }
+            },
+            "required": ["items"],
+            "additionalProperties": False,
+        },
+    }
+
+
 def _parameters() -> dict[str, Any]:
     def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
         return {"name": name, "in": "query", "schema": schema, "description": description}
@@ -320,6 +450,47 @@ def _parameters() -> dict[str, Any]:
             "after_seq",
             {"type": "integer", "minimum": 0, "maximum": 10**18 - 1, "default": 0},
             "Messages with a larger seq: the last_seq of the previous page.",
+        ),
+        "ItemId": {
+            "name": "item_id",
+            "in": "path",
+            "required": True,
+            "schema": _ITEM_ID,
+            "description": "Malformed, another conversation's, or deleted: 404.",
+        },
+        "AfterItem": query(
+            "after", _ITEM_ID, "Cursor: the last_id of the previous page (in the same order)."
+        ),
+        "Order": query(
+            "order",
+            {"enum": ["asc", "desc"], "default": "desc"},
+            "Oldest first (asc) or newest first (desc, OpenAI's default).",
+        ),
+        "Include": {
+            "name": "include",
+            "in": "query",
+            "schema": {
+                "type": "array",
+                "items": {
+                    "enum": [
+                        "file_search_call.results",
+                        "web_search_call.results",
+                        "web_search_call.action.sources",
+                        "message.input_image.image_url",
+                        "computer_call_output.output.image_url",
+                        "code_interpreter_call.outputs",
+                        "reasoning.encrypted_content",
+                        "message.output_text.logprobs",
+                    ]
+                },
+            },
+            "description": "OpenAI's include values (also as include[]): accepted, and "
+            "nothing is added (none of what they name is stored).",
+        },
+        "IncludeDeletedItem": query(
+            "include_deleted",
+            {"enum": ["1", "true", "0", "false"]},
+            "Reach a soft-deleted conversation (otherwise 404, as OpenAI's deleted ones).",
         ),
         "Hard": query(
             "hard",
@@ -362,6 +533,7 @@ def _responses() -> dict[str, Any]:
         "NotFound": _json(error, "No such conversation for this session."),
         "NotImplemented": _json(error, "Persistence is off (PERSIST_TRANSCRIPTS=false)."),
         "Unprocessable": _json(error, "A limit was reached, or the conversation is deleted."),
+        "Conflict": _json(error, "The message is still streaming: delete it once it ends."),
         "StorageError": _json(error, "The store is unavailable."),
         "Error": _json(error, "An OpenAI-shaped error."),
     }
@@ -375,6 +547,7 @@ def _errors(*statuses: str) -> dict[str, Any]:
         "400": "BadRequest",
         "401": "Unauthorized",
         "404": "NotFound",
+        "409": "Conflict",
         "422": "Unprocessable",
         "501": "NotImplemented",
         "503": "StorageError",
@@ -396,6 +569,7 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
     update = {
         "tags": tag,
         "summary": "Change title, pinned and/or metadata",
+        "parameters": [_ref(_PARAMS, "IncludeDeletedItem")],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": _ref(_SCHEMAS, "ConversationUpdate")}},
@@ -412,7 +586,8 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
             "post": {
                 "operationId": op("createConversation"),
                 "tags": tag,
-                "summary": "Create a conversation (and the session's user on first use)",
+                "summary": "Create a conversation (and the session's user on first use), "
+                "with up to 20 initial items",
                 "requestBody": {
                     "required": False,
                     "content": {
@@ -446,6 +621,9 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
                 "operationId": op("getConversation"),
                 "tags": tag,
                 "summary": "A conversation and the first page (20) of its messages",
+                "description": "OpenAI's retrieve. A soft-deleted conversation is a 404 "
+                "unless include_deleted is set.",
+                "parameters": [_ref(_PARAMS, "IncludeDeletedItem")],
                 "responses": {
                     "200": _json(_ref(_SCHEMAS, "ConversationDetail"), "The conversation."),
                     **_errors("400", "404", "501", "503"),
@@ -478,6 +656,66 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
                 "responses": {
                     "200": _json(_ref(_SCHEMAS, "MessageList"), "A page."),
                     **_errors("400", "404", "501", "503"),
+                },
+            },
+        },
+        f"{prefix}/{{conversation_id}}/items": {
+            "parameters": item,
+            "get": {
+                "operationId": op("listItems"),
+                "tags": tag,
+                "summary": "OpenAI's items of the conversation, newest first by default",
+                "description": "Messages stored by chat completions and items added here are "
+                "one history. A soft-deleted conversation is a 404.",
+                "parameters": [
+                    _ref(_PARAMS, "AfterItem"),
+                    _ref(_PARAMS, "Limit"),
+                    _ref(_PARAMS, "Order"),
+                    _ref(_PARAMS, "Include"),
+                ],
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "ItemList"), "A page."),
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+            "post": {
+                "operationId": op("createItems"),
+                "tags": tag,
+                "summary": "Add up to 20 items without calling the model",
+                "description": "All are validated before any is stored; all are stored or "
+                "none. The next chat turn replays them.",
+                "parameters": [_ref(_PARAMS, "Include")],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref(_SCHEMAS, "ItemsCreate")}},
+                },
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "ItemList"), "The items created."),
+                    **_errors("400", "404", "422", "501", "503"),
+                },
+            },
+        },
+        f"{prefix}/{{conversation_id}}/items/{{item_id}}": {
+            "parameters": [*item[:1], _ref(_PARAMS, "ItemId"), *item[1:]],
+            "get": {
+                "operationId": op("getItem"),
+                "tags": tag,
+                "summary": "One item",
+                "parameters": [_ref(_PARAMS, "Include")],
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "Item"), "The item."),
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+            "delete": {
+                "operationId": op("deleteItem"),
+                "tags": tag,
+                "summary": "Delete the stored message the item belongs to (all its items)",
+                "description": "Its seq is never reused; the next chat turn no longer "
+                "replays it. Answers with the conversation, as OpenAI does.",
+                "responses": {
+                    "200": conversation,
+                    **_errors("400", "404", "409", "501", "503"),
                 },
             },
         },

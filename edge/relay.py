@@ -64,7 +64,7 @@ from edge.upstream import (
     upstream_error_response,
 )
 
-__all__ = ["Turn", "chat_completions"]
+__all__ = ["Turn", "chat_completions", "title_from"]
 
 log = logging.getLogger("edge.relay")
 
@@ -166,7 +166,8 @@ def _valid_call(call: Any) -> bool:
     )
 
 
-def _title_from(messages: list[dict[str, Any]]) -> str | None:
+def title_from(messages: list[dict[str, Any]]) -> str | None:
+    """A title for a new conversation: its first user message's text, shortened."""
     for message in messages:
         if message.get("role") == "user":
             content = message.get("content")
@@ -242,7 +243,7 @@ async def _plan_turn(
         return Turn(None, messages, agent)
     user = await session_user(request, create=True)
     assert user is not None
-    conversation = await store.create_conversation(user, title=_title_from(messages))
+    conversation = await store.create_conversation(user, title=title_from(messages))
     plan = Turn(conversation.id, messages, agent, created=True)
     try:
         stored = (await store.append_turn(conversation.id, messages)).stored

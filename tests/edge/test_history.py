@@ -117,7 +117,8 @@ async def test_a_new_session_gets_a_user_and_a_cookie_on_create(make_edge: MakeE
         (b'{"metadata": {"k": 1}}', "metadata"),
         (b'{"metadata": {"' + b"k" * 65 + b'": "v"}}', "metadata"),
         (b'{"metadata": {"k": "' + b"v" * 513 + b'"}}', "metadata"),
-        (b'{"items": []}', "items"),
+        (b'{"items": "x"}', "items"),
+        (b'{"items": [{"role": "robot", "content": "x"}]}', "items[0].role"),
     ],
 )
 async def test_create_rejects_bad_bodies(
@@ -550,11 +551,18 @@ async def test_soft_delete_restore_and_hard_delete(make_edge: MakeEdge, store_ro
         "object": "conversation.deleted",
         "deleted": True,
     }
-    # Hidden from the listing, still readable, and listed with include_deleted.
+    # Hidden from the listing, gone for OpenAI's retrieve and update (404, as OpenAI's
+    # deleted conversations), still readable with include_deleted, and listed with it.
     listing = await get_json(client, "/v1/conversations")
     assert [c["id"] for c in listing["data"]] == [keep["id"]]
-    fetched = await get_json(client, path)
+    await get_json(client, path, status=404)
+    resp = await client.post(path, json={"title": "x"}, headers=session())
+    assert resp.status == 404
+    fetched = await get_json(client, path, include_deleted="1")
     assert isinstance(fetched["deleted_at"], int)
+    assert fetched["title"] == "gone"
+    resp = await client.patch(f"{path}?include_deleted=1", json={"pinned": True}, headers=session())
+    assert resp.status == 200 and (await resp.json())["pinned"] is True
     for flag in ("1", "true", "TRUE"):
         listing = await get_json(client, "/v1/conversations", include_deleted=flag)
         assert [c["id"] for c in listing["data"]] == [gone["id"], keep["id"]]

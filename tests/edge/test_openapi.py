@@ -230,7 +230,11 @@ async def test_history_responses_match_their_schemas(
         client, "POST", item, "/v1/conversations/{conversation_id}", 200, json={"metadata": None}
     )
     await c.check(client, "DELETE", item, "/v1/conversations/{conversation_id}", 200)
-    deleted = await c.check(client, "GET", item, "/v1/conversations/{conversation_id}", 200)
+    # OpenAI's retrieve of a deleted conversation is a 404; include_deleted still reaches it.
+    await c.check(client, "GET", item, "/v1/conversations/{conversation_id}", 404)
+    deleted = await c.check(
+        client, "GET", f"{item}?include_deleted=1", "/v1/conversations/{conversation_id}", 200
+    )
     assert isinstance(deleted["deleted_at"], int)
     await c.check(client, "GET", "/v1/conversations?include_deleted=1", "/v1/conversations", 200)
     await c.check(
