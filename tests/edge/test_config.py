@@ -393,9 +393,9 @@ def test_unknown_db_url_scheme(raw: str) -> None:
     assert repr(raw) in message
 
 
-def test_a_planned_backend_is_named_as_unavailable() -> None:
-    message = config_error({"DB_URL": "postgresql://user@db/edge"})
-    assert "not available in this version" in message
+@pytest.mark.parametrize("raw", ["postgresql://user@db/edge", "postgres://db/edge"])
+def test_a_postgresql_url_is_kept_whole(raw: str) -> None:
+    assert load_config([], {"DB_URL": raw}).db_url == raw
 
 
 @pytest.mark.parametrize(
@@ -648,8 +648,8 @@ def test_process_exits_2_on_bad_flag() -> None:
 @pytest.mark.parametrize(
     "env",
     [
-        {"DB_URL": "postgresql://edge:hunter2@db:5432/edge"},
-        {"DB_URL": "postgres://edge:hunter2@db/edge?sslmode=require"},
+        {"DB_URL": "redis://edge:hunter2@db:5432/edge"},
+        {"DB_URL": "mysql://edge:hunter2@db/edge?sslmode=require"},
         {"UPSTREAM_BASE_URL": "ftp://edge:hunter2@proxy/v1"},
         {"UPSTREAM_BASE_URL": "https://edge:hunter2@proxy/v1?x=1"},
         {"UPSTREAM_API_KEY": "hunter2 with spaces"},
@@ -665,7 +665,7 @@ def test_no_error_message_shows_a_password(env: dict[str, str]) -> None:
 
 def test_no_flag_error_shows_a_password() -> None:
     with pytest.raises(ConfigError) as raised:
-        load_config(["--db-url", "postgresql://u:hunter2@h/db"], {})
+        load_config(["--db-url", "redis://u:hunter2@h/db"], {})
     assert "hunter2" not in str(raised.value)
     assert "u:***@h" in str(raised.value)
 
