@@ -193,9 +193,12 @@ async def set_session_cookie(request: web.Request, response: web.StreamResponse)
     """``on_response_prepare``: hand a new session its cookie, whatever the response type.
 
     aiohttp has already turned ``response.cookies`` into headers when this signal runs, so the
-    ``Set-Cookie`` header is added directly.
+    ``Set-Cookie`` header is added directly. ``X-Session-Created: true`` says the same to
+    clients that drop cookies (the OpenAI SDK keeps none between client objects): this request
+    started a new session, so a new user, and its conversations are that user's alone.
     """
     if request.get(SESSION_IS_NEW) and request.get(SESSION_USED):
+        response.headers["X-Session-Created"] = "true"
         jar: SimpleCookie = SimpleCookie()
         jar[SESSION_COOKIE] = request[SESSION_ID]
         morsel = jar[SESSION_COOKIE]

@@ -172,6 +172,28 @@ async def test_healthz_probes_the_upstream_once_per_interval(
     assert all("Authorization" not in r.headers for r in fake_upstream.requests)
 
 
+async def test_a_request_that_starts_a_session_says_so(make_edge: MakeEdge) -> None:
+    client = await make_edge()
+    resp = await client.post("/v1/conversations")
+    assert resp.status == 201
+    assert resp.headers["X-Session-Created"] == "true"
+    assert resp.headers["Set-Cookie"].startswith("cf_session_id=")
+    # The cookie now names the session: the same client does not start another one.
+    resp = await client.get("/v1/conversations")
+    assert "X-Session-Created" not in resp.headers
+    resp = await client.post("/v1/conversations", headers={"x-session-id": "given"})
+    assert "X-Session-Created" not in resp.headers
+    client.session.cookie_jar.clear()
+    resp = await client.get("/healthz")  # no session needed, none started
+    assert "X-Session-Created" not in resp.headers and "Set-Cookie" not in resp.headers
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    await resp.read()
+    assert resp.headers["X-Session-Created"] == "true"
+
+
 async def test_healthz_is_503_when_the_store_is_not_writable(
     make_edge: MakeEdge, store_root: Path
 ) -> None:
@@ -237,9 +259,7 @@ async def test_metrics_label_errors_with_their_status(make_edge: MakeEdge) -> No
         assert value(metrics, "edge_requests_total", **labels) == 1
 
 
-async def test_metrics_count_unmatched_paths_under_one_label(
-    make_edge: MakeEdge,
-) -> None:
+async def test_metrics_count_unmatched_paths_under_one_label(make_edge: MakeEdge) -> None:
     client = await make_edge()
     for path in ("/nope", "/nope/us01-co01", "/secret-path"):
         assert (await client.get(path)).status == 404
