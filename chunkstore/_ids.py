@@ -28,6 +28,7 @@ __all__ = [
     "scan_message_files",
     "scan_tombstones",
     "tombstone_name",
+    "user_id_text",
 ]
 
 # No id has more digits than this: a bound keeps hostile input ("us" + 10**6 digits) cheap.
@@ -43,6 +44,13 @@ def _number(digits: str, width: int, text: str) -> int:
     if n < 1 or digits != f"{n:0{width}d}":
         raise InvalidId(f"not a canonical id: {text!r}")
     return n
+
+
+def user_id_text(n: int) -> str:
+    """``str(UserId(n))`` without building the object, for hot loops that spell ids from row
+    numbers: a conversation id is this plus ``f"-co{n:02d}"``, a message id that plus
+    ``f"-ms{seq:02d}"`` (the spelling of ``__str__`` below)."""
+    return f"us{n:02d}"
 
 
 def _check_text(text: object, kind: str) -> str:

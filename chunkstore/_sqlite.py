@@ -106,7 +106,7 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
-from ._ids import ConversationId, MessageId, UserId
+from ._ids import ConversationId, MessageId, UserId, user_id_text
 from ._migrations import Migration, migrate, statements
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
@@ -185,8 +185,21 @@ MIGRATIONS: list[Migration] = [
     ),
 ]
 
+# The user is known to every caller (it is in the WHERE clause): not read back, every column
+# read costs.
 _CONVERSATION_COLUMNS = (
-    "user_id, number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
+    "number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
+)
+_GET_CONVERSATION = (
+    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number = ?"
+)
+_LIST_CONVERSATIONS = (
+    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ? "
+    "AND deleted_at IS NULL ORDER BY number DESC LIMIT ?"
+)
+_LIST_CONVERSATIONS_ALL = (
+    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ? "
+    "ORDER BY number DESC LIMIT ?"
 )
 # update_conversation's keys -> (column, how the value is stored)
 _UPDATABLE: dict[str, tuple[str, Any]] = {
@@ -293,6 +306,12 @@ class SqliteBackend:
     # -- connections and transactions ------------------------------------------------------
 
     def _conn(self) -> sqlite3.Connection:
+        """This thread's connection. The fast path is one attribute read: ``close()`` and the
+        at-fork hook (``_reset_after_fork``) replace ``_local``, so a closed backend or a forked
+        child finds no connection there and takes the checks below."""
+        conn = self._local.conn
+        if conn is not None:
+            return conn
         if self._pid != os.getpid():
             self._after_fork()
         if self._closed:
@@ -336,9 +355,12 @@ class SqliteBackend:
         try:
             yield
         except sqlite3.Error as exc:
-            raise _storage_error(
-                exc, f"{self.describe()}: cannot {action}", self.lock_timeout
-            ) from exc
+            raise self._error(exc, action) from exc
+
+    def _error(self, exc: sqlite3.Error, action: str) -> ChunkstoreError:
+        """``exc`` as the chunkstore error of failing to ``action`` (hot paths catch
+        ``sqlite3.Error`` themselves and format ``action`` only when it happens)."""
+        return _storage_error(exc, f"{self.describe()}: cannot {action}", self.lock_timeout)
 
     def _set_sync(self, conn: sqlite3.Connection, level: str) -> None:
         if self._local.sync != level:
@@ -380,12 +402,15 @@ class SqliteBackend:
         if self._pid != os.getpid():
             self._after_fork()
         _BACKENDS.discard(self)
+        own = self._local.conn
         with self._lease_guard, self._conns_guard:
             self._closed = True
+            # Before any connection is closed: a thread's next _conn() finds none here, and
+            # so sees the backend closed.
+            self._local = _Local()
             conns, self._conns = self._conns, []
             lease, self._lease = self._lease, None
             instance, self._instance = self._instance, None
-        own = self._local.conn
         if instance is not None and own is not None and not own.in_transaction:
             # Tidy only: the lease ending is what makes our unsealed messages interrupted
             # (and check(fix=True) removes the rows of leases that ended without this).
@@ -398,7 +423,6 @@ class SqliteBackend:
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
-        self._local = _Local()
 
     def ping(self) -> None:
         with self._write("take a write"):
@@ -518,7 +542,8 @@ class SqliteBackend:
                 raise UserNotFound(f"no user {user}")
             now = utc_now()
             row = conn.execute(
-                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) "
+                "INSERT INTO conversations (user_id, number, title, created_at, updated_at, "
+                "pinned, metadata, participants, deleted_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL) "
                 f"RETURNING {_CONVERSATION_COLUMNS}",
                 (
@@ -532,22 +557,17 @@ class SqliteBackend:
                     _dumps(participants),
                 ),
             ).fetchone()
-        return _conversation(row)
+        return _conversation(user.n, row)
 
     def get_conversation(self, conv: ConversationId) -> Conversation:
-        with self._errors(f"read {conv}"):
-            row = (
-                self._conn()
-                .execute(
-                    f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
-                    "WHERE user_id = ? AND number = ?",
-                    (conv.user, conv.n),
-                )
-                .fetchone()
-            )
+        user = conv.user
+        try:
+            row = self._conn().execute(_GET_CONVERSATION, (user, conv.n)).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"read {conv}") from exc
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
-        return _conversation(row)
+        return _conversation(user, row)
 
     def list_conversations(
         self,
@@ -557,15 +577,18 @@ class SqliteBackend:
         before: ConversationId | None,
         include_deleted: bool,
     ) -> ConversationPage:
-        sql = f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ?"
-        if not include_deleted:
-            sql += " AND deleted_at IS NULL"
-        sql += " ORDER BY number DESC LIMIT ?"
+        sql = _LIST_CONVERSATIONS_ALL if include_deleted else _LIST_CONVERSATIONS
         below = before.n if before is not None else 2**63 - 1
-        with self._errors(f"list the conversations of {user}"):
-            rows = self._conn().execute(sql, (user.n, below, limit + 1)).fetchall()
-        items = [_conversation(row) for row in rows[:limit]]
-        return ConversationPage(items, items[-1].id if len(rows) > limit else None)
+        n = user.n
+        try:
+            rows = self._conn().execute(sql, (n, below, limit + 1)).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"list the conversations of {user}") from exc
+        more = len(rows) > limit
+        if more:
+            del rows[limit:]
+        items = _conversations(n, rows)
+        return ConversationPage(items, items[-1].id if more else None)
 
     def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
         sets, values = ["updated_at = ?"], [utc_now()]
@@ -582,7 +605,7 @@ class SqliteBackend:
             ).fetchone()
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
-        return _conversation(row)
+        return _conversation(conv.user, row)
 
     def remove_conversation(self, conv: ConversationId) -> None:
         with self._write(f"delete {conv}") as conn:
@@ -964,19 +987,35 @@ def _first(row: tuple[Any, ...]) -> Any:
     return row[0]
 
 
-def _conversation(row: tuple[Any, ...]) -> Conversation:
-    user, n, title, created_at, updated_at, pinned, metadata, participants, deleted_at = row
-    return Conversation(
-        id=str(ConversationId(user, n)),
-        user_id=str(UserId(user)),
-        title=title,
-        created_at=created_at,
-        updated_at=updated_at,
-        pinned=bool(pinned),
-        metadata=orjson.loads(metadata),
-        participants=orjson.loads(participants),
-        deleted_at=deleted_at,
-    )
+def _conversation(user: int, row: tuple[Any, ...]) -> Conversation:
+    """A ``conversations`` row (``_CONVERSATION_COLUMNS``) of ``user``."""
+    return _conversations(user, [row])[0]
+
+
+def _conversations(user: int, rows: list[tuple[Any, ...]]) -> list[Conversation]:
+    """Rows of ``_CONVERSATION_COLUMNS`` of ``user``, as ``Conversation`` values.
+
+    A listing builds one per row: the ids are spelled inline, as ``ConversationId`` and
+    ``UserId`` spell them (``_ids.user_id_text``: no id objects per row), and
+    ``Conversation`` takes its fields positionally (keywords cost a third more).
+    """
+    user_id = user_id_text(user)
+    prefix = user_id + "-co"
+    loads = orjson.loads
+    return [
+        Conversation(
+            f"{prefix}{n:02d}",
+            user_id,
+            title,
+            created_at,
+            updated_at,
+            bool(pinned),
+            loads(metadata),
+            loads(participants),
+            deleted_at,
+        )
+        for n, title, created_at, updated_at, pinned, metadata, participants, deleted_at in rows
+    ]
 
 
 class SqliteSink:
