@@ -197,6 +197,10 @@ _LIST_CONVERSATIONS = (
     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ? "
     "AND deleted_at IS NULL ORDER BY number DESC LIMIT ?"
 )
+_SELECT_MESSAGES = (
+    "SELECT seq, writer, line FROM messages WHERE user_id = ? AND conversation = ? "
+    "AND seq > ? AND deleted_at IS NULL ORDER BY seq LIMIT ?"
+)
 _LIST_CONVERSATIONS_ALL = (
     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ? "
     "ORDER BY number DESC LIMIT ?"
@@ -697,39 +701,74 @@ class SqliteBackend:
         return SqliteSink(self, mid)
 
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
-        key = (conv.user, conv.n)
-        with self._read(f"read {conv}") as conn:
-            rows = conn.execute(
+        user, n = conv.user, conv.n
+        out: list[Any] = []
+        unsealed: list[tuple[int, int, int | None]] = []  # (index in out, seq, writer)
+        chunks: dict[int, list[dict[str, Any]]] = {}
+        try:
+            conn = self._conn()
+            conn.execute("BEGIN")  # one snapshot for every statement below
+            try:
+                # Each row is parsed as the cursor yields it (a fetchall() first would hold
+                # every line and its Message at once: twice the peak memory of a long read).
                 # No status column: a NULL line says "not sealed", and every column read costs
                 # (status alone was a fifth of a 500-message read).
-                "SELECT seq, writer, line FROM messages WHERE user_id = ? AND conversation = ? "
-                "AND seq > ? AND deleted_at IS NULL ORDER BY seq LIMIT ?",
-                (*key, after_seq, -1 if limit is None else limit),
-            ).fetchall()
-            if not rows and not self._exists(conn, conv):
-                raise ConversationNotFound(f"no conversation {conv}")
-            open_seqs = [row[0] for row in rows if row[2] is None]
-            chunks: dict[int, list[dict[str, Any]]] = {}
-            if open_seqs:
-                found = conn.execute(
-                    "SELECT seq, record FROM chunks WHERE user_id = ? AND conversation = ? "
-                    "AND seq IN (SELECT value FROM json_each(?)) ORDER BY seq, chunk",
-                    (*key, _dumps(open_seqs)),
-                )
                 loads = orjson.loads
-                for seq, group in itertools.groupby(found, key=_first):
-                    chunks[seq] = [loads(record) for _, record in group]
-        out = []
-        loads = orjson.loads
+                append = out.append
+                for seq, writer, line in conn.execute(
+                    _SELECT_MESSAGES, (user, n, after_seq, -1 if limit is None else limit)
+                ):
+                    if line is None:
+                        unsealed.append((len(out), seq, writer))
+                        append(None)
+                        continue
+                    # _from_line, inlined: this runs once per message, and a call per message
+                    # is a tenth of a long read.
+                    d = loads(line)
+                    get = d.get
+                    append(
+                        Message(
+                            d["id"],
+                            d["seq"],
+                            d["role"],
+                            get("content"),
+                            d["status"],
+                            get("createdAt", ""),
+                            get("completedAt"),
+                            get("agentId"),
+                            get("finishReason"),
+                            get("usage"),
+                            get("toolCalls"),
+                            get("toolCallId"),
+                            get("name"),
+                            get("error"),
+                            get("tokenCount", 0),
+                            bool(get("damaged")),
+                            get("replyTo"),
+                        )
+                    )
+                if not out and not self._exists(conn, conv):
+                    raise ConversationNotFound(f"no conversation {conv}")
+                if unsealed:
+                    found = conn.execute(
+                        "SELECT seq, record FROM chunks WHERE user_id = ? AND conversation = ? "
+                        "AND seq IN (SELECT value FROM json_each(?)) ORDER BY seq, chunk",
+                        (user, n, _dumps([seq for _, seq, _ in unsealed])),
+                    )
+                    for seq, group in itertools.groupby(found, key=_first):
+                        chunks[seq] = [loads(record) for _, record in group]
+            finally:
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"read {conv}") from exc
         alive: dict[int | None, bool] = {}
-        for seq, writer, line in rows:
-            if line is not None:
-                out.append(_from_line(loads(line)))
-                continue
+        for index, seq, writer in unsealed:
             if writer not in alive:  # one probe per writer per read; never kept longer
                 alive[writer] = self._writer_alive(writer)
-            mid = str(MessageId(conv.user, conv.n, seq))
-            out.append(rebuild_message(mid, seq, chunks.get(seq, []), writer_alive=alive[writer]))
+            out[index] = rebuild_message(
+                str(MessageId(user, n, seq)), seq, chunks.get(seq, []), writer_alive=alive[writer]
+            )
         return out
 
     def _exists(self, conn: sqlite3.Connection, conv: ConversationId) -> bool:
