@@ -72,8 +72,12 @@ def connect(path: str) -> sqlite3.Connection:
 # -- rebuild -------------------------------------------------------------------------------------
 
 # seq too: the one column a complete reader needs besides the line, to name a message whose
-# line is NULL (not sealed) for the second query that would merge its chunk rows.
-_SELECT_LINES = "SELECT seq, line FROM messages WHERE user_id = ? AND conversation = ? ORDER BY seq"
+# line is NULL (not sealed) for the second query that would merge its chunk rows. Deleted
+# messages (migration 2: ``deleted_at``) are skipped, as the backend skips them.
+_SELECT_LINES = (
+    "SELECT seq, line FROM messages WHERE user_id = ? AND conversation = ? "
+    "AND deleted_at IS NULL ORDER BY seq"
+)
 
 
 def read_messages(conn: sqlite3.Connection, conversation_id: str) -> list[Message]:
