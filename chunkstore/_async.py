@@ -300,9 +300,18 @@ class AsyncStore:
         )
 
     async def append_turn(
-        self, conversation_id: str, messages: Sequence[Mapping[str, Any]]
+        self,
+        conversation_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        refuse_while_streaming: bool = False,
     ) -> Turn:
-        return await self._run(self.store.append_turn, conversation_id, messages)
+        return await self._run(
+            self.store.append_turn,
+            conversation_id,
+            messages,
+            refuse_while_streaming=refuse_while_streaming,
+        )
 
     def stream_message(
         self,

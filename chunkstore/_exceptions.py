@@ -16,6 +16,8 @@ does not know about chunkstore::
     ├── StoreFormatError (ValueError)           the store root is not a chunkstore of a known
     │                                           version
     ├── WriterClosed (RuntimeError)             a MessageWriter used after finish()/fail()
+    ├── ReplyStreaming (RuntimeError)           the conversation's last reply is still streaming
+    │                                           (``append_turn(refuse_while_streaming=True)``)
     └── StorageError (OSError)                  the disk failed (ENOSPC, EIO...); ``errno`` is
                                                 the underlying one
 """
@@ -30,6 +32,7 @@ __all__ = [
     "InvalidId",
     "LimitExceeded",
     "LockTimeout",
+    "ReplyStreaming",
     "StorageError",
     "StoreFormatError",
     "UserNotFound",
@@ -91,3 +94,12 @@ class StorageError(ChunkstoreError, OSError):
         err = cls(exc.errno, f"{action}: {exc.strerror or exc}", exc.filename)
         err.__cause__ = exc
         return err
+
+
+class ReplyStreaming(ChunkstoreError, RuntimeError):
+    """The conversation's last reply is still streaming (its writer is alive, maybe in another
+    process or on another machine): a turn that must see it whole has to wait."""
+
+    def __init__(self, message: str = "a reply is still streaming", message_id: str = "") -> None:
+        super().__init__(message)
+        self.message_id = message_id

@@ -17,7 +17,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from ._backend import Backend
-from ._exceptions import ConversationDeleted, ConversationNotFound, InvalidArgument
+from ._exceptions import (
+    ConversationDeleted,
+    ConversationNotFound,
+    InvalidArgument,
+    ReplyStreaming,
+)
 from ._ids import ConversationId, MessageId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._turns import STORED_ROLES, Turn, merge_history, replayable
@@ -367,7 +372,13 @@ class Store:
             reply_to=reply_to,
         )
 
-    def append_turn(self, conversation_id: str, messages: Sequence[Mapping[str, Any]]) -> Turn:
+    def append_turn(
+        self,
+        conversation_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        refuse_while_streaming: bool = False,
+    ) -> Turn:
         """Continue a conversation with the messages a chat client sent (OpenAI chat form:
         ``role``, ``content``, ``tool_calls``, ``tool_call_id``, ``name``).
 
@@ -375,13 +386,20 @@ class Store:
         is skipped (``_turns.merge_history``), and of the rest the ``user``, ``assistant`` and
         ``tool`` messages are stored, in order. Every message is validated before the first
         is stored, so a turn is stored whole or not at all (short of a failing disk).
-        ``ConversationDeleted`` for a soft-deleted conversation.
+        ``ConversationDeleted`` for a soft-deleted conversation. With
+        ``refuse_while_streaming``, ``ReplyStreaming`` (and nothing stored) while the
+        conversation's last message is a reply still streaming, wherever its writer runs:
+        the caller waits and tries again, so its history holds that reply whole.
         """
         conv = ConversationId.parse(conversation_id)
         records = [self._turn_record(m) for m in messages]
         if self._backend.get_conversation(conv).deleted:
             raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
-        history = [m.to_openai() for m in self._backend.messages(conv, 0, None) if replayable(m)]
+        stored_history = self._backend.messages(conv, 0, None)
+        if refuse_while_streaming and stored_history and stored_history[-1].status == "streaming":
+            last = stored_history[-1].id
+            raise ReplyStreaming(f"reply {last} of {conv} is still streaming", last)
+        history = [m.to_openai() for m in stored_history if replayable(m)]
         overlap = merge_history(history, messages)
         new = [dict(m) for m in messages[overlap:]]
         stored = [

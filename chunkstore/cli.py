@@ -362,6 +362,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def open_store(target: str) -> Store:
     """Open an existing store; never create one (an admin tool must not litter empty stores)."""
     kind, location = parse_store_url(target)
+    if kind == "postgresql":
+        # A server's database is the operator's to create: opening it only adds (or upgrades)
+        # chunkstore's tables, and a database that does not exist is the driver's error.
+        return Store(target)
     path = os.path.abspath(location)
     if kind == "sqlite":
         if not os.path.isfile(path):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from chunkstore import parse_store_url, redact_url
+from chunkstore import redact_url
 from edge.config import ConfigError, EdgeConfig, load_config
 from edge.logs import configure_logging
 
@@ -72,8 +72,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         cause = exc.__cause__
         if isinstance(cause, ChunkstoreError):
             # The only part of the start-up that touches the disk is opening the store.
-            root = config.store_path.resolve()
-            _fail(f"cannot open the store at {root}: {_store_reason(cause, root)}")
+            where = config.store_location
+            _fail(f"cannot open the store at {where}: {_store_reason(cause, Path(where))}")
         if isinstance(cause, OSError):
             _fail(f"cannot start: {_os_reason(cause)}")
         raise
@@ -112,8 +112,7 @@ def _banner_printer(config: EdgeConfig) -> Callable[..., None]:
 def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
     """The lines printed at start: where to connect, what is stored where, which upstream."""
     if config.persist_transcripts:
-        kind, _ = parse_store_url(config.db_url)
-        persistence = f"on, {kind} store at {config.store_path.resolve()}"
+        persistence = f"on, {config.store_kind} store at {config.store_location}"
     else:
         # The bare `edge` command's default, unlike `make run`'s: say so, and how to turn it on.
         persistence = (

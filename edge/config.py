@@ -187,6 +187,19 @@ class EdgeConfig:
         return _store_location(self.db_url)
 
     @property
+    def store_kind(self) -> str:
+        """The backend ``DB_URL`` names: ``file``, ``sqlite`` or ``postgresql``."""
+        return parse_store_url(self.db_url)[0]
+
+    @property
+    def store_location(self) -> str:
+        """Where the store is, for people: the absolute path of a file store or a SQLite
+        database, or a server's URL with its password hidden."""
+        if self.store_kind in ("file", "sqlite"):
+            return str(self.store_path.resolve())
+        return redact_url(self.db_url)
+
+    @property
     def uses_demo_upstream(self) -> bool:
         """True when no ``UPSTREAM_BASE_URL`` is set and the built-in demo upstream answers."""
         return self.upstream_base_url is None

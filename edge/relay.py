@@ -41,7 +41,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore, ConversationDeleted
+from chunkstore import AsyncStore, ConversationDeleted, ReplyStreaming
+from chunkstore import Turn as StoredTurn
 from edge.bundling import Bundler
 from edge.errors import ApiError, parse_json_object
 from edge.keys import (
@@ -71,6 +72,8 @@ log = logging.getLogger("edge.relay")
 CONVERSATION_HEADER = "X-Conversation-ID"
 AGENT_HEADER = "X-Agent-ID"
 _INSTRUCTION_ROLES = frozenset({"system", "developer"})
+# How often a turn looks again at a reply another instance is streaming (see ``_continue``).
+_REMOTE_REPLY_POLL_S = 0.05
 # What a reply answers: the last of these its turn stored (``Turn.reply_to``).
 _QUESTION_ROLES = frozenset({"user", "tool"})
 _TITLE_CHARS = 80
@@ -220,16 +223,13 @@ async def _plan_turn(
     if wanted is not None:
         user = await session_user(request, create=False)
         conversation_id = owned_conversation(user, wanted)
-        # The previous turn's reply may still be sealing: its history must include it.
-        await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S)
         instructions = []
         rest = messages
         while rest and rest[0].get("role") in _INSTRUCTION_ROLES:
             instructions.append(rest[0])
             rest = rest[1:]
         try:
-            # One store operation: read the history, store what is new (``Store.append_turn``).
-            turn = await store.append_turn(conversation_id, rest)
+            turn = await _continue(request, store, conversation_id, rest)
         except ConversationDeleted:
             raise ApiError(
                 422,
@@ -253,6 +253,30 @@ async def _plan_turn(
         await asyncio.shield(_roll_back(request, store, conversation.id))
         raise
     return plan
+
+
+async def _continue(
+    request: web.Request, store: AsyncStore, conversation_id: str, rest: list[dict[str, Any]]
+) -> StoredTurn:
+    """Store the new turn of a conversation once its previous reply is stored whole.
+
+    This edge's own replies are awaited through ``PendingReplies``. A reply another edge
+    instance (or process) of the same store is still streaming is only visible in the store:
+    ``append_turn`` refuses while the last message is ``streaming`` and this polls, bounded by
+    ``SETTLE_TIMEOUT_S`` in all; past it, the turn goes on with the reply as far as it got.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_TIMEOUT_S
+    # The previous turn's reply may still be sealing here: its history must include it.
+    settled = await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S)
+    while True:
+        # One store operation: read the history, store what is new (``Store.append_turn``).
+        try:
+            return await store.append_turn(
+                conversation_id, rest, refuse_while_streaming=settled and loop.time() < deadline
+            )
+        except ReplyStreaming:
+            await asyncio.sleep(_REMOTE_REPLY_POLL_S)
 
 
 # -- the handler --------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from chunkstore import (
     InvalidId,
     LimitExceeded,
     LockTimeout,
+    ReplyStreaming,
     StorageError,
     StoreFormatError,
     UserNotFound,
@@ -89,6 +90,7 @@ def test_typed_marker_and_version() -> None:
         (LockTimeout, TimeoutError),
         (StoreFormatError, ValueError),
         (WriterClosed, RuntimeError),
+        (ReplyStreaming, RuntimeError),
         (StorageError, OSError),
     ],
 )
@@ -106,7 +108,7 @@ def test_every_exported_error_is_in_the_tree() -> None:
         for n in chunkstore.__all__
         if isinstance(getattr(chunkstore, n), type) and issubclass(getattr(chunkstore, n), Exception)
     ]
-    assert len(errors) == 11
+    assert len(errors) == 12
     assert all(issubclass(e, ChunkstoreError) for e in errors)
 
 
