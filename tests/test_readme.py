@@ -34,20 +34,30 @@ def block_with(language: str, marker: str) -> str:
 
 
 SDK_BLOCK = block_with("python", "import openai")
+CONVERSATIONS_BLOCK = block_with("python", "client.conversations.create")
 LIBRARY_BLOCK = block_with("python", "from chunkstore import Store")
 ASYNC_BLOCK = block_with("python", "from chunkstore import AsyncStore")
 CURL_BLOCK = block_with("sh", "curl ")
 CLI_BLOCK = block_with("sh", "chunkstore ls")
+INSTANCES_BLOCK = block_with("sh", "docker run")
 
 
 def test_every_block_is_exercised() -> None:
     """A new block needs a test here: python blocks all run; of the sh blocks, make's need a
-    fresh machine (the first is checked below) and the other two run against a live edge."""
-    assert len(blocks("python")) == 3
+    fresh machine (the first is checked below), two run against a live edge, and the one of
+    several instances needs Docker: its shape is checked here, and what it sets up (two edge
+    processes on one PostgreSQL) runs in tests/edge/test_instances.py."""
+    assert len(blocks("python")) == 4
     sh = blocks("sh")
-    assert len(sh) == 4
-    assert set(sh) - {CURL_BLOCK, CLI_BLOCK} == {sh[0], sh[1]}
+    assert len(sh) == 5
+    assert set(sh) - {CURL_BLOCK, CLI_BLOCK, INSTANCES_BLOCK} == {sh[0], sh[1]}
     assert all(line.split()[-1] == "run" for line in sh[1].splitlines())  # a `make run` variant
+    lines = INSTANCES_BLOCK.strip().splitlines()
+    assert "export DB_URL=postgresql://" in INSTANCES_BLOCK
+    assert [line.split("#")[0].split() for line in lines if "make run" in line] == [
+        ["EDGE_PORT=8081", "make", "run", "&"],
+        ["EDGE_PORT=8082", "make", "run", "&"],
+    ]
 
 
 def test_readme_starts_with_the_two_commands() -> None:
@@ -114,7 +124,8 @@ def test_the_edge_examples_in_order(
     live_edge: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # 1. The SDK example, in a fresh interpreter's namespace: it defines EDGE_URL itself.
-    exec(compile(pasted(SDK_BLOCK, live_edge), "README edge block", "exec"), {})
+    namespace: dict[str, object] = {}
+    exec(compile(pasted(SDK_BLOCK, live_edge), "README edge block", "exec"), namespace)
     out = capsys.readouterr().out
     assert "Plan a trip to Lisbon" in out
     statuses = [(1, "user", "complete"), (2, "assistant", "complete")]
@@ -133,13 +144,20 @@ def test_the_edge_examples_in_order(
     assert [c["id"] for c in answers[1]["data"]] == ["us01-co02", "us01-co01"]
     assert answers[-1]["id"] == "us01-co01" and answers[-1]["deleted_at"] is None
 
-    # 3. The command-line block, from a checkout where `make` made .venv (here: this one's).
+    # 3. The Conversations API example, with the SDK example's `client`.
+    exec(compile(CONVERSATIONS_BLOCK, "README conversations block", "exec"), namespace)
+    assert capsys.readouterr().out.splitlines() == [
+        "msg_us01-co03-ms01 user Plan a trip to Porto",
+        "msg_us01-co03-ms02 assistant Start at the Ribeira.",
+    ]
+
+    # 4. The command-line block, from a checkout where `make` made .venv (here: this one's).
     venv = Path(sys.prefix)
     if not (venv / "bin" / "activate").exists() or not (venv / "bin" / "chunkstore").exists():
         pytest.skip("not running from a virtualenv with the chunkstore command")
     (tmp_path / ".venv").symlink_to(venv)
     out = bash(CLI_BLOCK, tmp_path)
-    assert "USER  CONVERSATIONS  DELETED\nus01  2              0\n" in out
+    assert "USER  CONVERSATIONS  DELETED\nus01  3              0\n" in out
     assert "\nus01\n" in out  # whoami my-session
     assert "conversation us01-co01\n" in out
     assert '{"type":"conversation","id":"us01-co01"' in out
