@@ -23,12 +23,13 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   conversation, seq)``, the UNIQUE (conversation, seq) of SPEC §7; ``status``, ``writer``,
   ``line``), ``chunks`` (one row per chunk record, the record verbatim as JSON text, written
   while the reply streams), ``instances`` (leases) and ``health``. Version 2 adds
-  ``messages.deleted_at`` (``delete_message``). Times are ``utc_now()``'s fixed-width ISO text,
-  as on SQLite, so they read back exactly and compare in text order (``COLLATE "C"``); JSON is
-  text too (``jsonb`` would reorder a metadata object's keys); a title is a ``json`` string,
-  since a ``text`` value cannot hold NUL. Foreign keys cascade: a hard
-  delete is one ``DELETE``. A sealed message's merged form is its ``line`` (derived;
-  ``check(fix=True)`` rebuilds it), so reads of sealed messages never merge chunk rows.
+  ``messages.deleted_at`` (``delete_message`` marks a row; readers skip it). Times are
+  ``utc_now()``'s fixed-width ISO text, as on SQLite, so they read back exactly and compare
+  in text order (``COLLATE "C"``); JSON is text too (``jsonb`` would reorder a metadata
+  object's keys); a title is a ``json`` string, since a ``text`` value cannot hold NUL.
+  Foreign keys cascade: a hard delete is one ``DELETE``. A sealed message's merged form is its
+  ``line`` (derived; ``check(fix=True)`` rebuilds it), so reads of sealed messages never
+  merge chunk rows.
 * **Seqs** are claimed in the transaction that inserts the message row: ``UPDATE
   conversations SET last_seq = last_seq + 1 ... RETURNING last_seq`` takes the row's lock, so
   concurrent writers (on any machine) queue on it and the seqs are gap-free and unique; a
@@ -195,7 +196,10 @@ MIGRATIONS: list[Migration] = [
         ),
     ),
     (
-        "messages can be deleted",
+        # ``Store.delete_message``: the row stays (its seq stays claimed, seqs stay gap-free),
+        # marked; readers skip it. Like the file store's tombstone (and SQLite's migration 2),
+        # it hides, it does not erase.
+        "deleted messages",
         ("ALTER TABLE messages ADD COLUMN deleted_at text",),
     ),
 ]
@@ -271,8 +275,15 @@ def _storage_error(exc: Exception, action: str, timeout: float) -> ChunkstoreErr
         err = StorageError(errno.EACCES, f"{action}: {text}")
     elif isinstance(exc, pg_errors.ReadOnlySqlTransaction):
         err = StorageError(errno.EROFS, f"{action}: {text}")
-    elif isinstance(exc, pg_errors.InvalidCatalogName):
+    elif isinstance(exc, pg_errors.InvalidCatalogName) or (
+        # A refused connection has no SQLSTATE: only the server's message tells.
+        isinstance(exc, psycopg.OperationalError)
+        and "database" in text
+        and "does not exist" in text
+    ):
         err = StorageError(errno.ENOENT, f"{action}: {text}")
+    elif isinstance(exc, psycopg.OperationalError) and "authentication failed" in text:
+        err = StorageError(errno.EACCES, f"{action}: {text}")
     else:  # a lost or refused connection, corruption, anything else the server reports
         err = StorageError(errno.EIO, f"{action}: {text}")
     err.__cause__ = exc
@@ -298,11 +309,16 @@ def version_of(conn: Conn, *, what: str = "the database") -> int:
     return int(row[0]) if row else 0
 
 
-def migrate(conn: Conn, migrations: Sequence[Migration], *, what: str) -> int:
+def migrate(
+    conn: Conn, migrations: Sequence[Migration], *, what: str, lock_timeout: float = 30.0
+) -> int:
     """Bring the store on ``conn`` (autocommit) up to ``len(migrations)``; return it.
 
-    A store already at the code's version costs two reads and takes no lock.
+    A store already at the code's version costs two reads and takes no lock; else each step
+    waits at most ``lock_timeout`` for its locks (another process migrating, or a table's
+    readers), then raises ``lock_not_available``.
     """
+    lock_ms = f"{max(1, round(lock_timeout * 1000))}ms"
     target = len(migrations)
     while True:
         current = version_of(conn, what=what)
@@ -314,6 +330,7 @@ def migrate(conn: Conn, migrations: Sequence[Migration], *, what: str) -> int:
         if current == target:
             return current
         with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = '{lock_ms}'".encode())
             conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (_SCHEMA_LOCK,))
             # Read again under the lock: another process may have migrated meanwhile.
             if version_of(conn, what=what) == current:
@@ -380,7 +397,7 @@ class PostgresBackend:
         self._instance: int | None = None
         self._space = 0  # the lease namespace: the oid of this store's instances table
         with self._errors("open the database"), self._connect() as conn:
-            migrate(conn, MIGRATIONS, what=self.describe())
+            migrate(conn, MIGRATIONS, what=self.describe(), lock_timeout=lock_timeout)
             row = conn.execute(
                 "SELECT format('%I.instances', current_schema())::regclass::oid::int8"
             ).fetchone()
@@ -842,8 +859,8 @@ class PostgresBackend:
         return int(row[0])
 
     def delete_message(self, conv: ConversationId, seq: int) -> bool:
-        """Mark the row deleted (``deleted_at``) and drop its content (its chunk rows and its
-        line): the row stays, so the seq stays claimed and ``check`` finds no gap."""
+        """Mark the row deleted (``deleted_at``), as SQLite does: readers skip it; the row
+        stays, so the seq stays claimed and ``check`` finds no gap."""
         mid = MessageId(conv.user, conv.n, seq)
         key = (conv.user, conv.n, seq)
         with self._write(f"delete message {mid}") as conn:
@@ -856,7 +873,7 @@ class PostgresBackend:
                 raise ConversationNotFound(f"no conversation {conv}")
             if row[0] is not None:
                 raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
-            # FOR UPDATE: a seal waits for us; once deleted, a seal no longer touches the row.
+            # FOR UPDATE: a seal or a release waits for us.
             found = conn.execute(
                 f"SELECT line, writer, deleted_at FROM messages WHERE {_MESSAGE_KEY} FOR UPDATE",
                 key,
@@ -869,11 +886,8 @@ class PostgresBackend:
                     f"message {mid} is still streaming: it can be deleted once it ends"
                 )
             conn.execute(
-                "UPDATE messages SET deleted_at = %s, line = NULL, writer = NULL "
-                f"WHERE {_MESSAGE_KEY}",
-                (utc_now(), *key),
+                f"UPDATE messages SET deleted_at = %s WHERE {_MESSAGE_KEY}", (utc_now(), *key)
             )
-            conn.execute(f"DELETE FROM chunks WHERE {_MESSAGE_KEY}", key)
         return True
 
     # -- integrity --------------------------------------------------------------------------
@@ -982,12 +996,12 @@ class PostgresBackend:
         return problems
 
     def _check_lines(self, conn: Conn, fixes: list[tuple[str, tuple[Any, ...]]]) -> list[Problem]:
-        """Every sealed message's line against its chunk rows, rebuilt (deleted ones aside)."""
+        """Every sealed message's line against its chunk rows, rebuilt."""
         problems = []
         rows = conn.execute(
             "SELECT m.user_id, m.conversation, m.seq, m.line, c.record FROM messages AS m "
             "LEFT JOIN chunks AS c USING (user_id, conversation, seq) "
-            "WHERE (m.line IS NOT NULL OR m.status != 'streaming') AND m.deleted_at IS NULL "
+            "WHERE m.line IS NOT NULL OR m.status != 'streaming' "
             "ORDER BY m.user_id, m.conversation, m.seq, c.chunk"
         )
         for (user, n, seq), group in itertools.groupby(rows, key=lambda r: r[:3]):
@@ -1124,7 +1138,7 @@ class PostgresSink:
                 message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
                 conn.execute(
                     "UPDATE messages SET status = %s, writer = NULL, role = %s, line = %s "
-                    f"WHERE {_MESSAGE_KEY} AND deleted_at IS NULL",
+                    f"WHERE {_MESSAGE_KEY}",
                     (message.status, message.role, _line(message), *self._key),
                 )
                 conn.execute(
