@@ -40,8 +40,12 @@ _schemas_url: str | None = None
 
 def _start() -> str:
     """The URL of a database to run ``CREATE DATABASE`` on (starting a server if need be)."""
+    import psycopg
+
     external = os.environ.get(ENV_URL)
     if external:
+        with psycopg.connect(external, autocommit=True, connect_timeout=10) as conn:
+            conn.execute("SELECT 1")
         return external
     # A short path: the server's Unix socket lives in it (at most ~100 bytes).
     pgdata = tempfile.mkdtemp(prefix="cspg-")
@@ -53,8 +57,6 @@ def _start() -> str:
             raise RuntimeError(f"pgserver is not installed ({exc}): pip install -e '.[test]'") from exc
         server = pgserver.get_server(pgdata, cleanup_mode="delete")
     url: str = server.get_uri()
-    import psycopg
-
     with psycopg.connect(url, autocommit=True) as conn:
         # Only durability against a machine crash is given up: no test crashes the machine.
         conn.execute("ALTER SYSTEM SET fsync = off")
