@@ -2,7 +2,9 @@
 
 Each test takes ``store_url`` (or ``make_url`` for several fresh stores) and opens its stores
 through the public API only, so the same test runs on every backend listed in ``BACKENDS``.
-None is ever skipped: a backend that cannot open fails every test.
+A backend that cannot open fails every test. The one exception is a PostgreSQL server that
+cannot be had outside CI (``tests/support/pg_server.py``): skipped there with a loud reason,
+a failure under CI.
 """
 
 from __future__ import annotations
