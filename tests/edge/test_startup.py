@@ -7,11 +7,12 @@ import asyncio
 import errno
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,19 +112,31 @@ def test_a_file_in_place_of_the_store_is_one_line(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through directory permissions")
+def _read_only_directory(path: Path) -> tuple[Callable[[], None], str]:
+    """Make ``path`` a directory nobody may create entries in; return its undo and the error
+    the OS gives. Permission bits do not stop root, so root gets an immutable directory
+    (``chattr +i``, on filesystems that have it)."""
+    path.mkdir()
+    if os.geteuid() != 0:
+        path.chmod(0o555)
+        return (lambda: path.chmod(0o755)), "permission denied"
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(path)], capture_output=True).returncode:
+        pytest.skip("running as root on a filesystem without chattr +i: nothing is read-only")
+    return (lambda: subprocess.run([chattr, "-i", str(path)], check=True)), "not permitted"
+
+
 def test_a_store_under_a_read_only_directory_is_one_line(tmp_path: Path) -> None:
     parent = tmp_path / "read-only"
-    parent.mkdir()
-    parent.chmod(0o555)
+    undo, reason = _read_only_directory(parent)
     try:
         result = run_edge(
             PERSIST_TRANSCRIPTS="true", DB_URL=f"file:{parent / 'users'}", EDGE_PORT="0"
         )
     finally:
-        parent.chmod(0o755)
+        undo()
     assert_one_line_exit_2(result, f"edge: cannot open the store at {parent / 'users'}: ")
-    assert "permission denied" in result.stderr
+    assert reason in result.stderr
 
 
 def test_sigint_stops_the_edge_cleanly() -> None:
