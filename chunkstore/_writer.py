@@ -48,6 +48,7 @@ class MessageWriter:
     ) -> None:
         self._sink: StreamSink | None = sink
         self._id = sink.message_id
+        self._id_text = str(self._id)  # in every record
         self._role = role
         self._agent_id = agent_id
         self._reply_to = reply_to
@@ -64,7 +65,7 @@ class MessageWriter:
 
     @property
     def message_id(self) -> str:
-        return str(self._id)
+        return self._id_text
 
     @property
     def seq(self) -> int:
@@ -87,7 +88,16 @@ class MessageWriter:
 
     def append(self, token: str) -> None:
         """Add one token; writes a chunk file when a chunk is full or the time budget passed."""
-        if self.add(token):
+        # ``add`` inlined, checks first: this runs once per token, and a call per token was
+        # half of a 400-token reply's time in the writer.
+        if self._sink is None or not isinstance(token, str):
+            self._reject(token)
+        pending = self._pending
+        pending.append(token)
+        if len(pending) >= self._chunk_tokens or (
+            self._flush_interval is not None
+            and time.monotonic() - self._last_write >= self._flush_interval
+        ):
             self.flush()
 
     def add(self, token: str) -> bool:
@@ -95,16 +105,20 @@ class MessageWriter:
 
         The async facade uses this to keep token appends off the thread pool.
         """
-        self._check_open()
-        if not isinstance(token, str):
-            raise InvalidArgument(f"a token must be a str, got {type(token).__name__}")
-        self._pending.append(token)
-        if len(self._pending) >= self._chunk_tokens:
-            return True
-        return (
+        if self._sink is None or not isinstance(token, str):
+            self._reject(token)
+        pending = self._pending
+        pending.append(token)
+        return len(pending) >= self._chunk_tokens or (
             self._flush_interval is not None
             and time.monotonic() - self._last_write >= self._flush_interval
         )
+
+    def _reject(self, token: object) -> None:
+        """Raise what ``append``/``add`` refuse ``token`` for: a closed writer, then a non-str."""
+        self._check_open()
+        if not isinstance(token, str):
+            raise InvalidArgument(f"a token must be a str, got {type(token).__name__}")
 
     def flush(self) -> None:
         """Write the buffered tokens as one ``streaming`` chunk (nothing if none are buffered)."""
@@ -117,7 +131,7 @@ class MessageWriter:
     def _record(self, tokens: list[str], *, status: str) -> dict[str, Any]:
         record: dict[str, Any] = {
             "v": 1,
-            "messageId": str(self._id),
+            "messageId": self._id_text,
             "seq": self._chunks_written + 1,
             "tokens": "".join(tokens),
             "tokenCount": len(tokens),
