@@ -85,6 +85,7 @@ import itertools
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -201,6 +202,31 @@ _SELECT_MESSAGES = (
     "SELECT seq, writer, line FROM messages WHERE user_id = ? AND conversation = ? "
     "AND seq > ? AND deleted_at IS NULL ORDER BY seq LIMIT ?"
 )
+_CLAIM_SEQ = (
+    "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = ? "
+    "WHERE user_id = ? AND number = ? AND deleted_at IS NULL RETURNING last_seq"
+)
+_CLAIM_SEQ_LIMITED = (
+    "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = ? "
+    "WHERE user_id = ? AND number = ? AND deleted_at IS NULL AND last_seq < ? RETURNING last_seq"
+)
+_INSERT_CHUNK = (
+    "INSERT INTO chunks (user_id, conversation, seq, chunk, record) VALUES (?, ?, ?, ?, ?)"
+)
+_SELECT_CHUNKS = (
+    "SELECT record FROM chunks WHERE user_id = ? AND conversation = ? AND seq = ? ORDER BY chunk"
+)
+_SEAL_MESSAGE = (
+    "UPDATE messages SET status = ?, writer = NULL, role = ?, line = ? "
+    "WHERE user_id = ? AND conversation = ? AND seq = ?"
+)
+_TOUCH_CONVERSATION = (
+    "UPDATE conversations SET last_message_at = ? WHERE user_id = ? AND number = ?"
+)
+# A streaming message's chunk records are kept by its sink, for the seal, while their JSON is
+# at most this long in all (a reply of a few thousand tokens); a longer stream drops them and
+# its seal reads the chunk rows back, so memory stays bounded however long the stream.
+_KEEP_RECORDS_CHARS = 32 * 1024
 _LIST_CONVERSATIONS_ALL = (
     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ? "
     "ORDER BY number DESC LIMIT ?"
@@ -274,6 +300,7 @@ class SqliteBackend:
         self._file = os.path.abspath(path)
         self._leases_dir = self._file + ".leases"
         self._durable_sync = _SYNC_OFF if durability == "none" else _SYNC_DURABLE
+        self._lazy_sync = _SYNC_OFF if durability == "none" else _SYNC_LAZY
         self._closed = False
         self._pid = os.getpid()
         self._local = _Local()
@@ -290,16 +317,36 @@ class SqliteBackend:
         try:
             with self._errors("open the database"):
                 conn = self._conn()
-                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                    if mode != "wal":
-                        raise StorageError(
-                            errno.EIO, f"{self.describe()}: cannot use WAL mode (got {mode!r})"
-                        )
+                self._use_wal(conn)
                 migrate(conn, MIGRATIONS, what=self.describe())
         except BaseException:
             self.close()
             raise
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Put the database in WAL mode (once per database: the mode is stored in the file).
+
+        Switching needs the database to itself: while another process opens the same new
+        database at that moment, SQLite answers with the old mode (or "locked") at once,
+        without its busy handler. So the switch is retried until ``lock_timeout``.
+        """
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if mode != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                mode = "locked"
+            if mode == "wal":
+                return
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    errno.EIO, f"{self.describe()}: cannot use WAL mode (got {mode!r})"
+                )
+            time.sleep(0.01)
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
@@ -375,9 +422,9 @@ class SqliteBackend:
     def _write(self, action: str, *, durable: bool = True) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``), committed ``durable`` (see the module
         docstring) unless the store's durability is ``"none"``."""
-        with self._errors(action):
+        try:
             conn = self._conn()
-            self._set_sync(conn, self._durable_sync if durable else self._lazy_sync())
+            self._set_sync(conn, self._durable_sync if durable else self._lazy_sync)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -386,9 +433,8 @@ class SqliteBackend:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-
-    def _lazy_sync(self) -> str:
-        return _SYNC_OFF if self.durability == "none" else _SYNC_LAZY
+        except sqlite3.Error as exc:
+            raise self._error(exc, action) from exc
 
     @contextlib.contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:
@@ -443,11 +489,11 @@ class SqliteBackend:
 
     def _instance_number(self) -> int:
         """This process's instance number, its lease taken on first use (see the docstring)."""
-        if self._pid != os.getpid():
-            self._after_fork()
-        instance = self._instance
+        instance = self._instance  # None in a forked child: the at-fork hook dropped it
         if instance is not None:
             return instance
+        if self._pid != os.getpid():
+            self._after_fork()
         with self._lease_guard:
             if self._instance is not None:
                 return self._instance
@@ -641,7 +687,15 @@ class SqliteBackend:
     def _claim_seq(
         self, conn: sqlite3.Connection, conv: ConversationId, limit: int | None, now: str
     ) -> MessageId:
-        """The next seq of ``conv``, claimed in the caller's write transaction."""
+        """The next seq of ``conv``, claimed in the caller's write transaction: one ``UPDATE``
+        whose ``WHERE`` holds every check; only when it claims nothing is the row read, under
+        the same write lock, to say why."""
+        row = conn.execute(
+            _CLAIM_SEQ if limit is None else _CLAIM_SEQ_LIMITED,
+            (now, conv.user, conv.n) if limit is None else (now, conv.user, conv.n, limit),
+        ).fetchone()
+        if row is not None:
+            return MessageId(conv.user, conv.n, row[0])
         row = conn.execute(
             "SELECT deleted_at, last_seq FROM conversations WHERE user_id = ? AND number = ?",
             (conv.user, conv.n),
@@ -650,14 +704,7 @@ class SqliteBackend:
             raise ConversationNotFound(f"no conversation {conv}")
         if row[0] is not None:
             raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
-        if limit is not None and row[1] + 1 > limit:
-            raise LimitExceeded(f"conversation {conv} has reached the limit of {limit} messages")
-        (seq,) = conn.execute(
-            "UPDATE conversations SET last_seq = last_seq + 1, last_message_at = ? "
-            "WHERE user_id = ? AND number = ? RETURNING last_seq",
-            (now, conv.user, conv.n),
-        ).fetchone()
-        return MessageId(conv.user, conv.n, seq)
+        raise LimitExceeded(f"conversation {conv} has reached the limit of {limit} messages")
 
     def append_message(
         self, conv: ConversationId, record: dict[str, Any], *, max_messages: int | None
@@ -689,15 +736,29 @@ class SqliteBackend:
         return message
 
     def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> SqliteSink:
-        instance = self._instance_number()
-        with self._write(f"start a message in {conv}") as conn:
-            now = utc_now()
-            mid = self._claim_seq(conn, conv, max_messages, now)
-            conn.execute(
-                "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
-                "created_at) VALUES (?, ?, ?, NULL, 'streaming', ?, ?)",
-                (mid.user, mid.conversation, mid.seq, instance, now),
-            )
+        instance = self._instance
+        if instance is None:
+            instance = self._instance_number()
+        # _write's transaction, spelled out: once per streamed message.
+        try:
+            conn = self._conn()
+            self._set_sync(conn, self._durable_sync)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                now = utc_now()
+                mid = self._claim_seq(conn, conv, max_messages, now)
+                conn.execute(
+                    "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                    "created_at) VALUES (?, ?, ?, NULL, 'streaming', ?, ?)",
+                    (mid.user, mid.conversation, mid.seq, instance, now),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"start a message in {conv}") from exc
         return SqliteSink(self, mid)
 
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
@@ -1062,73 +1123,113 @@ class SqliteSink:
     the seal. Its liveness is the backend's lease (the message row names the instance) until
     it is sealed or released. The lease is per process, not per message: a sink dropped
     without either (``MessageWriter`` never does) reads ``streaming`` until the backend is
-    closed or its process ends."""
+    closed or its process ends.
+
+    The sink keeps the records it committed (``_KEEP_RECORDS_CHARS`` of JSON at most): the seal
+    rebuilds the message from them instead of reading the chunk rows back. Only this sink
+    writes this message's chunk rows (its seq is its own), so they are those rows; a record
+    that failed to commit, or a stream past the bound, and the seal reads the rows back."""
 
     def __init__(self, backend: SqliteBackend, message_id: MessageId) -> None:
         self._backend = backend
         self._id = message_id
         self._key = (message_id.user, message_id.conversation, message_id.seq)
         self._open = True
+        self._records: list[dict[str, Any]] | None = []
+        self._kept = 0  # the length of their JSON
 
     @property
     def message_id(self) -> MessageId:
         return self._id
 
     def write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
-        self._check_open()
-        with self._backend._write(f"write a chunk of {self._id}", durable=durable) as conn:
-            self._insert(conn, record)
-
-    def _insert(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        if not self._open:
+            self._check_open()
+        backend = self._backend
+        chunk = record["seq"]
+        text = _dumps(record)
         try:
-            conn.execute(
-                "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (*self._key, record["seq"], _dumps(record)),
-            )
+            conn = backend._conn()
+            level = backend._durable_sync if durable else backend._lazy_sync
+            if backend._local.sync != level:
+                backend._set_sync(conn, level)
+            if chunk != 1:
+                # One statement, its own transaction: SQLite takes the write lock at its start
+                # (waiting busy_timeout for it) exactly as BEGIN IMMEDIATE would.
+                self._insert(conn, chunk, text)
+            else:
+                # The message's role comes with its first record: both in one transaction.
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._insert(conn, chunk, text)
+                    conn.execute(
+                        "UPDATE messages SET role = ? "
+                        "WHERE user_id = ? AND conversation = ? AND seq = ?",
+                        (record.get("role"), *self._key),
+                    )
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except BaseException as exc:
+            self._records = None  # maybe committed, maybe not: the seal reads the rows
+            if isinstance(exc, sqlite3.Error):
+                raise backend._error(exc, f"write a chunk of {self._id}") from exc
+            raise
+        records = self._records
+        if records is not None:
+            self._kept += len(text)
+            if self._kept <= _KEEP_RECORDS_CHARS:
+                records.append(dict(record))  # a copy: the rows hold what it said now
+            else:
+                self._records = None
+
+    def _insert(self, conn: sqlite3.Connection, chunk: Any, text: str) -> None:
+        try:
+            conn.execute(_INSERT_CHUNK, (*self._key, chunk, text))
         except sqlite3.IntegrityError as exc:
             if "FOREIGN KEY" in str(exc):  # the message row went with its conversation
                 raise ConversationNotFound(f"no conversation {self._id.conversation_id}") from None
-            raise StorageError(errno.EEXIST, f"chunk {record['seq']} of {self._id} exists") from exc
-        if record["seq"] == 1:
-            conn.execute(
-                "UPDATE messages SET role = ? WHERE user_id = ? AND conversation = ? AND seq = ?",
-                (record.get("role"), *self._key),
-            )
+            raise StorageError(errno.EEXIST, f"chunk {chunk} of {self._id} exists") from exc
 
     def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
-        self._check_open()
+        if not self._open:
+            self._check_open()
         backend = self._backend
+        key = self._key
+        records = self._records
+        text = _dumps(last)
         try:
-            with backend._write(f"seal {self._id}", durable=durable) as conn:
-                self._insert(conn, last)
-                records = [
-                    orjson.loads(r)
-                    for (r,) in conn.execute(
-                        "SELECT record FROM chunks WHERE user_id = ? AND conversation = ? "
-                        "AND seq = ? ORDER BY chunk",
-                        self._key,
-                    )
-                ]
-                message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
-                now = utc_now()
-                conn.execute(
-                    "UPDATE messages SET status = ?, writer = NULL, role = ?, line = ? "
-                    "WHERE user_id = ? AND conversation = ? AND seq = ?",
-                    (message.status, message.role, _line(message), *self._key),
-                )
-                conn.execute(
-                    "UPDATE conversations SET last_message_at = ? WHERE user_id = ? AND number = ?",
-                    (now, self._id.user, self._id.conversation),
-                )
+            conn = backend._conn()
+            backend._set_sync(conn, backend._durable_sync if durable else backend._lazy_sync)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._insert(conn, last["seq"], text)
+                if records is None:
+                    records = [orjson.loads(r) for (r,) in conn.execute(_SELECT_CHUNKS, key)]
+                else:
+                    records.append(last)
+                message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
+                conn.execute(_SEAL_MESSAGE, (message.status, message.role, _line(message), *key))
+                conn.execute(_TOUCH_CONVERSATION, (utc_now(), key[0], key[1]))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise backend._error(exc, f"seal {self._id}") from exc
         finally:
             self._open = False
+            self._records = None
         return message
 
     def release(self) -> None:
         if not self._open:
             return
         self._open = False
+        self._records = None
         if self._backend._closed:
             return  # its lease ended with the backend: the message reads interrupted already
         # Not synced: if this commit is lost, so is the process and its lease (interrupted
