@@ -25,8 +25,11 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
   ``append_message`` stores its one record as chunk 1. Sealing inserts the terminal record and,
   in the same transaction, marks the message final and stores its merged form (the ``Message``
   ``rebuild_message`` makes, as one ``_rebuild.message_to_line`` JSON text) in
-  ``messages.line``. That line is derived (``check(fix=True)`` rebuilds it from the chunk
-  rows) and is what makes reads fast: a 500-message conversation of streamed replies is 500
+  ``messages.line``. The sink merges the records it committed itself, kept in memory up to
+  ``_KEEP_RECORDS_CHARS`` of JSON (a reply of a few thousand tokens); a longer stream, or one
+  whose chunk write failed, has its chunk rows read back instead, so memory stays bounded.
+  That line is derived (``check(fix=True)`` rebuilds it from the chunk rows) and is what
+  makes reads fast: a 500-message conversation of streamed replies is 500
   rows instead of ~2000 chunk rows merged in Python. Measured on that conversation (SQLite
   3.40): merging the chunk rows through ``rebuild_message`` costs 1.5x the benchmark suite's
   SQLite baseline (``benchmarks/_data.py``: a chunks table grouped into dicts); reading the
@@ -41,9 +44,12 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
   ``users.last_conversation``.
 * **Transactions are short, and writes take the lock first.** Connections run in autocommit
   mode; a write is ``BEGIN IMMEDIATE`` ... ``COMMIT``: a deferred transaction that upgrades
-  to a write can fail with ``SQLITE_BUSY`` at once, without the busy handler. A read of
-  several statements is one deferred transaction, so it sees one snapshot. No transaction is
-  held across a stream: each chunk is its own.
+  to a write can fail with ``SQLITE_BUSY`` at once, without the busy handler. A write of one
+  statement (a chunk row after the first) runs alone, as its own transaction: SQLite takes
+  the write lock as that statement starts, waiting for it as ``BEGIN IMMEDIATE`` does, and no
+  snapshot is held before it that could go stale. A read of several statements is one
+  deferred transaction, so it sees one snapshot. No transaction is held across a stream:
+  each chunk is its own.
 * **Durability** is ``PRAGMA synchronous``, chosen per transaction: ``FULL`` makes a WAL
   commit durable when it returns (the WAL is fsynced); ``NORMAL`` commits without a sync (in
   WAL mode still atomic and consistent: a power cut may only lose the latest commits);
@@ -54,8 +60,10 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
 * **Connections**: one per thread (``threading.local``): a connection carries its open
   transaction, so threads must not share one. ``check_same_thread=False`` only so ``close()``
   can close every thread's connection. After ``fork`` the child never touches the parent's
-  connections (SQLite forbids carrying one across a fork): it opens its own, found by a
-  ``os.getpid()`` check. ``busy_timeout`` is ``lock_timeout``.
+  connections (SQLite forbids carrying one across a fork): the at-fork hook
+  (``os.register_at_fork``, run by every fork that goes on running Python) drops them from
+  every live backend, and the child opens its own (the slow paths check ``os.getpid()`` as
+  well; the per-call path is one attribute read). ``busy_timeout`` is ``lock_timeout``.
 * **Liveness without timeouts: a per-process lease.** The first ``open_stream`` of a backend
   takes an instance number (a row of ``instances``, ``AUTOINCREMENT``: a number is never
   handed out twice, so a dead writer's number can never come back to life) and flocks

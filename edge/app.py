@@ -32,6 +32,7 @@ from edge.logs import elapsed_ms, log_access, log_event
 from edge.metrics import CONTENT_TYPE_LATEST, Metrics
 from edge.middlewares import middlewares, set_session_cookie
 from edge.openapi import openapi_document
+from edge.page import add_page_routes
 from edge.persist import PendingReplies
 from edge.relay import chat_completions
 from edge.upstream import relay_other
@@ -143,6 +144,7 @@ def create_app(config: EdgeConfig) -> web.Application:
     app.router.add_get("/openapi.json", openapi)
     app.router.add_post("/v1/chat/completions", chat_completions)
     add_history_routes(app)
+    add_page_routes(app)  # the chat page: GET / and /static/{path}
     # Every other /v1 path goes upstream, except those the edge owns: another method on
     # /v1/chat/completions is a 405 (not a GET relayed with the server's key), and an unknown
     # path under /v1/conversations a 404, whatever the upstream would have said.

@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 from chunkstore import __version__
+from edge.page import openapi_paths as page_openapi_paths
 
 __all__ = ["openapi_document"]
 
@@ -878,6 +879,7 @@ def openapi_document() -> dict[str, Any]:
         paths.update(_history_paths(prefix, suffix))
     paths.update(_relay())
     paths.update(_operations())
+    paths.update(page_openapi_paths())  # GET / and /static/{path}: the chat page (edge.page)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -893,6 +895,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "conversations", "description": "Stored history, scoped to the session."},
             {"name": "relay", "description": "Other /v1 paths, passed through."},
             {"name": "operations", "description": "Health, metrics and this document."},
+            {"name": "page", "description": "The chat page and its static files."},
         ],
         "servers": [{"url": "/"}],
         "security": [{}, {"edgeKey": []}],
