@@ -53,6 +53,10 @@ class Sizes:
     stall_seconds: float
     stall_concurrency: tuple[int, ...]
     stall_rounds: dict[int, int]
+    # test_relay, persistence on a database (DB_URL=sqlite:..., postgresql://...): concurrent
+    # streams and rounds (informational rows: kept short)
+    relay_db_concurrency: tuple[int, ...]
+    relay_db_rounds: dict[int, int]
     # test_memory
     memory_tokens: tuple[int, ...]
 
@@ -72,6 +76,8 @@ FULL = Sizes(
     stall_seconds=0.2,
     stall_concurrency=(1, 50),
     stall_rounds={1: 10, 50: 3},
+    relay_db_concurrency=(50,),
+    relay_db_rounds={50: 4},
     memory_tokens=(10_000, 100_000),
 )
 
@@ -90,10 +96,65 @@ TINY = Sizes(
     stall_seconds=0.01,
     stall_concurrency=(1,),
     stall_rounds={1: 1},
+    relay_db_concurrency=(4,),
+    relay_db_rounds={4: 1},
     memory_tokens=(1_000, 10_000),
 )
 
 SIZES = TINY if SMOKE else FULL
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+_PG_SUPPORT = str(ROOT / "tests" / "support")
+_pg_durable = False
+
+
+def postgres_database() -> str:
+    """The URL of a new, empty database on the benchmark session's PostgreSQL server.
+
+    The server is the tests' (``tests/support/pg_server.py``): ``CHUNKSTORE_TEST_POSTGRESQL_URL``
+    if set, else one started with ``pgserver`` on first use (about 1 s), ONE per session. No
+    server to be had: the calling benchmark is skipped with a loud reason (it fails under CI),
+    as the tests do. A server started here runs with the tests' ``fsync=off``; the benchmarks
+    put ``fsync`` and ``full_page_writes`` back to PostgreSQL's defaults (on), so that
+    durability ``chunk`` costs a real WAL flush per commit, as on SQLite (``synchronous=FULL``).
+    An external server is used as it is configured (``postgres_settings`` says how).
+    """
+    global _pg_durable
+    if _PG_SUPPORT not in sys.path:
+        sys.path.append(_PG_SUPPORT)
+    import pg_server
+
+    url: str = pg_server.fresh_database()
+    if not _pg_durable and not os.environ.get(pg_server.ENV_URL):
+        import psycopg
+
+        with psycopg.connect(pg_server.admin_url(), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET fsync")
+            conn.execute("ALTER SYSTEM RESET full_page_writes")
+            conn.execute("SELECT pg_reload_conf()")
+    _pg_durable = True
+    return url
+
+
+def postgres_settings(url: str) -> dict[str, str]:
+    """The server settings a reader needs next to PostgreSQL figures (for ``extra_info``)."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('fsync', 'full_page_writes', 'synchronous_commit', 'server_version', "
+            "'shared_buffers', 'wal_sync_method')"
+        ).fetchall()
+    return {f"pg_{name}": setting for name, setting in rows}
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> str:
+    """A fresh database for the module's PostgreSQL benchmarks (see ``postgres_database``)."""
+    return postgres_database()
 
 
 # -- paired timing -------------------------------------------------------------------------------
