@@ -21,6 +21,16 @@ and ``get_conversation``, against the same queries hand-written on the backend's
 (``_handwritten.list_page``, ``get_conversation``: rows into the same ``Conversation`` objects
 and ``ConversationPage``), in alternating rounds (``conftest.paired``); cold: a fresh ``Store``
 / connection each round, opened in the untimed setup; warm: one reused.
+
+The PostgreSQL backend (``test_postgres_backend``), the same target and method on
+``Store("postgresql://...")`` (the benchmark session's server), against
+``_handwritten_pg.list_page`` / ``get_conversation`` on the same database; cold: a fresh
+``Store`` with its pool's connection opened in the untimed setup / a fresh connection, each a
+new server session.
+
+The FastAPI plan's bound (``test_lookup_bound``), SPEC §6: a conversation lookup
+(``get_conversation``) under 100 ms on every backend (file, sqlite, postgresql), at 10,000
+conversations, cold (a fresh ``Store`` each round, opened in the untimed setup) and warm.
 """
 
 from __future__ import annotations
@@ -36,8 +46,8 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks import _data, _handwritten
-from benchmarks.conftest import SIZES, Results, paired
+from benchmarks import _data, _handwritten, _handwritten_pg
+from benchmarks.conftest import SIZES, Results, paired, postgres_settings
 from chunkstore import (
     Store,  # the record codec: the fixture writes on-disk format v1
 )
@@ -373,3 +383,171 @@ def test_sqlite_backend(
         limit=1.2,
         target="≤ 1.2x hand-written",
     )
+
+
+# -- the PostgreSQL backend against hand-written SQL on its own database --------------------------
+
+
+@dataclass
+class PostgresListing:
+    url: str  # the backend's database
+    user: str
+    count: int
+
+
+@pytest.fixture(scope="module")
+def postgres_listing(postgres_url: str) -> PostgresListing:
+    count = SIZES.listing_conversations
+    with Store(postgres_url, durability="none") as store:
+        user = store.user_for("bench-listing")
+        for i in range(1, count + 1):
+            store.create_conversation(user, title=f"Conversation {i}", metadata={"n": str(i)})
+    with _handwritten_pg.connect(postgres_url) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return PostgresListing(postgres_url, user, count)
+
+
+@pytest.mark.parametrize(
+    ("what", "temperature"),
+    [(w, t) for w in ("page 1", f"page {PAGE}", "lookup") for t in ("cold", "warm")],
+)
+def test_postgres_backend(
+    benchmark: Any,
+    results: Results,
+    postgres_listing: PostgresListing,
+    what: str,
+    temperature: str,
+) -> None:
+    """The PostgreSQL backend against hand-written SQL on its own database, in alternating
+    rounds."""
+    count, user, url = postgres_listing.count, postgres_listing.user, postgres_listing.url
+    user_n = UserId.parse(user).n
+    benchmark.extra_info.update(postgres_settings(url))
+    api: Callable[[Store], Any]
+    hand_written: Callable[[Any], Any]
+    if what == "lookup":
+        case = f"get_conversation at {count:,}"
+        conv_id = str(ConversationId(user_n, count // 2))
+
+        def api(store: Store) -> Any:
+            return store.get_conversation(conv_id)
+
+        def hand_written(conn: Any) -> Any:
+            return _handwritten_pg.get_conversation(conn, conv_id)
+
+    else:
+        page = int(what.split()[1])
+        case = f"page {page} of {count:,}"
+        before, _ = _page_cursor(count, page)
+        cursor = str(ConversationId(user_n, before)) if page > 1 else None
+
+        def api(store: Store) -> Any:
+            return store.list_conversations(user, LIMIT, cursor)
+
+        def hand_written(conn: Any) -> Any:
+            return _handwritten_pg.list_page(conn, user, LIMIT, cursor)
+
+    benchmark.group = f"listing {case}, postgresql backend, interleaved"
+    # The same result, field for field, or the comparison means nothing.
+    with Store(url, durability="none") as store:
+        expected = api(store)
+    with _handwritten_pg.connect(url) as conn:
+        assert hand_written(conn) == expected
+    if what == "lookup":
+        assert expected.id == conv_id
+    else:
+        first = count - (page - 1) * LIMIT
+        assert [c.id for c in expected] == [
+            str(ConversationId(user_n, first - i)) for i in range(LIMIT)
+        ]
+
+    rounds = SIZES.listing_paired_rounds
+    if temperature == "cold":
+        figures = benchmark.pedantic(
+            paired,
+            args=(
+                (lambda: _handwritten_pg.open_store(url), api),
+                (lambda: _handwritten_pg.connect(url), hand_written),
+                rounds,
+            ),
+            rounds=1,
+            iterations=1,
+        )
+    else:
+        with Store(url, durability="none") as store, _handwritten_pg.connect(url) as conn:
+            api(store)
+            hand_written(conn)
+            figures = benchmark.pedantic(
+                paired,
+                args=(
+                    (lambda: None, lambda _: api(store)),
+                    (lambda: None, lambda _: hand_written(conn)),
+                    rounds,
+                ),
+                rounds=1,
+                iterations=1,
+            )
+    results.record_pair(
+        benchmark,
+        SUITE,
+        case,
+        f"chunkstore postgresql backend {temperature}",
+        f"hand-written pg query {temperature}",
+        figures,
+        op="<=",
+        limit=1.2,
+        target="≤ 1.2x hand-written",
+    )
+
+
+# -- the FastAPI plan's bound: a conversation lookup, every backend -------------------------------
+
+LOOKUP_BOUND_S = 0.100  # SPEC §6 and the FastAPI plan
+
+
+@pytest.mark.parametrize(
+    ("backend", "temperature"),
+    [(b, t) for b in ("file", "sqlite", "postgresql") for t in ("cold", "warm")],
+)
+def test_lookup_bound(
+    benchmark: Any, request: pytest.FixtureRequest, results: Results, backend: str, temperature: str
+) -> None:
+    """``store.get_conversation`` of one of a user's 10,000 conversations, on each backend."""
+    target: str
+    if backend == "file":
+        data: Any = request.getfixturevalue("listing")
+        target = data.root
+    elif backend == "sqlite":
+        data = request.getfixturevalue("sqlite_listing")
+        target = f"sqlite:{data.path}"
+    else:
+        data = request.getfixturevalue("postgres_listing")
+        target = data.url
+        benchmark.extra_info.update(postgres_settings(target))
+    conv_id = str(ConversationId(UserId.parse(data.user).n, data.count // 2))
+    case = f"get_conversation at {data.count:,}"
+    benchmark.group = f"listing {case}, every backend"
+
+    def fresh() -> Store:
+        if backend == "postgresql":
+            return _handwritten_pg.open_store(target)
+        return Store(target, durability="none")
+
+    def lookup(store: Store) -> Any:
+        return store.get_conversation(conv_id)
+
+    rounds = SIZES.listing_rounds
+    if temperature == "cold":
+        out = benchmark.pedantic(
+            lookup,
+            setup=lambda: ((fresh(),), {}),
+            teardown=lambda store: store.close(),
+            rounds=rounds,
+        )
+    else:
+        with fresh() as store:
+            out = benchmark.pedantic(lookup, args=(store,), rounds=rounds, warmup_rounds=1)
+    assert out.id == conv_id
+    variant = f"chunkstore {backend} {temperature}"
+    results.record(benchmark, SUITE, case, variant)
+    results.limit(SUITE, case, variant, op="<", limit=LOOKUP_BOUND_S, target="< 100 ms")

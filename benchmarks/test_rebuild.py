@@ -33,6 +33,18 @@ cold / warm                database, each line into the same ``Message``
                            (``_handwritten.read_messages``); a fresh connection each round,
                            opened as the backend opens its own / one reused
 =========================  ===============================================================
+
+The PostgreSQL backend (``test_rebuild_postgres_backend``), the same target and method: the
+same conversations written through ``Store("postgresql://...")`` on the benchmark session's
+server (``conftest.postgres_database``), against ``_handwritten_pg.read_messages`` on the same
+database. Cold: a fresh ``Store`` each round with its pool's connection opened in the untimed
+setup (``_handwritten_pg.open_store``) / a fresh connection: a new server session on both
+sides. Warm: one reused on each side.
+
+The FastAPI plan's bound (``test_messages_bound``), SPEC §6: 50 messages of a 500-message
+conversation under 100 ms (the plan itself says 1 s), on every backend (file, sqlite,
+postgresql): ``store.messages(conv, after_seq=225, limit=50)``, cold (a fresh ``Store`` each
+round, opened in the untimed setup) and warm. An absolute bound: no baseline.
 """
 
 from __future__ import annotations
@@ -45,8 +57,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _data, _handwritten
-from benchmarks.conftest import SIZES, Results, paired
+from benchmarks import _data, _handwritten, _handwritten_pg
+from benchmarks.conftest import SIZES, Results, paired, postgres_settings
 from chunkstore import Store
 from chunkstore._ids import ConversationId
 from chunkstore._layout import Layout
@@ -316,4 +328,147 @@ def test_rebuild_sqlite_backend(
         op="<=" if spec else None,
         limit=1.2 if spec else None,
         target="≤ 1.2x hand-written" if spec else "",
+    )
+
+
+# -- the PostgreSQL backend against hand-written SQL on its own database --------------------------
+
+
+@dataclass
+class PostgresCorpus:
+    url: str  # the backend's database: one conversation per size
+    conversations: dict[int, str]  # size -> conversation id
+
+
+@pytest.fixture(scope="module")
+def postgres_corpus(postgres_url: str) -> PostgresCorpus:
+    with Store(postgres_url, durability="none", flush_interval=None) as store:
+        user = store.user_for("bench-rebuild")
+        conversations = {}
+        for n in SIZES.rebuild_messages:
+            conv = store.create_conversation(user, title=f"{n} messages")
+            _data.write_conversation(store, conv.id, n, seed=n)
+            conversations[n] = conv.id
+    with _handwritten_pg.connect(postgres_url) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return PostgresCorpus(postgres_url, conversations)
+
+
+@pytest.mark.parametrize(
+    ("n", "temperature"), [(n, t) for n in SIZES.rebuild_messages for t in ("cold", "warm")]
+)
+def test_rebuild_postgres_backend(
+    benchmark: Any, results: Results, postgres_corpus: PostgresCorpus, n: int, temperature: str
+) -> None:
+    """The PostgreSQL backend against hand-written SQL on its own database, in alternating
+    rounds."""
+    conv_id = postgres_corpus.conversations[n]
+    url = postgres_corpus.url
+    benchmark.group = f"rebuild {n} msgs, postgresql backend, interleaved"
+    benchmark.extra_info.update(postgres_settings(url))
+
+    def api(store: Store) -> list[Any]:
+        return store.messages(conv_id, limit=None)
+
+    def hand_written(conn: Any) -> list[Any]:
+        return _handwritten_pg.read_messages(conn, conv_id)
+
+    # The same messages, field for field, or the comparison means nothing.
+    with Store(url, durability="none") as store:
+        expected = api(store)
+    with _handwritten_pg.connect(url) as conn:
+        assert hand_written(conn) == expected
+    assert len(expected) == n and all(m.status == "complete" for m in expected)
+
+    subject: tuple[Callable[[], Any], Callable[[Any], Any]]
+    baseline: tuple[Callable[[], Any], Callable[[Any], Any]]
+    if temperature == "cold":
+        subject = (lambda: _handwritten_pg.open_store(url), api)
+        baseline = (lambda: _handwritten_pg.connect(url), hand_written)
+        figures = benchmark.pedantic(
+            paired, args=(subject, baseline, SIZES.rebuild_rounds[n]), rounds=1, iterations=1
+        )
+    else:
+        with Store(url, durability="none") as store, _handwritten_pg.connect(url) as conn:
+            api(store)
+            hand_written(conn)
+            subject = (lambda: None, lambda _: api(store))
+            baseline = (lambda: None, lambda _: hand_written(conn))
+            figures = benchmark.pedantic(
+                paired, args=(subject, baseline, SIZES.rebuild_rounds[n]), rounds=1, iterations=1
+            )
+    spec = n in (50, 500)
+    results.record_pair(
+        benchmark,
+        SUITE,
+        f"{n} msgs",
+        f"chunkstore postgresql backend {temperature}",
+        f"hand-written pg query {temperature}",
+        figures,
+        op="<=" if spec else None,
+        limit=1.2 if spec else None,
+        target="≤ 1.2x hand-written" if spec else "",
+    )
+
+
+# -- the FastAPI plan's bound: 50 messages of a 500-message conversation, every backend -----------
+
+PAGE_LIMIT = 50
+PAGE_BOUND_S = 0.100  # SPEC §6 (the FastAPI plan: 1 s)
+
+
+@pytest.mark.parametrize(
+    ("backend", "temperature"),
+    [(b, t) for b in ("file", "sqlite", "postgresql") for t in ("cold", "warm")],
+)
+def test_messages_bound(
+    benchmark: Any, request: pytest.FixtureRequest, results: Results, backend: str, temperature: str
+) -> None:
+    """``store.messages(conv, after_seq=..., limit=50)`` from the middle of the largest
+    conversation (500 messages; smaller under ``BENCH_SMOKE``), on each backend."""
+    n = 500 if 500 in SIZES.rebuild_messages else max(SIZES.rebuild_messages)
+    after = max(0, (n - PAGE_LIMIT) // 2)
+    target: str
+    if backend == "file":
+        data: Any = request.getfixturevalue("corpus")
+        target = data.root
+    elif backend == "sqlite":
+        data = request.getfixturevalue("sqlite_corpus")
+        target = f"sqlite:{data.path}"
+    else:
+        data = request.getfixturevalue("postgres_corpus")
+        target = data.url
+        benchmark.extra_info.update(postgres_settings(target))
+    conv_id = data.conversations[n]
+    case = f"{PAGE_LIMIT} of {n} msgs"
+    benchmark.group = f"rebuild {case}, every backend"
+
+    def fresh() -> Store:
+        if backend == "postgresql":
+            return _handwritten_pg.open_store(target)
+        return Store(target, durability="none")
+
+    def page(store: Store) -> list[Any]:
+        return store.messages(conv_id, after_seq=after, limit=PAGE_LIMIT)
+
+    with fresh() as store:
+        whole = store.messages(conv_id, limit=None)
+    expected = whole[after : after + PAGE_LIMIT]
+    if temperature == "cold":
+        out = benchmark.pedantic(
+            page,
+            setup=lambda: ((fresh(),), {}),
+            teardown=lambda store: store.close(),
+            rounds=SIZES.rebuild_rounds[n],
+        )
+    else:
+        with fresh() as store:
+            out = benchmark.pedantic(
+                page, args=(store,), rounds=SIZES.rebuild_rounds[n], warmup_rounds=1
+            )
+    assert out == expected and len(out) == min(PAGE_LIMIT, n - after)
+    variant = f"chunkstore {backend} {temperature}"
+    results.record(benchmark, SUITE, case, variant)
+    results.limit(
+        SUITE, case, variant, op="<", limit=PAGE_BOUND_S, target="< 100 ms (FastAPI plan: 1 s)"
     )

@@ -16,6 +16,11 @@ the same rows on the same engine. The same 400-token reply through ``Store("sqli
 under each durability, against ``_handwritten.ReplyWriter`` writing the same rows into the
 backend's own database (another conversation of the same file) with the same transactions and
 the same ``PRAGMA synchronous`` per transaction, in alternating rounds (``conftest.paired``).
+
+The PostgreSQL backend (``test_reply_postgres_backend``), the same target and method: the reply
+through ``Store("postgresql://...")`` on the benchmark session's server against
+``_handwritten_pg.ReplyWriter`` (same rows, same transactions, ``synchronous_commit`` per
+transaction as the backend chooses it), another conversation of the same database.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from typing import Any
 import orjson
 import pytest
 
-from benchmarks import _data, _handwritten
-from benchmarks.conftest import SIZES, Results, paired
+from benchmarks import _data, _handwritten, _handwritten_pg
+from benchmarks.conftest import SIZES, Results, paired, postgres_settings
 from chunkstore import Message, MessageWriter, Store
 from chunkstore._ids import ConversationId
 
@@ -264,6 +269,90 @@ def test_reply_sqlite_backend(
         "400-token reply",
         f"chunkstore sqlite backend {mode}",
         f"hand-written query {mode}",
+        figures,
+        op="<=",
+        limit=1.2,
+        target="≤ 1.2x hand-written",
+    )
+
+
+# -- the PostgreSQL backend against hand-written SQL on its own database --------------------------
+
+
+def _pg_rows(url: str, conversation_id: str) -> list[Any]:
+    """``_rows`` on PostgreSQL: what the backend and the hand-written writer must agree on."""
+    conv = ConversationId.parse(conversation_id)
+    volatile = ("messageId", "id", "timestamp", "createdAt", "completedAt")
+    with _handwritten_pg.connect(url) as conn:
+        messages = conn.execute(
+            "SELECT seq, role, status, writer, line FROM messages WHERE user_id = %s "
+            "AND conversation = %s ORDER BY seq",
+            (conv.user, conv.n),
+        ).fetchall()
+        chunks = conn.execute(
+            "SELECT seq, chunk, pg_typeof(record)::text, record FROM chunks WHERE user_id = %s "
+            "AND conversation = %s ORDER BY seq, chunk",
+            (conv.user, conv.n),
+        ).fetchall()
+
+    def strip(text: str) -> dict[str, Any]:
+        return {k: v for k, v in orjson.loads(text).items() if k not in volatile}
+
+    return [
+        [(seq, role, status, writer, strip(line)) for seq, role, status, writer, line in messages],
+        [(seq, chunk, kind, strip(record)) for seq, chunk, kind, record in chunks],
+    ]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reply_postgres_backend(
+    benchmark: Any, results: Results, postgres_url: str, tokens: list[str], mode: Any
+) -> None:
+    """A 400-token reply through the PostgreSQL backend against hand-written SQL writing the
+    same rows into its database, in alternating rounds."""
+    benchmark.group = f"write a 400-token reply, postgresql backend {mode}, interleaved"
+    benchmark.extra_info.update(postgres_settings(postgres_url))
+    usage = {"completion_tokens": len(tokens)}
+    with Store(postgres_url, durability=mode, flush_interval=None) as store:
+        user = store.user_for(f"bench-write-{mode}")
+        api_conv = store.create_conversation(user, title="backend").id
+        hand_conv = store.create_conversation(user, title="hand-written").id
+        conn = _handwritten_pg.connect(postgres_url)
+        writer = _handwritten_pg.ReplyWriter(
+            conn, hand_conv, mode, _handwritten_pg.take_instance(conn)
+        )
+
+        def api(_: Any) -> Message:
+            with store.stream_message(api_conv, role="assistant") as stream:
+                for token in tokens:
+                    stream.append(token)
+                return stream.finish("stop", usage=usage)
+
+        def hand_written(_: Any) -> Message:
+            return writer.write_reply(tokens, "stop", usage)
+
+        # One reply each, outside the timing (the backend's lease is taken here): the same
+        # message and the same rows, or the comparison means nothing.
+        ours, theirs = api(None), hand_written(None)
+        same = ("role", "content", "status", "finish_reason", "usage", "token_count", "seq")
+        assert all(getattr(ours, f) == getattr(theirs, f) for f in same)
+        assert ours.content == "".join(tokens) and ours.status == "complete"
+        assert _pg_rows(postgres_url, api_conv) == _pg_rows(postgres_url, hand_conv)
+        figures = benchmark.pedantic(
+            paired,
+            args=((lambda: None, api), (lambda: None, hand_written), SIZES.reply_rounds),
+            rounds=1,
+            iterations=1,
+        )
+        assert _pg_rows(postgres_url, api_conv) == _pg_rows(postgres_url, hand_conv)
+        assert store.messages(hand_conv, limit=None) != []
+        conn.close()
+    results.record_pair(
+        benchmark,
+        SUITE,
+        "400-token reply",
+        f"chunkstore postgresql backend {mode}",
+        f"hand-written pg query {mode}",
         figures,
         op="<=",
         limit=1.2,
