@@ -14,6 +14,8 @@ still share the cores: see the README).
   the edge's.
 * ``edge``: the real edge (``edge.app.create_app``), persistence on (``--store DIR``, durability
   ``--durability``, default "chunk"; ``--store-threads N`` for ``STORE_THREADS``) or off; with
+  ``--db-url URL``: persistence on into the store ``URL`` names instead, as the edge's
+  ``DB_URL`` (``sqlite:PATH``, ``postgresql://...``); with
   ``--fsync-stall S`` every ``os.fsync`` chunkstore makes sleeps ``S`` seconds first (the proxy
   replaces ``chunkstore._fsio.os``, the module every chunkstore write goes through).
   ``--profile FILE`` dumps a cProfile of the event loop thread at exit
@@ -138,6 +140,7 @@ def edge_app(
     stall: float,
     durability: str = "chunk",
     store_threads: int | None = None,
+    db_url: str | None = None,
 ) -> web.Application:
     if stall > 0:
         from chunkstore import _fsio
@@ -148,8 +151,8 @@ def edge_app(
 
     config = EdgeConfig(
         upstream_base_url=upstream,
-        persist_transcripts=store is not None,
-        db_url=f"file:{store}" if store else "file:./users",
+        persist_transcripts=store is not None or db_url is not None,
+        db_url=db_url or (f"file:{store}" if store else "file:./users"),
         durability=durability,  # type: ignore[arg-type]
         **({} if store_threads is None else {"store_threads": store_threads}),
     )
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=400)
     parser.add_argument("--upstream", help="the upstream base URL, ending in /v1")
     parser.add_argument("--store", help="edge: persist into this directory (else: off)")
+    parser.add_argument("--db-url", help="edge: persist into this DB_URL (else: off)")
     parser.add_argument("--fsync-stall", type=float, default=0.0)
     parser.add_argument("--durability", default="chunk", choices=["chunk", "message", "none"])
     parser.add_argument("--store-threads", type=int, help="edge: STORE_THREADS (default: its own)")
@@ -199,7 +203,12 @@ def main(argv: list[str] | None = None) -> None:
         app = passthrough_app(args.upstream)
     else:
         app = edge_app(
-            args.upstream, args.store, args.fsync_stall, args.durability, args.store_threads
+            args.upstream,
+            args.store,
+            args.fsync_stall,
+            args.durability,
+            args.store_threads,
+            args.db_url,
         )
     asyncio.run(serve(app, args.profile))
 

@@ -13,7 +13,12 @@ Relays under test, each its own process (``_relay_servers``):
 * ``edge on``: the edge persisting every stream (durability "chunk": fsync per chunk); each
   request starts a new conversation (no id, no system message) for one of ``concurrency``
   sessions;
-* ``edge on, fsync stall``: the same with every ``fsync`` sleeping ``stall_seconds`` first.
+* ``edge on, fsync stall``: the same with every ``fsync`` sleeping ``stall_seconds`` first;
+* ``edge on, sqlite`` / ``edge on, postgresql``: persistence on (durability "chunk") into
+  ``DB_URL=sqlite:PATH`` / ``DB_URL=postgresql://...`` (a fresh database on the benchmark
+  session's server, ``conftest.postgres_database``), at ``relay_db_concurrency`` streams
+  (50), reported against persistence off like the file store's rows. Informational (the
+  relay targets are judged on the file store); few rounds.
 
 A round starts ``concurrency`` streams at once and ends when the last one has received
 ``[DONE]``. Per round: tokens/second (tokens received by all clients / wall time). Pooled over
@@ -49,10 +54,12 @@ from benchmarks._relay import (
     summarize,
 )
 from benchmarks._relay_servers import expected_content
-from benchmarks.conftest import SIZES, Results
+from benchmarks.conftest import SIZES, Results, postgres_database
 from chunkstore import Store
 
 SUITE = "relay"
+# Persistence on into a database (DB_URL), at SIZES.relay_db_concurrency streams.
+DB_VARIANTS = ("edge on, sqlite", "edge on, postgresql")
 
 
 # -- the processes -------------------------------------------------------------------------------
@@ -74,6 +81,15 @@ class Relays:
                 args = ["passthrough", "--upstream", self.upstream.url]
             elif variant == "edge off":
                 args = ["edge", "--upstream", self.upstream.url]
+            elif variant in DB_VARIANTS:
+                if variant == "edge on, sqlite":
+                    store = f"sqlite:{os.path.join(self.base, f'store-{slug}.db')}"
+                else:
+                    store = postgres_database()
+                with Store(store, durability="none") as setup:
+                    for i in range(max(SIZES.relay_db_concurrency)):
+                        setup.user_for(session_id(i))
+                args = ["edge", "--upstream", self.upstream.url, "--db-url", store]
             else:
                 store = os.path.join(self.base, f"store-{slug}")
                 # Returning users: their sessions exist before the edge starts (creating 200
@@ -122,6 +138,10 @@ def _cases() -> list[tuple[int, str]]:
     for c in SIZES.stall_concurrency:
         if c not in SIZES.relay_concurrency:
             cases.append((c, "edge on, fsync stall"))
+    for c in SIZES.relay_db_concurrency:
+        if c not in SIZES.relay_concurrency:
+            cases.append((c, "edge off"))
+        cases += [(c, v) for v in DB_VARIANTS]
     return cases
 
 
@@ -131,7 +151,10 @@ def test_relay(
 ) -> None:
     server = relays.get(variant)
     stall = "stall" in variant
-    rounds_n = (SIZES.stall_rounds if stall else SIZES.relay_rounds)[concurrency]
+    if variant in DB_VARIANTS:
+        rounds_n = SIZES.relay_db_rounds[concurrency]
+    else:
+        rounds_n = (SIZES.stall_rounds if stall else SIZES.relay_rounds)[concurrency]
     benchmark.group = f"relay {concurrency} streams"
     rounds: list[Round] = []
 
@@ -177,11 +200,15 @@ def test_relay(
     results.record(benchmark, SUITE, f"{concurrency} streams", variant, **figures)
     if server.store is not None and not stall:
         _check_persisted(server.store)
-    _declare(results, concurrency)
+    if variant in DB_VARIANTS:
+        _declare_db(results, concurrency, variant)
+    else:
+        _declare(results, concurrency)
 
 
 def _check_persisted(root: str) -> None:
-    """Persistence on really stored the replies: the newest conversation of session 0.
+    """Persistence on really stored the replies: the newest conversation of session 0 (``root``:
+    the file store's directory, or a ``DB_URL``).
 
     ``[DONE]`` does not wait for the seal, so the last replies may still be sealing: wait.
     """
@@ -198,6 +225,21 @@ def _check_persisted(root: str) -> None:
     assert [m.role for m in messages] == ["user", "assistant"]
     assert messages[1].status == "complete"
     assert messages[1].content == expected_content(SIZES.relay_tokens)
+    store.close()
+
+
+def _declare_db(results: Results, concurrency: int, variant: str) -> None:
+    """Persistence on a database against persistence off (and against the file store when it
+    ran at this concurrency): informational, no target."""
+    case = f"{concurrency} streams"
+    for metric in ("tokens_per_s", "sustained_tokens_per_s", "body_tokens_per_s"):
+        results.ratio(SUITE, case, variant, "edge off", metric=metric)
+    for metric in ("gap_p99_ms", "stream_gap_p99_ms", "ttft_p50_ms", "done_wait_p50_ms"):
+        results.delta(SUITE, case, variant, "edge off", metric=metric)
+    results.ratio(SUITE, case, variant, "edge on", metric="sustained_tokens_per_s")
+    results.limit(SUITE, case, variant, metric="storage_drain_ms")
+    results.limit(SUITE, case, variant, metric="storage_failed_streams")
+    results.limit(SUITE, case, variant, metric="tokens_per_event")
 
 
 def _declare(results: Results, concurrency: int) -> None:

@@ -7,6 +7,12 @@ and stop. It asserts nothing about time: figures come from ``make bench``.
 
 Each module runs in its own interpreter: the relay suite starts servers and the memory suite
 uses tracemalloc, neither of which should leak into the test session.
+
+The PostgreSQL variants run on a server the module starts itself (``tests/support/pg_server.py``
+through ``benchmarks/conftest.postgres_database``, about 1 s) or on
+``CHUNKSTORE_TEST_POSTGRESQL_URL``. Only when no server can be had are they skipped, loudly
+(the reason is in the output, ``-rs``), as the tests' own PostgreSQL cases are; under CI they
+fail instead.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ def test_benchmark_module_runs(module: str, tmp_path: Path) -> None:
             f"benchmarks/{module}",
             "--benchmark-disable",
             "-q",
+            "-rs",
             "-p",
             "no:cacheprovider",
             "--basetemp",
