@@ -1206,20 +1206,25 @@ class SqliteSink:
             self._check_open()
         backend = self._backend
         key = self._key
-        records = self._records
-        text = _dumps(last)
         try:
+            text = _dumps(last)
+            records = self._records
+            message: Message | None = None
+            if records is not None:
+                # Merged before the transaction: the write lock is held for the statements only.
+                records.append(last)
+                message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
+                line = _line(message)
             conn = backend._conn()
             backend._set_sync(conn, backend._durable_sync if durable else backend._lazy_sync)
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._insert(conn, last["seq"], text)
-                if records is None:
+                if message is None:
                     records = [orjson.loads(r) for (r,) in conn.execute(_SELECT_CHUNKS, key)]
-                else:
-                    records.append(last)
-                message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
-                conn.execute(_SEAL_MESSAGE, (message.status, message.role, _line(message), *key))
+                    message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
+                    line = _line(message)
+                conn.execute(_SEAL_MESSAGE, (message.status, message.role, line, *key))
                 conn.execute(_TOUCH_CONVERSATION, (utc_now(), key[0], key[1]))
                 conn.execute("COMMIT")
             except BaseException:
