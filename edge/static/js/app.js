@@ -63,11 +63,15 @@ function messageVm(message) {
   if (Array.isArray(content)) {
     content = content.map((part) => (part && typeof part.text === "string" ? part.text : "")).join("\n");
   }
+  // A reply stopped on purpose is stored as an error whose reason is "cancelled".
+  const stopped = message.status === "error" && message.status_reason === "cancelled";
   return {
     id: message.id,
     role: message.role,
     content: typeof content === "string" ? content : "",
-    status: message.status,
+    status: stopped ? "stopped" : message.status,
+    reason: message.status_reason || null,
+    resumeUrl: typeof message.resume_url === "string" && message.resume_url.startsWith("/") ? message.resume_url : null,
     finishReason: message.finish_reason,
     toolCalls: message.tool_calls || null,
     storageFailed: false,
@@ -153,7 +157,8 @@ function fillMessage(vm) {
   } else if (vm.status === "stopped") {
     el.append(h("div", { class: "note" }, "Stopped."));
   } else if (vm.status === "error") {
-    el.append(h("div", { class: "note error-text" }, vm.error || "The reply ended with an error; this is what was saved."));
+    const why = vm.reason ? ` (${vm.reason.replace(/_/g, " ")})` : "";
+    el.append(h("div", { class: "note error-text" }, vm.error || `The reply ended with an error${why}; this is what was saved.`));
   }
   if (vm.storageFailed) {
     el.append(h("div", { class: "notice storage-failed", role: "status" }, "response not saved to history"));
@@ -491,7 +496,7 @@ function mergeHistory(view, messages) {
 // -- streams ----------------------------------------------------------------------------------
 
 function startStream(view, vm, kind) {
-  const stat = { kind, conversation: view.id, message: vm.id || null, events: 0, contentEvents: 0, chars: 0, done: false, status: null };
+  const stat = { kind, conversation: view.id, message: vm.id || null, events: 0, contentEvents: 0, chars: 0, done: false, status: null, started: performance.now(), ended: null };
   stats.streams.push(stat);
   const stream = { view, vm, kind, stat, abort: new AbortController(), messageId: vm.id || null, lastEventId: null, stopped: false, errored: false, resumes: 0 };
   view.stream = stream;
@@ -540,7 +545,9 @@ async function send() {
   const stream = startStream(view, reply, "chat");
   render();
 
-  const headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+  // Background generation: where the edge allows it, a reload does not end the reply (the
+  // page follows it again); elsewhere the header is ignored (and never sent upstream).
+  const headers = { "Content-Type": "application/json", Accept: "text/event-stream", "X-Background-Generation": "true" };
   if (view.id) headers["X-Conversation-ID"] = view.id;
   // With persistence on the edge prepends the stored history; off, the page sends it.
   const messages = state.persistence ? [] : earlier.map((m) => ({ role: m.role, content: m.content }));
@@ -593,15 +600,20 @@ async function follow(view, vm, lastEventId = null, resumes = 0) {
   const stream = startStream(view, vm, "resume");
   stream.resumes = resumes;
   vm.status = "streaming";
-  if (!lastEventId) vm.content = ""; // replayed from its first event
+  // After the last event this page applied; else after the stored content it shows (the
+  // message's resume_url); else from the reply's first event.
+  let url = conversationPath(view.id, "messages", vm.id, "stream");
+  const headers = { Accept: "text/event-stream" };
+  if (lastEventId) headers["Last-Event-ID"] = lastEventId;
+  else if (vm.resumeUrl) url = vm.resumeUrl;
+  else vm.content = "";
+  vm.resumeUrl = null;
   updateMessage(vm);
   renderComposer();
   renderSidebar();
-  const headers = { Accept: "text/event-stream" };
-  if (lastEventId) headers["Last-Event-ID"] = lastEventId;
   let response;
   try {
-    response = await fetch(conversationPath(view.id, "messages", vm.id, "stream"), { headers, signal: stream.abort.signal });
+    response = await fetch(url, { headers, signal: stream.abort.signal });
   } catch (error) {
     finishStream(stream, stream.stopped ? "stopped" : "error", stream.stopped ? null : `Could not reach the edge: ${error.message}`);
     return;
@@ -680,9 +692,16 @@ function onChunk(stream, event) {
     updateMessage(vm);
     return;
   }
-  if (chunk.metadata && chunk.metadata.storage_failed) vm.storageFailed = true;
-  if (typeof chunk.status === "string" && chunk.object !== "chat.completion.chunk") {
-    vm.status = chunk.status; // a status event of the resume stream (interrupted, error, ...)
+  const metadata = chunk.metadata && typeof chunk.metadata === "object" ? chunk.metadata : {};
+  if (metadata.storage_failed) vm.storageFailed = true;
+  if (typeof metadata.status === "string") {
+    // How a resumed reply ended, as stored: complete, error (with its reason) or interrupted.
+    vm.reason = metadata.reason || null;
+    vm.status = metadata.status === "error" && metadata.reason === "cancelled" ? "stopped" : metadata.status;
+    if (vm.status === "error") {
+      vm.error = `The reply ended with an error${metadata.reason ? ` (${metadata.reason})` : ""}; this is what was saved.`;
+      stream.errored = true;
+    }
   }
   for (const choice of Array.isArray(chunk.choices) ? chunk.choices : []) {
     if (!choice || (choice.index || 0) !== 0) continue;
@@ -701,6 +720,7 @@ function onChunk(stream, event) {
 function endStream(stream) {
   stream.stat.done = true;
   stream.stat.status = stream.vm.status;
+  stream.stat.ended = performance.now();
   if (stream.view.stream === stream) stream.view.stream = null;
 }
 
