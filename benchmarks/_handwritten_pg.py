@@ -22,9 +22,10 @@ the API's caller gets, built into the same values:
 
 Both sides start from the same input (the API's id strings, parsed with chunkstore's own id
 parser) and use a connection opened the way the backend opens its own (``connect``: autocommit,
-no server-side prepared statements, the same connect timeout; the same lock timeout, set once
-on the session); cold, each side's connection is a new server session opened in the untimed
-setup (``open_store`` does it for the backend's pool). What the hand-written side leaves out is
+no server-side prepared statements, the same connect timeout, no statement run before the
+first timed one; the writer sets the same lock timeout, once on the session); cold, each side's
+connection is a new server session opened in the untimed setup (``open_store`` does it for the
+backend's pool). What the hand-written side leaves out is
 the generality of the API: the front's argument and per-token checks, error translation, a
 ``BEGIN; SET LOCAL ...`` / ``COMMIT`` around single statements (the backend sets everything per
 transaction so that it may sit behind a transaction-mode pooler), reading columns needed only
@@ -63,9 +64,10 @@ LOCK_TIMEOUT_MS = 30_000  # the backend's default lock_timeout (30 s)
 
 def connect(url: str) -> Conn:
     """A connection opened as ``PostgresBackend`` opens its pooled ones (autocommit, no
-    server-side prepared statements, ``connect_timeout=10``), its lock timeout set once."""
+    server-side prepared statements, ``connect_timeout=10``), and like them with no statement
+    run yet: a new session's first statement pays a one-time cost (~0.1 ms here), which the
+    backend's first read pays too. (``ReplyWriter`` sets its lock timeout on the session.)"""
     conn: Conn = psycopg.connect(url, autocommit=True, prepare_threshold=None, connect_timeout=10)
-    conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'".encode())
     return conn
 
 
@@ -222,6 +224,9 @@ class ReplyWriter:
         self.instance = instance
         self.chunk_tokens = chunk_tokens
         self._sync: str | None = None
+        # The backend's lock timeout, once on the session (the backend: SET LOCAL per
+        # transaction).
+        conn.execute(f"SET lock_timeout = '{LOCK_TIMEOUT_MS}ms'".encode())
 
     def _set_sync(self, level: str) -> None:
         if self._sync != level:
