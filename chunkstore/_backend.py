@@ -127,9 +127,11 @@ class Backend(Protocol):
         ``ConversationDeleted`` for a soft-deleted conversation; ``LimitExceeded`` past
         ``max_messages``."""
 
-    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> StreamSink:
-        """Claim the next seq for a streamed message and hold its liveness until the sink is
-        sealed or released (same errors as ``append_message``)."""
+    def open_stream(
+        self, conv: ConversationId, *, role: str, max_messages: int | None
+    ) -> StreamSink:
+        """Claim the next seq for a streamed message of ``role`` and hold its liveness until
+        the sink is sealed or released (same errors as ``append_message``)."""
 
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
         """Rebuilt messages with ``seq > after_seq``, in seq order, at most ``limit``."""

@@ -725,7 +725,8 @@ class FileBackend:
         self._reader.remember(conv, message)
         return message
 
-    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> FileSink:
+    def open_stream(self, conv: ConversationId, *, role: str, max_messages: int | None) -> FileSink:
+        # The role is in every chunk record: the files need nothing more.
         with self._conversation_lock(conv):
             mid = self._claim_seq(conv, max_messages)
             try:

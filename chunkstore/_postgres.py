@@ -771,7 +771,9 @@ class PostgresBackend:
             )
         return message
 
-    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> PostgresSink:
+    def open_stream(
+        self, conv: ConversationId, *, role: str, max_messages: int | None
+    ) -> PostgresSink:
         for _ in range(3):
             instance = self._instance_number()
             try:
@@ -782,9 +784,9 @@ class PostgresBackend:
                     # that is already gone (its reply would read interrupted at once).
                     cursor = conn.execute(
                         "INSERT INTO messages (user_id, conversation, seq, role, status, "
-                        "writer, created_at) SELECT %s, %s, %s, NULL, 'streaming', %s, %s "
+                        "writer, created_at) SELECT %s, %s, %s, %s, 'streaming', %s, %s "
                         f"WHERE EXISTS ({_HELD_LEASES})",
-                        (mid.user, mid.conversation, mid.seq, instance, now)
+                        (mid.user, mid.conversation, mid.seq, role, instance, now)
                         + (self._space, [instance]),
                     )
                     if cursor.rowcount != 1:
@@ -1117,11 +1119,6 @@ class PostgresSink:
             raise ConversationNotFound(f"no conversation {self._id.conversation_id}") from None
         except pg_errors.UniqueViolation as exc:
             raise StorageError(errno.EEXIST, f"chunk {record['seq']} of {self._id} exists") from exc
-        if record["seq"] == 1:
-            conn.execute(
-                f"UPDATE messages SET role = %s WHERE {_MESSAGE_KEY}",
-                (record.get("role"), *self._key),
-            )
 
     def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
         self._check_open()

@@ -743,7 +743,9 @@ class SqliteBackend:
             )
         return message
 
-    def open_stream(self, conv: ConversationId, *, max_messages: int | None) -> SqliteSink:
+    def open_stream(
+        self, conv: ConversationId, *, role: str, max_messages: int | None
+    ) -> SqliteSink:
         instance = self._instance
         if instance is None:
             instance = self._instance_number()
@@ -757,8 +759,8 @@ class SqliteBackend:
                 mid = self._claim_seq(conn, conv, max_messages, now)
                 conn.execute(
                     "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
-                    "created_at) VALUES (?, ?, ?, NULL, 'streaming', ?, ?)",
-                    (mid.user, mid.conversation, mid.seq, instance, now),
+                    "created_at) VALUES (?, ?, ?, ?, 'streaming', ?, ?)",
+                    (mid.user, mid.conversation, mid.seq, role, instance, now),
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -1161,25 +1163,10 @@ class SqliteSink:
             level = backend._durable_sync if durable else backend._lazy_sync
             if backend._local.sync != level:
                 backend._set_sync(conn, level)
-            if chunk != 1:
-                # One statement, its own transaction: SQLite takes the write lock at its start
-                # (waiting busy_timeout for it) exactly as BEGIN IMMEDIATE would.
-                self._insert(conn, chunk, text)
-            else:
-                # The message's role comes with its first record: both in one transaction.
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    self._insert(conn, chunk, text)
-                    conn.execute(
-                        "UPDATE messages SET role = ? "
-                        "WHERE user_id = ? AND conversation = ? AND seq = ?",
-                        (record.get("role"), *self._key),
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
+            # One statement, its own transaction: SQLite takes the write lock at its start
+            # (waiting busy_timeout for it) exactly as BEGIN IMMEDIATE would. (The message's
+            # role was stored with its row by open_stream.)
+            self._insert(conn, chunk, text)
         except BaseException as exc:
             self._records = None  # maybe committed, maybe not: the seal reads the rows
             if isinstance(exc, sqlite3.Error):

@@ -361,7 +361,9 @@ class Store:
             positive_int("chunk_tokens", chunk_tokens)
         if reply_to is not None:
             _check_reply_to(reply_to)
-        sink = self._backend.open_stream(conv, max_messages=self.max_messages_per_conversation)
+        sink = self._backend.open_stream(
+            conv, role=role, max_messages=self.max_messages_per_conversation
+        )
         return MessageWriter(
             sink,
             role=role,

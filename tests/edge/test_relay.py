@@ -96,8 +96,9 @@ async def raw_stream(edge: Edge, body: dict[str, Any], **headers: str) -> tuple[
         raw = await resp.read()
     events: list[Any] = []
     for block in raw.split(b"\n\n"):
-        if block.startswith(b"data: "):
-            data = block[6:]
+        # A stored stream's events start with their SSE id (``id: <message id>:<offset>``).
+        _, found, data = block.partition(b"data: ")
+        if found:
             events.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
     return resp, events
 

@@ -84,7 +84,7 @@ def append_worker(url: str, conversation: str, worker: int, count: int) -> list[
                 )
                 seqs.append(message.seq)
             else:
-                sink = backend.open_stream(conv, max_messages=None)
+                sink = backend.open_stream(conv, role="assistant", max_messages=None)
                 sink.write_chunk(chunk_record(sink.message_id, 1, f"w{worker}-"), durable=False)
                 sink.seal(
                     chunk_record(sink.message_id, 2, f"{i}", status="complete"), durable=False
@@ -114,7 +114,9 @@ def stream_until_killed(url: str, conversation: str) -> None:
     import time
 
     backend = PostgresBackend(url, durability="chunk")
-    sink = backend.open_stream(ConversationId.parse(conversation), max_messages=None)
+    sink = backend.open_stream(
+        ConversationId.parse(conversation), role="assistant", max_messages=None
+    )
     print(f"started {sink.message_id}", flush=True)
     n = 0
     while True:

@@ -29,7 +29,7 @@ from chunkstore._url import parse_store_url
 
 def test_satisfies_the_protocols(backend: PostgresBackend, conv: ConversationId) -> None:
     as_backend: Backend = backend
-    sink: StreamSink = backend.open_stream(conv, max_messages=None)
+    sink: StreamSink = backend.open_stream(conv, role="assistant", max_messages=None)
     assert as_backend is backend
     sink.release()
 
@@ -156,7 +156,7 @@ def test_missing_and_deleted_conversations(backend: PostgresBackend, conv: Conve
         lambda: backend.remove_conversation(missing),
         lambda: backend.update_conversation(missing, {"title": "x"}),
         lambda: backend.append_message(missing, message_record("user", "x"), max_messages=None),
-        lambda: backend.open_stream(missing, max_messages=None),
+        lambda: backend.open_stream(missing, role="assistant", max_messages=None),
         lambda: backend.delete_message(missing, 1),
     ):
         with pytest.raises(ConversationNotFound):
@@ -165,7 +165,7 @@ def test_missing_and_deleted_conversations(backend: PostgresBackend, conv: Conve
     with pytest.raises(ConversationDeleted):
         backend.append_message(conv, message_record("user", "x"), max_messages=None)
     with pytest.raises(ConversationDeleted):
-        backend.open_stream(conv, max_messages=None)
+        backend.open_stream(conv, role="assistant", max_messages=None)
     backend.update_conversation(conv, {"deleted_at": None})
     # The refused claims gave their numbers back.
     assert backend.append_message(conv, message_record("user", "x"), max_messages=None).seq == 1
@@ -173,7 +173,7 @@ def test_missing_and_deleted_conversations(backend: PostgresBackend, conv: Conve
 
 def test_hard_delete_cascades(backend: PostgresBackend, conv: ConversationId, pg_url: str) -> None:
     backend.append_message(conv, message_record("user", "x"), max_messages=None)
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "a"), durable=False)
     backend.remove_conversation(conv)
     with raw(pg_url) as conn:
@@ -203,7 +203,7 @@ def test_expired_uses_the_later_activity(backend: PostgresBackend) -> None:
 def test_a_stream_is_chunk_rows_while_it_streams(
     backend: PostgresBackend, conv: ConversationId, pg_url: str
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     assert sink.message_id == MessageId(conv.user, conv.n, 1)
     [empty] = backend.messages(conv, 0, None)
     assert (empty.status, empty.content) == ("streaming", "")
@@ -237,9 +237,9 @@ def test_a_stream_is_chunk_rows_while_it_streams(
 def test_release_and_close_end_liveness(pg_url: str) -> None:
     writer = open_backend(pg_url)
     conv = new_conversation(writer)
-    released = writer.open_stream(conv, max_messages=None)
+    released = writer.open_stream(conv, role="assistant", max_messages=None)
     released.write_chunk(chunk_record(released.message_id, 1, "half"), durable=True)
-    kept = writer.open_stream(conv, max_messages=None)
+    kept = writer.open_stream(conv, role="assistant", max_messages=None)
     kept.write_chunk(chunk_record(kept.message_id, 1, "kept"), durable=True)
     reader = open_backend(pg_url)
     try:
@@ -269,14 +269,14 @@ def test_a_reader_takes_no_lease(
     assert backend._lease is None
     with raw(pg_url) as conn:
         assert conn.execute("SELECT count(*) FROM instances").fetchone() == (0,)
-    backend.open_stream(conv, max_messages=None).release()
+    backend.open_stream(conv, role="assistant", max_messages=None).release()
     assert backend._instance == 1
 
 
 def test_a_dead_lease_connection_reads_interrupted_then_a_new_lease_is_taken(
     backend: PostgresBackend, conv: ConversationId, pg_url: str
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "before"), durable=False)
     assert backend._lease is not None
     lease_pid = backend._lease.info.backend_pid
@@ -287,7 +287,7 @@ def test_a_dead_lease_connection_reads_interrupted_then_a_new_lease_is_taken(
         )  # (terminate waits for nothing; the probe below sees the lock gone)
     [cut] = backend.messages(conv, 0, None)
     assert (cut.status, cut.content) == ("interrupted", "before")
-    fresh = backend.open_stream(conv, max_messages=None)  # notices, takes lease 2
+    fresh = backend.open_stream(conv, role="assistant", max_messages=None)  # notices, takes lease 2
     assert backend._instance == 2
     assert [m.status for m in backend.messages(conv, 0, None)] == ["interrupted", "streaming"]
     fresh.release()
@@ -302,8 +302,8 @@ def test_stores_in_two_schemas_of_one_database_never_share_a_lease(pg_url: str) 
     b = open_backend(f"{pg_url}{sep}options=-csearch_path%3Dtwo")
     try:
         conv_a, conv_b = new_conversation(a), new_conversation(b)
-        sink_a = a.open_stream(conv_a, max_messages=None)
-        sink_b = b.open_stream(conv_b, max_messages=None)
+        sink_a = a.open_stream(conv_a, role="assistant", max_messages=None)
+        sink_b = b.open_stream(conv_b, role="assistant", max_messages=None)
         assert a._instance == b._instance == 1  # the same number, in two namespaces
         assert a._space != b._space
         a.close()
@@ -321,7 +321,7 @@ def test_seqs_are_gap_free_across_threads(backend: PostgresBackend, conv: Conver
             return backend.append_message(
                 conv, message_record("user", f"{i}"), max_messages=None
             ).seq
-        sink = backend.open_stream(conv, max_messages=None)
+        sink = backend.open_stream(conv, role="assistant", max_messages=None)
         sink.seal(chunk_record(sink.message_id, 1, f"{i}", status="complete"), durable=False)
         return sink.message_id.seq
 
@@ -357,7 +357,7 @@ def test_fifty_streams_use_the_pool_and_one_lease_connection(pg_url: str) -> Non
             peak = max(peak, count())
 
     def stream(i: int) -> str:
-        sink = backend.open_stream(conv, max_messages=None)
+        sink = backend.open_stream(conv, role="assistant", max_messages=None)
         barrier.wait()  # all 50 open at once
         for n in range(1, rounds + 1):
             sink.write_chunk(chunk_record(sink.message_id, n, f"{i}."), durable=False)
@@ -497,7 +497,7 @@ def test_delete_message(backend: PostgresBackend, conv: ConversationId, pg_url: 
 def test_a_streaming_message_cannot_be_deleted_an_interrupted_one_can(
     backend: PostgresBackend, conv: ConversationId
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "a"), durable=False)
     with pytest.raises(InvalidArgument, match="still streaming"):
         backend.delete_message(conv, 1)
@@ -515,7 +515,9 @@ def test_a_streaming_message_cannot_be_deleted_an_interrupted_one_can(
 def test_check_fixes_counters_and_lines(backend: PostgresBackend, conv: ConversationId) -> None:
     backend.append_message(conv, message_record("user", "one"), max_messages=None)
     backend.append_message(conv, message_record("user", "two"), max_messages=None)
-    sink = backend.open_stream(conv, max_messages=None)  # a live stream is no problem
+    sink = backend.open_stream(
+        conv, role="assistant", max_messages=None
+    )  # a live stream is no problem
     assert backend.check(False) == []
     with backend._write("break it") as conn:
         conn.execute("UPDATE conversations SET last_seq = 1")
@@ -543,7 +545,7 @@ def test_check_fixes_counters_and_lines(backend: PostgresBackend, conv: Conversa
 
 
 def test_check_reports_gaps(backend: PostgresBackend, conv: ConversationId) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     for n in (1, 2, 3):
         sink.write_chunk(chunk_record(sink.message_id, n, f"{n}"), durable=False)
     sink.seal(chunk_record(sink.message_id, 4, "", status="complete"), durable=False)
@@ -562,7 +564,7 @@ def test_check_reports_gaps(backend: PostgresBackend, conv: ConversationId) -> N
 def test_check_fix_forgets_dead_leases(pg_url: str) -> None:
     dead = open_backend(pg_url)
     conv = new_conversation(dead)
-    dead.open_stream(conv, max_messages=None)
+    dead.open_stream(conv, role="assistant", max_messages=None)
     assert dead._lease is not None
     dead._lease.close()  # what a killed process leaves: its row and its writer, no lock
     backend = open_backend(pg_url)
@@ -585,7 +587,7 @@ def test_check_fix_forgets_dead_leases(pg_url: str) -> None:
 def test_a_forked_child_uses_its_own_connections_and_lease(
     backend: PostgresBackend, conv: ConversationId, pg_url: str
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "parent"), durable=False)
     parent_instance = backend._instance
     read, write = os.pipe()
@@ -594,7 +596,7 @@ def test_a_forked_child_uses_its_own_connections_and_lease(
         code = 1
         try:
             assert backend._instance is None  # the inherited lease was dropped at the fork
-            child = backend.open_stream(conv, max_messages=None)
+            child = backend.open_stream(conv, role="assistant", max_messages=None)
             child.seal(chunk_record(child.message_id, 1, "child", status="complete"), durable=False)
             statuses = [m.status for m in backend.messages(conv, 0, None)]
             os.write(write, repr((backend._instance, statuses)).encode())

@@ -108,7 +108,7 @@ def test_a_killed_writer_reads_interrupted_within_a_second(pg_url: str) -> None:
             fresh = open_backend(pg_url)  # a restarted process reads the same, and goes on
             try:
                 assert fresh.messages(conv, 0, None) == [message]
-                sink = fresh.open_stream(conv, max_messages=None)
+                sink = fresh.open_stream(conv, role="assistant", max_messages=None)
                 assert sink.message_id.seq == 2
                 sink.release()
             finally:

@@ -95,7 +95,9 @@ def stream_until_killed(path: str, conversation: str) -> None:
     import time
 
     backend = SqliteBackend(path, durability="chunk")
-    sink = backend.open_stream(ConversationId.parse(conversation), max_messages=None)
+    sink = backend.open_stream(
+        ConversationId.parse(conversation), role="assistant", max_messages=None
+    )
     print(f"started {sink.message_id}", flush=True)
     n = 0
     while True:

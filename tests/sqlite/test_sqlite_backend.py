@@ -30,7 +30,7 @@ from chunkstore._sqlite import SqliteBackend
 
 def test_satisfies_the_protocols(backend: SqliteBackend, conv: ConversationId) -> None:
     b: Backend = backend  # mypy checks these assignments against the Protocols
-    sink: StreamSink = backend.open_stream(conv, max_messages=None)
+    sink: StreamSink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.release()
     assert b.describe() == f"sqlite:{backend.path}"
     assert repr(backend).startswith("SqliteBackend(")
@@ -144,7 +144,7 @@ def test_missing_conversations(backend: SqliteBackend) -> None:
         lambda: backend.messages(missing, 0, None),
         lambda: backend.message_count(missing),
         lambda: backend.append_message(missing, message_record("user", "hi"), max_messages=None),
-        lambda: backend.open_stream(missing, max_messages=None),
+        lambda: backend.open_stream(missing, role="assistant", max_messages=None),
     ):
         with pytest.raises(ConversationNotFound):
             call()
@@ -164,7 +164,7 @@ def test_update_soft_delete_and_restore(backend: SqliteBackend, conv: Conversati
     with pytest.raises(ConversationDeleted):
         backend.append_message(conv, message_record("user", "hi"), max_messages=None)
     with pytest.raises(ConversationDeleted):
-        backend.open_stream(conv, max_messages=None)
+        backend.open_stream(conv, role="assistant", max_messages=None)
     restored = backend.update_conversation(conv, {"deleted_at": None})
     assert not restored.deleted
     backend.append_message(conv, message_record("user", "hi"), max_messages=None)
@@ -207,7 +207,7 @@ def test_hard_delete_removes_every_row(
     backend: SqliteBackend, conv: ConversationId, db_path: str
 ) -> None:
     backend.append_message(conv, message_record("user", "hi"), max_messages=None)
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "a"), durable=False)
     backend.remove_conversation(conv)
     with sqlite3.connect(db_path) as raw:
@@ -277,7 +277,7 @@ def test_structured_content_and_tool_calls_round_trip(
 def test_a_stream_is_chunk_rows_while_it_streams(
     backend: SqliteBackend, conv: ConversationId, db_path: str
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     assert sink.message_id == MessageId(conv.user, conv.n, 1)
     [empty] = backend.messages(conv, 0, None)
     assert (empty.status, empty.content) == ("streaming", "")
@@ -317,7 +317,7 @@ def test_a_stream_is_chunk_rows_while_it_streams(
 def test_seal_as_error_keeps_the_partial_content(
     backend: SqliteBackend, conv: ConversationId
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "part"), durable=True)
     failed = sink.seal(
         chunk_record(sink.message_id, 2, "", status="error", error={"type": "X"}), durable=True
@@ -328,7 +328,7 @@ def test_seal_as_error_keeps_the_partial_content(
 def test_release_reads_interrupted_while_the_process_lives(
     backend: SqliteBackend, conv: ConversationId, db_path: str
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "half"), durable=True)
     other = open_backend(db_path)
     try:
@@ -347,7 +347,7 @@ def test_release_reads_interrupted_while_the_process_lives(
 def test_close_ends_the_lease(db_path: str) -> None:
     writer = open_backend(db_path)
     conv = new_conversation(writer)
-    sink = writer.open_stream(conv, max_messages=None)
+    sink = writer.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "a"), durable=True)
     reader = open_backend(db_path)
     try:
@@ -369,14 +369,14 @@ def test_a_reader_takes_no_lease(
     backend.append_message(conv, message_record("user", "hi"), max_messages=None)
     backend.messages(conv, 0, None)
     assert not os.path.exists(db_path + ".leases")
-    backend.open_stream(conv, max_messages=None).release()
+    backend.open_stream(conv, role="assistant", max_messages=None).release()
     assert os.listdir(db_path + ".leases") == [f"{backend._instance}.lock"]
 
 
 def test_messages_after_seq_and_limit(backend: SqliteBackend, conv: ConversationId) -> None:
     for i in range(5):
         backend.append_message(conv, message_record("user", f"m{i}"), max_messages=None)
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "s"), durable=False)
     assert [m.seq for m in backend.messages(conv, 0, None)] == [1, 2, 3, 4, 5, 6]
     assert [m.seq for m in backend.messages(conv, 2, 2)] == [3, 4]
@@ -390,11 +390,11 @@ def test_messages_after_seq_and_limit(backend: SqliteBackend, conv: Conversation
 
 def test_max_messages(backend: SqliteBackend, conv: ConversationId) -> None:
     backend.append_message(conv, message_record("user", "a"), max_messages=2)
-    backend.open_stream(conv, max_messages=2).release()
+    backend.open_stream(conv, role="assistant", max_messages=2).release()
     with pytest.raises(LimitExceeded):
         backend.append_message(conv, message_record("user", "c"), max_messages=2)
     with pytest.raises(LimitExceeded):
-        backend.open_stream(conv, max_messages=2)
+        backend.open_stream(conv, role="assistant", max_messages=2)
     assert backend.message_count(conv) == 2
 
 
@@ -409,7 +409,7 @@ def test_seqs_are_gap_free_across_threads(backend: SqliteBackend, conv: Conversa
                         conv, message_record("user", f"{worker}-{i}"), max_messages=None
                     )
                     continue
-                sink = backend.open_stream(conv, max_messages=None)
+                sink = backend.open_stream(conv, role="assistant", max_messages=None)
                 sink.write_chunk(chunk_record(sink.message_id, 1, f"{worker}-"), durable=False)
                 sink.seal(
                     chunk_record(sink.message_id, 2, f"{i}", status="complete"), durable=False
@@ -459,7 +459,7 @@ def test_synchronous_per_transaction(
 
         conv = new_conversation(backend)
         assert level() == levels[metadata]
-        sink = backend.open_stream(conv, max_messages=None)
+        sink = backend.open_stream(conv, role="assistant", max_messages=None)
         sink.write_chunk(chunk_record(sink.message_id, 1, "a"), durable=durability == "chunk")
         assert level() == levels[chunk]
         sink.write_chunk(chunk_record(sink.message_id, 2, "b"), durable=False)
@@ -543,7 +543,7 @@ def test_ping_writes(backend: SqliteBackend, db_path: str) -> None:
 
 def test_check_a_clean_database(backend: SqliteBackend, conv: ConversationId) -> None:
     backend.append_message(conv, message_record("user", "hi"), max_messages=None)
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "a"), durable=False)
     assert backend.check(False) == []
     assert backend.check(True) == []
@@ -576,7 +576,7 @@ def test_check_fixes_counters_and_lines(backend: SqliteBackend, conv: Conversati
 
 
 def test_check_reports_gaps(backend: SqliteBackend, conv: ConversationId) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     for n in (1, 2, 3):
         sink.write_chunk(chunk_record(sink.message_id, n, f"{n}"), durable=False)
     sink.seal(chunk_record(sink.message_id, 4, "", status="complete"), durable=False)
@@ -595,7 +595,7 @@ def test_check_reports_gaps(backend: SqliteBackend, conv: ConversationId) -> Non
 def test_check_fix_forgets_dead_leases(db_path: str) -> None:
     dead = open_backend(db_path)
     conv = new_conversation(dead)
-    sink = dead.open_stream(conv, max_messages=None)
+    sink = dead.open_stream(conv, role="assistant", max_messages=None)
     number = dead._instance
     assert number is not None
     # What a killed process leaves: its lease file (unlocked), its row and its writer.
@@ -624,7 +624,7 @@ def test_check_fix_forgets_dead_leases(db_path: str) -> None:
 def test_a_forked_child_uses_its_own_connection_and_lease(
     backend: SqliteBackend, conv: ConversationId
 ) -> None:
-    sink = backend.open_stream(conv, max_messages=None)
+    sink = backend.open_stream(conv, role="assistant", max_messages=None)
     sink.write_chunk(chunk_record(sink.message_id, 1, "parent"), durable=False)
     parent_instance = backend._instance
     read, write = os.pipe()
@@ -633,7 +633,7 @@ def test_a_forked_child_uses_its_own_connection_and_lease(
         code = 1
         try:
             assert backend._instance is None  # the inherited lease was dropped at the fork
-            child = backend.open_stream(conv, max_messages=None)
+            child = backend.open_stream(conv, role="assistant", max_messages=None)
             child.seal(chunk_record(child.message_id, 1, "child", status="complete"), durable=False)
             statuses = [m.status for m in backend.messages(conv, 0, None)]
             os.write(write, repr((backend._instance, statuses)).encode())
