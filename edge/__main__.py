@@ -126,7 +126,8 @@ def _format_banner(config: EdgeConfig, urls: Sequence[str]) -> str:
         upstream = redact_url(config.upstream_base_url)
     return "\n".join(
         [
-            f"edge listening on {', '.join(urls)} (Press CTRL+C to quit)",
+            # The chat page's address first, on the line tools and people read first.
+            f"edge listening on {', '.join(urls)} - chat page: {urls[0]}/ (Press CTRL+C to quit)",
             f"  persistence: {persistence}",
             f"  upstream:    {upstream}",
             "  try:         curl -N -H 'x-session-id: demo' -H 'Content-Type: application/json' "

@@ -158,3 +158,12 @@ def test_the_package_ships_the_page() -> None:
             # Model output never becomes HTML: no HTML-parsing sinks in the page's code.
             for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
                 assert sink not in text, f"{name} uses {sink}"
+
+
+def test_the_banner_shows_the_page_on_its_first_line() -> None:
+    from edge.__main__ import _format_banner
+    from edge.config import EdgeConfig
+
+    first = _format_banner(EdgeConfig(), ["http://127.0.0.1:8080"]).splitlines()[0]
+    assert first.startswith("edge listening on http://127.0.0.1:8080 ")
+    assert "chat page: http://127.0.0.1:8080/ " in first
