@@ -170,9 +170,10 @@ def content_of(raw: bytes) -> tuple[str, bool, bool]:
     text = []
     done = failed = False
     for event in raw.split(b"\n\n"):
-        if not event.startswith(b"data: "):
+        # A stored stream's events start with their SSE id (``id: <message id>:<offset>``).
+        _, found, payload = event.partition(b"data: ")
+        if not found:
             continue
-        payload = event[6:]
         if payload == b"[DONE]":
             done = True
             continue

@@ -35,6 +35,7 @@ from edge.openapi import openapi_document
 from edge.page import add_page_routes
 from edge.persist import PendingReplies
 from edge.relay import chat_completions
+from edge.resume import cancel_ctx, cut_background_replies
 from edge.upstream import relay_other
 
 __all__ = ["create_app"]
@@ -135,6 +136,8 @@ def create_app(config: EdgeConfig) -> web.Application:
     pending = app[PENDING_REPLIES] = PendingReplies()
     app[METRICS].pending_replies.set_function(pending.__len__)
     app.on_response_prepare.append(set_session_cookie)
+    app.cleanup_ctx.append(cancel_ctx)  # live replies (resume, cancel) and cross-instance cancels
+    app.on_shutdown.append(cut_background_replies)
     app.cleanup_ctx.append(_store_ctx)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_retention_ctx)

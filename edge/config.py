@@ -54,6 +54,8 @@ from urllib.parse import urlsplit
 from chunkstore import InvalidArgument, __version__, parse_store_url, redact_url
 
 __all__ = [
+    "DEFAULT_BACKGROUND_GENERATION",
+    "DEFAULT_BACKGROUND_MAX_S",
     "DEFAULT_CHUNK_TOKENS",
     "DEFAULT_CLIENT_BODY_TIMEOUT_S",
     "DEFAULT_CLIENT_HEADER_TIMEOUT_S",
@@ -67,6 +69,7 @@ __all__ = [
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_PERSIST_TRANSCRIPTS",
     "DEFAULT_PORT",
+    "DEFAULT_RESUME_POLL_MS",
     "DEFAULT_RETENTION_INTERVAL_S",
     "DEFAULT_STORAGE_FINAL_TIMEOUT_MS",
     "DEFAULT_STORE_THREADS",
@@ -114,6 +117,9 @@ DEFAULT_UPSTREAM_MAX_EVENT_BYTES: Final = 1024 * 1024
 DEFAULT_UPSTREAM_MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 DEFAULT_CLIENT_HEADER_TIMEOUT_S: Final = 20
 DEFAULT_CLIENT_BODY_TIMEOUT_S: Final = 60
+DEFAULT_BACKGROUND_GENERATION: Final = False
+DEFAULT_BACKGROUND_MAX_S: Final = 600
+DEFAULT_RESUME_POLL_MS: Final = 50
 DEFAULT_LOG_LEVEL: Final[LogLevel] = "INFO"
 DEFAULT_LOG_FORMAT: Final[LogFormat] = "json"
 
@@ -157,6 +163,9 @@ class EdgeConfig:
     client_header_timeout_s: int = DEFAULT_CLIENT_HEADER_TIMEOUT_S
     client_body_timeout_s: int = DEFAULT_CLIENT_BODY_TIMEOUT_S
     max_idle_connections: int | None = None
+    background_generation: bool = DEFAULT_BACKGROUND_GENERATION
+    background_max_s: int = DEFAULT_BACKGROUND_MAX_S
+    resume_poll_ms: int = DEFAULT_RESUME_POLL_MS
     log_level: LogLevel = DEFAULT_LOG_LEVEL
     log_format: LogFormat = DEFAULT_LOG_FORMAT
 
@@ -641,6 +650,30 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "N",
         _integer(1, optional=True),
         "half the process's open-file limit",
+    ),
+    _Option(
+        "background_generation",
+        "BACKGROUND_GENERATION",
+        "let a request ask (X-Background-Generation: true) that its reply be finished and "
+        "stored even if the client disconnects",
+        "BOOL",
+        _boolean(),
+        switch=True,
+    ),
+    _Option(
+        "background_max_s",
+        "BACKGROUND_MAX_S",
+        "how long a reply may go on after its client disconnected (then it is cut and "
+        "stored as an error)",
+        "SECONDS",
+        _integer(1),
+    ),
+    _Option(
+        "resume_poll_ms",
+        "RESUME_POLL_MS",
+        "how often a resumed stream of a reply another instance produces reads the store",
+        "MS",
+        _integer(1, 60_000),
     ),
     _Option(
         "log_level",

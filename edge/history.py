@@ -68,6 +68,7 @@ from edge.keys import METRICS, PENDING_REPLIES
 from edge.logs import elapsed_ms, log_event
 from edge.persist import SETTLE_TIMEOUT_S
 from edge.relay import title_from
+from edge.resume import cancel_reply, resume_url, status_reason, stream_reply
 from edge.scope import owned_conversation, require_store, session_user
 
 __all__ = [
@@ -117,6 +118,9 @@ def add_history_routes(app: web.Application) -> None:
                 "DELETE": delete_conversation,
             },
             f"{item}/messages": {"GET": list_messages},
+            # Resume and cancel (edge.resume): never wait for a reply being stored.
+            f"{item}/messages/{{message_id}}/stream": {"GET": stream_reply},
+            f"{item}/messages/{{message_id}}/cancel": {"POST": cancel_reply},
             f"{item}/restore": {"POST": restore_conversation},
             f"{item}/items": {"GET": list_conversation_items, "POST": create_items},
             f"{item}/items/{{item_id}}": {"GET": get_item, "DELETE": delete_item},
@@ -183,6 +187,10 @@ def message_object(message: Message) -> dict[str, Any]:
         "created_at": _unix(message.created_at) or 0,
         "damaged": message.damaged,
         "reply_to": message.reply_to,
+        # A reply still streaming: where to follow it (after the content above), wherever it
+        # is produced. An error: why it ended (``cancelled`` when stopped on purpose).
+        "resume_url": resume_url(message),
+        "status_reason": status_reason(message),
     }
 
 
@@ -268,12 +276,14 @@ def _metadata(value: Any) -> dict[str, str]:
 
 
 async def _owned(request: web.Request) -> tuple[AsyncStore, str]:
-    """The store and the session's conversation named in the path, once no reply of it is
-    still being stored by this edge: what a stream relayed is what its history shows."""
+    """The store and the session's conversation named in the path, once no reply of it whose
+    stream ended is still being stored by this edge: what a stream relayed is what its
+    history shows (a reply still streaming shows as ``streaming``, with its ``resume_url``)."""
     store = require_store(request)
     user = await session_user(request, create=False)
     conversation_id = owned_conversation(user, request.match_info["conversation_id"])
-    await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S)
+    # Replies whose stream ended are waited for; one still streaming reads ``streaming``.
+    await request.app[PENDING_REPLIES].settle(conversation_id, SETTLE_TIMEOUT_S, streaming=False)
     return store, conversation_id
 
 

@@ -23,6 +23,9 @@ class Metrics:
     chunks_written: Counter
     storage_failures: Counter
     rebuild_seconds: Histogram
+    resumes: Counter
+    background_replies: Counter
+    cancels: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -55,6 +58,26 @@ class Metrics:
                 "edge_rebuild_seconds",
                 "Time to rebuild a page of conversation messages",
                 buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+                registry=registry,
+            ),
+            resumes=Counter(
+                "edge_resumes",
+                "Resumed streams, by where the rest came from: live (this instance produces the "
+                "reply), store (another instance does), ended (the reply had ended)",
+                ["source"],
+                registry=registry,
+            ),
+            background_replies=Counter(
+                "edge_background_replies",
+                "Replies that went on after their client disconnected, by how they ended",
+                ["outcome"],
+                registry=registry,
+            ),
+            cancels=Counter(
+                "edge_cancels",
+                "Replies stopped on request: local (this instance produced it) or remote "
+                "(passed on to the instance that does)",
+                ["scope"],
                 registry=registry,
             ),
         )

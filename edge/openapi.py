@@ -67,6 +67,25 @@ _REPLY_TO = {
     "message of its turn). Turns sent at once are stored user, user, assistant, assistant; "
     "this pairs each reply with its question. null when unknown.",
 }
+_MESSAGE_ID = {
+    "type": "string",
+    "pattern": "^us[0-9]{2,18}-co[0-9]{2,18}-ms[0-9]{2,18}$",
+    "maxLength": 64,
+    "examples": ["us01-co01-ms02"],
+}
+_EVENT_STREAM = {
+    # OpenAPI 3.1 tools apply this schema to each server-sent event.
+    "schema": {
+        "type": "object",
+        "properties": {
+            "data": {"type": "string"},
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+        "required": ["data"],
+    }
+}
 _CONVERSATION_ID = {
     "type": "string",
     "pattern": "^us(0[1-9]|[1-9][0-9]{1,17})-co(0[1-9]|[1-9][0-9]{1,17})$",
@@ -160,6 +179,18 @@ def _schemas() -> dict[str, Any]:
                 "description": "Some of the message's files were unreadable: content is partial.",
             },
             "reply_to": _REPLY_TO,
+            "resume_url": {
+                "type": ["string", "null"],
+                "description": "A reply still streaming (status streaming): the URL that "
+                "follows it from the end of the content above, on any edge instance; null "
+                "otherwise.",
+            },
+            "status_reason": {
+                "type": ["string", "null"],
+                "description": "Why a message ended with status error: cancelled (stopped "
+                "with POST .../cancel), client_disconnected, upstream_error, shutdown, ...; "
+                "null otherwise.",
+            },
         },
         "A stored message, rebuilt from its chunk files.",
     )
@@ -452,6 +483,35 @@ def _parameters() -> dict[str, Any]:
             {"type": "integer", "minimum": 0, "maximum": 10**18 - 1, "default": 0},
             "Messages with a larger seq: the last_seq of the previous page.",
         ),
+        "MessageId": {
+            "name": "message_id",
+            "in": "path",
+            "required": True,
+            "schema": _MESSAGE_ID,
+            "description": "A message of this conversation. Malformed: 400; another "
+            "conversation's or unknown: 404.",
+        },
+        "ResumeAfter": query(
+            "after",
+            {"type": "string", "pattern": "^(us[0-9]{2,18}-co[0-9]{2,18}-ms[0-9]{2,18}:)?[0-9]+$"},
+            "Where to resume: the SSE id of the last event received (<message id>:<offset>) "
+            "or an offset into the content; Last-Event-ID wins. Neither: from the start.",
+        ),
+        "LastEventId": {
+            "name": "Last-Event-ID",
+            "in": "header",
+            "schema": {"type": "string"},
+            "description": "The SSE id of the last event received (what EventSource sends "
+            "when it reconnects): <message id>:<offset>.",
+        },
+        "BackgroundHeader": {
+            "name": "X-Background-Generation",
+            "in": "header",
+            "schema": {"enum": ["true", "1", "yes", "on", "false", "0", "no", "off"]},
+            "description": "With BACKGROUND_GENERATION on: true finishes and stores the "
+            "reply even if the client disconnects (at most BACKGROUND_MAX_S longer), so a "
+            "resumed stream gets all of it. Never forwarded.",
+        },
         "ItemId": {
             "name": "item_id",
             "in": "path",
@@ -660,6 +720,50 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
                 },
             },
         },
+        f"{prefix}/{{conversation_id}}/messages/{{message_id}}/stream": {
+            "parameters": [*item[:1], _ref(_PARAMS, "MessageId"), *item[1:]],
+            "get": {
+                "operationId": op("resumeMessageStream"),
+                "tags": tag,
+                "summary": "Resume a reply's stream after the last event received",
+                "description": "Replays from the store what followed the position "
+                "(Last-Event-ID or after), then follows the live reply to its end, as "
+                "chat.completion.chunk events with the same ids, and data: [DONE]. Its last "
+                "events are the stored end: tool calls (whole), finish reason, usage, and a "
+                "chunk with choices [] and metadata {status, message_id, reason}: complete, "
+                "error (reason: cancelled, client_disconnected, ...) or interrupted (its "
+                "producer died; the durable prefix was all there was). Works on any instance "
+                "of the store; a reply that ended replays and ends at once.",
+                "parameters": [_ref(_PARAMS, "ResumeAfter"), _ref(_PARAMS, "LastEventId")],
+                "responses": {
+                    "200": {
+                        "description": "An SSE stream of chat.completion.chunk events.",
+                        "headers": {
+                            "X-Conversation-ID": {"schema": _CONVERSATION_ID},
+                            "X-Message-ID": {"schema": _MESSAGE_ID},
+                        },
+                        "content": {"text/event-stream": _EVENT_STREAM},
+                    },
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+        },
+        f"{prefix}/{{conversation_id}}/messages/{{message_id}}/cancel": {
+            "parameters": [*item[:1], _ref(_PARAMS, "MessageId"), *item[1:]],
+            "post": {
+                "operationId": op("cancelMessage"),
+                "tags": tag,
+                "summary": "Stop a running reply on purpose",
+                "description": "Cuts its upstream and stores it as error with its partial "
+                "text and status_reason cancelled, on whichever instance produces it; answers "
+                "once it is stored (at most 10 s) with the message. A reply that is not "
+                "running is returned as it is.",
+                "responses": {
+                    "200": _json(_ref(_SCHEMAS, "Message"), "The message, as stored."),
+                    **_errors("400", "404", "501", "503"),
+                },
+            },
+        },
         f"{prefix}/{{conversation_id}}/items": {
             "parameters": item,
             "get": {
@@ -748,6 +852,7 @@ def _chat_completions() -> dict[str, Any]:
             "parameters": [
                 _ref(_PARAMS, "ConversationHeader"),
                 _ref(_PARAMS, "AgentHeader"),
+                _ref(_PARAMS, "BackgroundHeader"),
                 *_session_parameters(),
             ],
             "requestBody": {
@@ -760,22 +865,19 @@ def _chat_completions() -> dict[str, Any]:
                 "200": {
                     "description": "A chat.completion, or with stream=true an SSE stream of "
                     "chat.completion.chunk events ending with data: [DONE].",
-                    "headers": {"X-Conversation-ID": conversation_header},
+                    "headers": {
+                        "X-Conversation-ID": conversation_header,
+                        "X-Message-ID": {
+                            "description": "A stored stream's reply: resume it with GET "
+                            "/v1/conversations/{id}/messages/{message_id}/stream. Each event's "
+                            "SSE id is <message id>:<offset>, the length of the reply's content "
+                            "received once the event is applied.",
+                            "schema": _MESSAGE_ID,
+                        },
+                    },
                     "content": {
                         "application/json": {"schema": _ref(_SCHEMAS, "ChatCompletion")},
-                        # OpenAPI 3.1 tools apply this schema to each server-sent event.
-                        "text/event-stream": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "data": {"type": "string"},
-                                    "event": {"type": "string"},
-                                    "id": {"type": "string"},
-                                    "retry": {"type": "integer"},
-                                },
-                                "required": ["data"],
-                            }
-                        },
+                        "text/event-stream": _EVENT_STREAM,
                     },
                 },
                 **_errors("400", "404", "422", "501", "503"),

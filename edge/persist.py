@@ -23,11 +23,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from chunkstore import AsyncMessageWriter, AsyncStore, ChunkstoreError
 from edge.logs import elapsed_ms, log_event
 from edge.metrics import Metrics
+
+if TYPE_CHECKING:
+    from edge.resume import LiveReply
 
 __all__ = ["SETTLE_TIMEOUT_S", "PendingReplies", "ReplyRecorder", "ToolCallAssembler"]
 
@@ -82,13 +86,23 @@ class PendingReplies:
 
     def __init__(self) -> None:
         self._by_conversation: dict[str, set[asyncio.Task[None]]] = {}
+        self._relayed: dict[asyncio.Task[None], Callable[[], bool]] = {}
 
-    def track(self, conversation_id: str, task: asyncio.Task[None]) -> None:
+    def track(
+        self,
+        conversation_id: str,
+        task: asyncio.Task[None],
+        relayed: Callable[[], bool] | None = None,
+    ) -> None:
+        """``relayed``: whether the reply's stream has ended (only its storing is left)."""
         tasks = self._by_conversation.setdefault(conversation_id, set())
         tasks.add(task)
+        if relayed is not None:
+            self._relayed[task] = relayed
 
         def done(finished: asyncio.Task[None]) -> None:
             tasks.discard(finished)
+            self._relayed.pop(finished, None)
             if not tasks and self._by_conversation.get(conversation_id) is tasks:
                 del self._by_conversation[conversation_id]
 
@@ -100,15 +114,22 @@ class PendingReplies:
     def __len__(self) -> int:
         return sum(len(tasks) for tasks in self._by_conversation.values())
 
-    async def settle(self, conversation_id: str, timeout: float) -> bool:
+    async def settle(self, conversation_id: str, timeout: float, *, streaming: bool = True) -> bool:
         """Wait (bounded) until the conversation has no reply being stored; False on timeout.
 
         Past the bound the caller reads what is stored: the reply then shows as ``streaming``.
-        A stuck disk must not hang every reader of the conversation.
+        A stuck disk must not hang every reader of the conversation. ``streaming=False``
+        waits only for the replies whose stream has ended (the history: a reply still
+        streaming shows as such, with where to resume it).
         """
         tasks = self._by_conversation.get(conversation_id)
         if not tasks:
             return True
+        if not streaming:
+            relayed = self._relayed
+            tasks = {t for t in tasks if t not in relayed or relayed[t]()}
+            if not tasks:
+                return True
         _done, pending = await asyncio.wait(list(tasks), timeout=timeout)
         return not pending
 
@@ -126,6 +147,7 @@ class ReplyRecorder:
         flush_ms: int,
         metrics: Metrics,
         reply_to: int | None = None,
+        live: LiveReply | None = None,
     ) -> None:
         self._store = store
         self._conversation_id = conversation_id
@@ -147,6 +169,11 @@ class ReplyRecorder:
         self._last_write = self._loop.time()
         self.failed = False
         self.message_id: str | None = None
+        # The message id once the writer is open (None: opening failed): the relay awaits it
+        # before its first event, whose SSE id names the message.
+        self.opened: asyncio.Future[str | None] = self._loop.create_future()
+        # Told how much of the content is durable, after each chunk (``edge.resume``).
+        self._live = live
         self._ended = False
         self.task = asyncio.create_task(self._run(), name=f"record-{conversation_id}")
 
@@ -226,6 +253,7 @@ class ReplyRecorder:
                 reply_to=self._reply_to,
             ).open()
             self.message_id = writer.message_id
+            self.opened.set_result(self.message_id)
             await self._consume(writer)
         except Exception as exc:
             # Every failure of storing is a storage failure, whatever its type: a corrupt
@@ -237,6 +265,9 @@ class ReplyRecorder:
                     await writer.abandon()  # releases the lock: the message reads interrupted
                 except Exception:
                     pass  # already reported above; the lock goes with the handle regardless
+        finally:
+            if not self.opened.done():
+                self.opened.set_result(None)
 
     async def _consume(self, writer: AsyncMessageWriter) -> None:
         """Write whole chunks as they fill up, a partial one when ``HISTORY_BATCH_FLUSH_MS``
@@ -262,10 +293,13 @@ class ReplyRecorder:
             else:
                 await self._sleep(pending)
                 continue
-            for text in tokens[:take]:
+            taken = tokens[:take]
+            for text in taken:
                 add(text)  # True on the last of a full chunk: flushed right below
             del tokens[:take]
             await self._flush(writer, take)
+            if self._live is not None:
+                self._live.durable += sum(map(len, taken))
             self._last_write = loop.time()
             self._flush_due = False
 
