@@ -35,6 +35,7 @@ def block_with(language: str, marker: str) -> str:
 
 SDK_BLOCK = block_with("python", "import openai")
 CONVERSATIONS_BLOCK = block_with("python", "client.conversations.create")
+RESUME_BLOCK = block_with("python", "Last-Event-ID")
 LIBRARY_BLOCK = block_with("python", "from chunkstore import Store")
 ASYNC_BLOCK = block_with("python", "from chunkstore import AsyncStore")
 CURL_BLOCK = block_with("sh", "curl ")
@@ -47,7 +48,7 @@ def test_every_block_is_exercised() -> None:
     fresh machine (the first is checked below), two run against a live edge, and the one of
     several instances needs Docker: its shape is checked here, and what it sets up (two edge
     processes on one PostgreSQL) runs in tests/edge/test_instances.py."""
-    assert len(blocks("python")) == 4
+    assert len(blocks("python")) == 5
     sh = blocks("sh")
     assert len(sh) == 5
     assert set(sh) - {CURL_BLOCK, CLI_BLOCK, INSTANCES_BLOCK} == {sh[0], sh[1]}
@@ -151,13 +152,18 @@ def test_the_edge_examples_in_order(
         "msg_us01-co03-ms02 assistant Start at the Ribeira.",
     ]
 
-    # 4. The command-line block, from a checkout where `make` made .venv (here: this one's).
+    # 4. The resume example (httpx): what it got before and after the cut is the stored reply.
+    exec(compile(pasted(RESUME_BLOCK, live_edge), "README resume block", "exec"), {})
+    (line,) = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"us01-co04-ms02 True True", line), line
+
+    # 5. The command-line block, from a checkout where `make` made .venv (here: this one's).
     venv = Path(sys.prefix)
     if not (venv / "bin" / "activate").exists() or not (venv / "bin" / "chunkstore").exists():
         pytest.skip("not running from a virtualenv with the chunkstore command")
     (tmp_path / ".venv").symlink_to(venv)
     out = bash(CLI_BLOCK, tmp_path)
-    assert "USER  CONVERSATIONS  DELETED\nus01  3              0\n" in out
+    assert "USER  CONVERSATIONS  DELETED\nus01  4              0\n" in out
     assert "\nus01\n" in out  # whoami my-session
     assert "conversation us01-co01\n" in out
     assert '{"type":"conversation","id":"us01-co01"' in out
