@@ -37,8 +37,13 @@ from edge.config import EdgeConfig
 from edge.server import EdgeAppRunner
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "edge_config(**options): the browser tests' edge settings")
+
+
 @pytest.fixture
-def live_edge(tmp_path: Path) -> Iterator[LiveEdge]:
+def live_edge(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LiveEdge]:
+    """The edge, with ``@pytest.mark.edge_config(**options)`` applied to its config."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -60,6 +65,11 @@ def live_edge(tmp_path: Path) -> Iterator[LiveEdge]:
                 # A reload must not end the reply it interrupts: the page resumes it.
                 "background_generation": True,
                 "log_level": "WARNING",
+                **(
+                    marker.kwargs
+                    if (marker := request.node.get_closest_marker("edge_config"))
+                    else {}
+                ),
             }
         )
     )

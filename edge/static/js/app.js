@@ -484,6 +484,14 @@ function mergeHistory(view, messages) {
     if (vm.status === "error" && state.stopped.has(vm.id)) vm.status = "stopped";
     return vm;
   });
+  // A reply stopped before the edge said its id (an edge without X-Message-ID): the last one.
+  const lastOf = (list) => [...list].reverse().find((m) => m.role === "assistant");
+  const before = lastOf(view.messages);
+  const after = lastOf(vms);
+  if (before && after && !before.id && before.status === "stopped" && after.status === "error") {
+    after.status = "stopped";
+    state.stopped.add(after.id);
+  }
   const live = view.stream?.vm;
   if (live) {
     const at = vms.findIndex((vm) => vm.id && vm.id === live.id);
