@@ -517,3 +517,27 @@ async def test_two_instances_on_postgresql_resume_cancel_and_a_killed_producer(
     assert status_of(rest) == {"status": "interrupted", "message_id": message}
     assert running["content"] + content(rest) == reply["content"]
     assert len(reply["content"]) >= len(running["content"]) > 0
+
+
+@pytest.mark.parametrize("kind", ["file", "sqlite"])
+async def test_a_cancel_on_another_instance_of_a_file_or_sqlite_store(
+    start_edge: StartEdge, tmp_path: Path, kind: str
+) -> None:
+    """Two edges on one store (in this process): B's cancel reaches A through a marker file
+    next to the store, which A looks for every 0.1 s."""
+    url = f"file:{tmp_path / 'shared'}" if kind == "file" else f"sqlite:{tmp_path / 'shared.db'}"
+    a, b = await start_edge(db_url=url), await start_edge(db_url=url)
+    async with aiohttp.ClientSession() as http:
+        resp = await start_stream(http, a, "slow-2000-2")
+        conversation, message = resp.headers["X-Conversation-ID"], resp.headers["X-Message-ID"]
+        raw = await read_until(resp, 100)
+        cancel = await http.post(
+            f"{b.url}/v1/conversations/{conversation}/messages/{message}/cancel", headers=S1
+        )
+        cancelled = await cancel.json()
+        original = parse(raw + await resp.read())
+        metrics = await (await http.get(f"{b.url}/metrics")).text()
+    assert cancelled["status"] == "error" and cancelled["status_reason"] == "cancelled"
+    assert content(original) == cancelled["content"]
+    assert status_of(original) == {"status": "error", "reason": "cancelled"}
+    assert 'edge_cancels_total{scope="remote"} 1.0' in metrics
