@@ -118,7 +118,7 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
-from ._ids import ConversationId, MessageId, UserId
+from ._ids import ConversationId, MessageId, UserId, user_id_text
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
 from ._url import redact_url
@@ -218,9 +218,25 @@ _UPDATABLE: dict[str, tuple[str, Any]] = {
     "deleted_at": ("deleted_at", lambda v: v),
 }
 _MESSAGE_KEY = "user_id = %s AND conversation = %s AND seq = %s"
+# A user's conversations, without the user column (the caller knows it): ``_conversations``.
+_LISTED_COLUMNS = (
+    "number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
+)
+_SELECT_CONVERSATION = (
+    f"SELECT {_LISTED_COLUMNS} FROM conversations WHERE user_id = %s AND number = %s"
+).encode()
+_SELECT_PAGE_ALL = (
+    f"SELECT {_LISTED_COLUMNS} FROM conversations WHERE user_id = %s AND number < %s "
+    "ORDER BY number DESC LIMIT %s"
+).encode()
+_SELECT_PAGE = (
+    f"SELECT {_LISTED_COLUMNS} FROM conversations WHERE user_id = %s AND number < %s "
+    "AND deleted_at IS NULL ORDER BY number DESC LIMIT %s"
+).encode()
 # The instances whose lease is held now, among those asked (%s: the namespace, the numbers).
 _HELD_LEASES = (
     "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND mode = 'ExclusiveLock' "
     "AND objsubid = 2 AND classid::int8 = %s AND objid::int8 = ANY(%s::int8[]) "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
@@ -233,6 +249,56 @@ _LEASE_SETTINGS = (
     "('idle_in_transaction_session_timeout', '0')) AS s (name, value) "
     "WHERE s.name IN (SELECT name FROM pg_settings)"
 )
+
+# The streaming writes, each one autocommitted statement ({} : PostgresBackend._settings).
+# A chunk: the settings, then the row.
+_INSERT_CHUNK = (
+    "WITH s AS ({}) INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+    "SELECT %s, %s, %s, %s, %s FROM s"
+)
+# A seal from the records the sink kept: the terminal chunk row, the message's status and
+# line, the conversation's last_message_at; each step reads the one before it, so they run in
+# that order (the settings first) and all or none commit.
+_SEAL = (
+    "WITH s AS ({}), "
+    "k AS (INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+    "SELECT %s, %s, %s, %s, %s FROM s RETURNING 1), "
+    "m AS (UPDATE messages SET status = %s, writer = NULL, role = %s, line = %s "
+    "WHERE user_id = %s AND conversation = %s AND seq = %s AND EXISTS (SELECT FROM k) "
+    "RETURNING 1) "
+    "UPDATE conversations SET last_message_at = %s "
+    "WHERE user_id = %s AND number = %s AND EXISTS (SELECT FROM m)"
+)
+# open_stream: the seq claimed by one UPDATE whose WHERE holds every check (the conversation
+# not deleted, the message limit, the lease held), the message row inserted from what it
+# returns. The lease probe: pg_try_advisory_xact_lock_shared conflicts only with the lease's
+# exclusive session lock, so it returns false exactly while the lease is held (and never
+# waits); when the lease is gone it takes a shared lock until this transaction ends, which
+# _HELD_LEASES does not count (ExclusiveLock only).
+_START = (
+    "WITH s AS ({}), "
+    "c AS (UPDATE conversations SET last_seq = last_seq + 1, last_message_at = %(now)s FROM s "
+    "WHERE user_id = %(user)s AND number = %(n)s AND deleted_at IS NULL "
+    "AND last_seq < %(limit)s "
+    "AND NOT pg_try_advisory_xact_lock_shared(%(space)s::int8::bit(32)::int4, %(instance)s) "
+    "RETURNING last_seq) "
+    "INSERT INTO messages (user_id, conversation, seq, role, status, writer, created_at) "
+    "SELECT %(user)s, %(n)s, last_seq, %(role)s, 'streaming', %(instance)s, %(now)s FROM c "
+    "RETURNING seq"
+)
+# Why _START claimed nothing (read after it, in its own snapshot).
+_WHY_NOT_STARTED = (
+    "SELECT deleted_at, last_seq, "
+    "NOT pg_try_advisory_xact_lock_shared(%s::int8::bit(32)::int4, %s) "
+    "FROM conversations WHERE user_id = %s AND number = %s"
+)
+
+_INSERT_CHUNK_ROW = (
+    "INSERT INTO chunks (user_id, conversation, seq, chunk, record) VALUES (%s, %s, %s, %s, %s)"
+)
+# A sink keeps the records it committed up to this much JSON (a reply of a few thousand
+# tokens): its seal merges them instead of reading the chunk rows back (as on SQLite).
+_KEEP_RECORDS_CHARS = 32 * 1024
 
 # The kinds of problem check(fix=True) repairs.
 _FIXABLE = frozenset({"counter-behind", "stale-line"})
@@ -388,6 +454,13 @@ class PostgresBackend:
         # lock_timeout 0 would mean "wait forever" to the server: 1 ms is the least.
         self._lock_ms = f"{max(1, round(lock_timeout * 1000))}ms"
         self._sync_durable = "off" if durability == "none" else "on"
+        # The streaming writes, each ONE autocommitted statement that sets its transaction's
+        # settings itself (set_config(..., true) is SET LOCAL), by durable: see _settings.
+        self._insert_chunk = {
+            d: _INSERT_CHUNK.format(self._settings(d)).encode() for d in (False, True)
+        }
+        self._seal_sql = {d: _SEAL.format(self._settings(d)).encode() for d in (False, True)}
+        self._start_sql = _START.format(self._settings(True)).encode()
         self._closed = False
         self._pid = os.getpid()
         self._guard = threading.Lock()
@@ -446,6 +519,23 @@ class PostgresBackend:
         _INHERITED.extend(x for x in (self._pool, self._lease) if x is not None)
         self._pool = None
         self._lease, self._instance = None, None
+
+    def _settings(self, durable: bool) -> str:
+        """The per-transaction settings of a write of one statement, as a one-row query for
+        its ``WITH``: ``set_config(name, value, true)`` is ``SET LOCAL``, so it holds for that
+        statement's implicit transaction and governs its commit (``synchronous_commit`` is
+        read when the transaction commits; ``lock_timeout`` when a lock wait begins, and the
+        statements below read this row before they touch a row another transaction may hold).
+        """
+        sync = self._sync_durable if durable else "off"
+        return (
+            f"SELECT set_config('synchronous_commit', '{sync}', true), "
+            f"set_config('lock_timeout', '{self._lock_ms}', true)"
+        )
+
+    def _error(self, exc: Exception, action: str) -> ChunkstoreError:
+        """``exc`` (psycopg's or the pool's) as the chunkstore error of ``action``."""
+        return _storage_error(exc, f"{self.describe()}: cannot {action}", self.lock_timeout)
 
     @contextlib.contextmanager
     def _errors(self, action: str) -> Iterator[None]:
@@ -652,15 +742,19 @@ class PostgresBackend:
         return _conversation(created)
 
     def get_conversation(self, conv: ConversationId) -> Conversation:
-        with self._read(f"read {conv}") as conn:
-            row = conn.execute(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations "
-                "WHERE user_id = %s AND number = %s",
-                (conv.user, conv.n),
-            ).fetchone()
+        user = conv.user
+        try:
+            pool = self._get_pool()
+            conn = pool.getconn()
+            try:
+                row = conn.execute(_SELECT_CONVERSATION, (user, conv.n)).fetchone()
+            finally:
+                pool.putconn(conn)
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            raise self._error(exc, f"read {conv}") from exc
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
-        return _conversation(row)
+        return _conversations(user, [row])[0]
 
     def list_conversations(
         self,
@@ -670,16 +764,19 @@ class PostgresBackend:
         before: ConversationId | None,
         include_deleted: bool,
     ) -> ConversationPage:
-        sql = (
-            f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = %s AND number < %s"
-        )
-        if not include_deleted:
-            sql += " AND deleted_at IS NULL"
-        sql += " ORDER BY number DESC LIMIT %s"
         below = before.n if before is not None else 2**63 - 1
-        with self._read(f"list the conversations of {user}") as conn:
-            rows = conn.execute(sql.encode(), (user.n, below, limit + 1)).fetchall()
-        items = [_conversation(row) for row in rows[:limit]]
+        sql = _SELECT_PAGE_ALL if include_deleted else _SELECT_PAGE
+        n = user.n
+        try:
+            pool = self._get_pool()
+            conn = pool.getconn()
+            try:
+                rows = conn.execute(sql, (n, below, limit + 1)).fetchall()
+            finally:
+                pool.putconn(conn)
+        except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+            raise self._error(exc, f"list the conversations of {user}") from exc
+        items = _conversations(n, rows[:limit])
         return ConversationPage(items, items[-1].id if len(rows) > limit else None)
 
     def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
@@ -774,27 +871,50 @@ class PostgresBackend:
     def open_stream(
         self, conv: ConversationId, *, role: str, max_messages: int | None
     ) -> PostgresSink:
+        limit = 2**63 - 1 if max_messages is None else max_messages
         for _ in range(3):
             instance = self._instance_number()
+            now = utc_now()
+            params = {
+                "now": now,
+                "user": conv.user,
+                "n": conv.n,
+                "limit": limit,
+                "space": self._space,
+                "instance": instance,
+                "role": role,
+            }
             try:
-                with self._write(f"start a message in {conv}") as conn:
-                    now = utc_now()
-                    mid = self._claim_seq(conn, conv, max_messages, now)
-                    # Inserted only while our lease is held: a stream never starts on a lease
-                    # that is already gone (its reply would read interrupted at once).
-                    cursor = conn.execute(
-                        "INSERT INTO messages (user_id, conversation, seq, role, status, "
-                        "writer, created_at) SELECT %s, %s, %s, %s, 'streaming', %s, %s "
-                        f"WHERE EXISTS ({_HELD_LEASES})",
-                        (mid.user, mid.conversation, mid.seq, role, instance, now)
-                        + (self._space, [instance]),
-                    )
-                    if cursor.rowcount != 1:
-                        raise _LeaseLost
-            except _LeaseLost:
+                pool = self._get_pool()
+                conn = pool.getconn()
+                try:
+                    # One statement (its own transaction): the seq claimed and the message row
+                    # inserted only while our lease is held, so a stream never starts on a
+                    # lease that is already gone (its reply would read interrupted at once).
+                    row = conn.execute(self._start_sql, params).fetchone()
+                    why = None
+                    if row is None:
+                        why = conn.execute(
+                            _WHY_NOT_STARTED, (self._space, instance, conv.user, conv.n)
+                        ).fetchone()
+                finally:
+                    pool.putconn(conn)
+            except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+                raise self._error(exc, f"start a message in {conv}") from exc
+            if row is not None:
+                return PostgresSink(self, MessageId(conv.user, conv.n, row[0]))
+            if why is None:
+                raise ConversationNotFound(f"no conversation {conv}")
+            deleted_at, last_seq, held = why
+            if deleted_at is not None:
+                raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
+            if last_seq >= limit:
+                raise LimitExceeded(
+                    f"conversation {conv} has reached the limit of {max_messages} messages"
+                )
+            if not held:
                 self._drop_lease(instance)
-                continue
-            return PostgresSink(self, mid)
+            # else: the conversation changed between the two statements: try again.
         raise StorageError(errno.EIO, f"{self.describe()}: cannot keep a liveness lease")
 
     def messages(self, conv: ConversationId, after_seq: int, limit: int | None) -> list[Message]:
@@ -1073,18 +1193,30 @@ def _first(row: tuple[Any, ...]) -> Any:
 
 
 def _conversation(row: tuple[Any, ...]) -> Conversation:
-    user, n, title, created_at, updated_at, pinned, metadata, participants, deleted_at = row
-    return Conversation(
-        id=str(ConversationId(user, n)),
-        user_id=str(UserId(user)),
-        title=title,
-        created_at=created_at,
-        updated_at=updated_at,
-        pinned=bool(pinned),
-        metadata=orjson.loads(metadata),
-        participants=orjson.loads(participants),
-        deleted_at=deleted_at,
-    )
+    """A ``_CONVERSATION_COLUMNS`` row as a ``Conversation``."""
+    return _conversations(row[0], [row[1:]])[0]
+
+
+def _conversations(user: int, rows: list[tuple[Any, ...]]) -> list[Conversation]:
+    """Rows of ``_LISTED_COLUMNS`` (the user's conversations) as ``Conversation`` objects:
+    the ids spelled as ``ConversationId`` and ``UserId`` spell them (``_ids.user_id_text``: no
+    id objects per row), ``Conversation`` built positionally (its field order)."""
+    user_id = user_id_text(user)
+    loads = orjson.loads
+    return [
+        Conversation(
+            f"{user_id}-co{n:02d}",
+            user_id,
+            title,
+            created_at,
+            updated_at,
+            bool(pinned),
+            loads(metadata),
+            loads(participants),
+            deleted_at,
+        )
+        for n, title, created_at, updated_at, pinned, metadata, participants, deleted_at in rows
+    ]
 
 
 class PostgresSink:
@@ -1097,60 +1229,117 @@ class PostgresSink:
         self._id = message_id
         self._key = (message_id.user, message_id.conversation, message_id.seq)
         self._open = True
+        self._records: list[dict[str, Any]] | None = []
+        self._kept = 0  # the length of their JSON
 
     @property
     def message_id(self) -> MessageId:
         return self._id
 
     def write_chunk(self, record: dict[str, Any], *, durable: bool) -> None:
-        self._check_open()
-        with self._backend._write(f"write a chunk of {self._id}", durable=durable) as conn:
-            self._insert(conn, record)
-
-    def _insert(self, conn: Conn, record: dict[str, Any]) -> None:
+        if not self._open:
+            self._check_open()
+        backend = self._backend
+        chunk = record["seq"]
+        text = _dumps(record)
         try:
-            conn.execute(
-                "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
-                "VALUES (%s, %s, %s, %s, %s)",
-                (*self._key, record["seq"], _dumps(record)),
-            )
+            pool = backend._get_pool()
+            conn = pool.getconn()
+            try:
+                # One statement, its own transaction, its settings set by itself.
+                self._insert(conn, backend._insert_chunk[durable], chunk, text)
+            finally:
+                pool.putconn(conn)
+        except BaseException as exc:
+            self._records = None  # maybe committed, maybe not: the seal reads the rows
+            if isinstance(exc, psycopg.Error | PoolTimeout | PoolClosed):
+                raise backend._error(exc, f"write a chunk of {self._id}") from exc
+            raise
+        records = self._records
+        if records is not None:
+            self._kept += len(text)
+            if self._kept <= _KEEP_RECORDS_CHARS:
+                records.append(dict(record))  # a copy: the rows hold what it said now
+            else:
+                self._records = None
+
+    def _insert(self, conn: Conn, sql: bytes | str, chunk: Any, text: str, *more: Any) -> None:
+        try:
+            conn.execute(sql, (*self._key, chunk, text, *more))
         except pg_errors.ForeignKeyViolation:
             # The message row went with its conversation (a hard delete).
             raise ConversationNotFound(f"no conversation {self._id.conversation_id}") from None
         except pg_errors.UniqueViolation as exc:
-            raise StorageError(errno.EEXIST, f"chunk {record['seq']} of {self._id} exists") from exc
+            raise StorageError(errno.EEXIST, f"chunk {chunk} of {self._id} exists") from exc
 
     def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
-        self._check_open()
+        if not self._open:
+            self._check_open()
+        backend = self._backend
+        key = self._key
+        records = self._records
         try:
-            with self._backend._write(f"seal {self._id}", durable=durable) as conn:
-                self._insert(conn, last)
-                records = [
-                    orjson.loads(r)
-                    for (r,) in conn.execute(
-                        f"SELECT record FROM chunks WHERE {_MESSAGE_KEY} ORDER BY chunk",
-                        self._key,
+            if records is None:
+                return self._seal_read_back(last, durable=durable)
+            # Merged before the statement: the row locks are held for the statement only.
+            text = _dumps(last)
+            records.append(last)
+            message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
+            line = _line(message)
+            try:
+                pool = backend._get_pool()
+                conn = pool.getconn()
+                try:
+                    self._insert(
+                        conn,
+                        backend._seal_sql[durable],
+                        last["seq"],
+                        text,
+                        message.status,
+                        message.role,
+                        line,
+                        *key,
+                        utc_now(),
+                        key[0],
+                        key[1],
                     )
-                ]
-                message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
-                conn.execute(
-                    "UPDATE messages SET status = %s, writer = NULL, role = %s, line = %s "
-                    f"WHERE {_MESSAGE_KEY}",
-                    (message.status, message.role, _line(message), *self._key),
-                )
-                conn.execute(
-                    "UPDATE conversations SET last_message_at = %s "
-                    "WHERE user_id = %s AND number = %s",
-                    (utc_now(), self._id.user, self._id.conversation),
-                )
+                finally:
+                    pool.putconn(conn)
+            except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
+                raise backend._error(exc, f"seal {self._id}") from exc
         finally:
             self._open = False
+            self._records = None
+        return message
+
+    def _seal_read_back(self, last: dict[str, Any], *, durable: bool) -> Message:
+        """The seal when the records were not kept (past the bound, or after a failed write):
+        the chunk rows read back in the seal's transaction."""
+        with self._backend._write(f"seal {self._id}", durable=durable) as conn:
+            self._insert(conn, _INSERT_CHUNK_ROW, last["seq"], _dumps(last))
+            records = [
+                orjson.loads(r)
+                for (r,) in conn.execute(
+                    f"SELECT record FROM chunks WHERE {_MESSAGE_KEY} ORDER BY chunk", self._key
+                )
+            ]
+            message = rebuild_message(str(self._id), self._id.seq, records, writer_alive=False)
+            conn.execute(
+                "UPDATE messages SET status = %s, writer = NULL, role = %s, line = %s "
+                f"WHERE {_MESSAGE_KEY}",
+                (message.status, message.role, _line(message), *self._key),
+            )
+            conn.execute(
+                "UPDATE conversations SET last_message_at = %s WHERE user_id = %s AND number = %s",
+                (utc_now(), self._id.user, self._id.conversation),
+            )
         return message
 
     def release(self) -> None:
         if not self._open:
             return
         self._open = False
+        self._records = None
         if self._backend._closed:
             return  # its lease ended with the backend: the message reads interrupted already
         # Not synced: if this commit is lost, the lease is too (interrupted either way).
