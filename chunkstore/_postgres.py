@@ -33,12 +33,27 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
 * **Seqs** are claimed in the transaction that inserts the message row: ``UPDATE
   conversations SET last_seq = last_seq + 1 ... RETURNING last_seq`` takes the row's lock, so
   concurrent writers (on any machine) queue on it and the seqs are gap-free and unique; a
-  rolled-back claim gives its number back. Conversation numbers the same way from
+  rolled-back claim gives its number back. ``open_stream`` is one statement: the claim's
+  ``WHERE`` holds every check (not deleted, under ``max_messages``, the lease held; rechecked
+  on the newest row version after a wait), the message row is inserted from what it returns,
+  and a claim of nothing is explained by one read after it. Conversation numbers the same way from
   ``users.last_conversation`` (the user's row lock also makes ``max_conversations`` exact).
   User ids are an identity column, new users created under a transaction-level advisory lock
   so that two processes seeing a new principal at once do not both burn a number.
 * **Transactions are short**: ``BEGIN`` and its ``SET LOCAL`` settings go in one round trip;
-  no transaction is held across a stream (each chunk is its own).
+  no transaction is held across a stream (each chunk is its own). The streaming writes (a
+  chunk, the start of a stream, a seal) are each ONE autocommitted statement whose ``WITH``
+  sets its own settings first: ``set_config(name, value, true)`` is ``SET LOCAL`` for that
+  statement's implicit transaction, so the settings still end with it (nothing outlives a
+  transaction). ``synchronous_commit`` is read when that transaction commits (checked: after
+  ``on`` the server's WAL flush position has passed the commit on return, after ``off`` it
+  has not), ``lock_timeout`` when a lock wait begins, after the settings row is read.
+* **The seal** merges the records its sink committed (kept up to ``_KEEP_RECORDS_CHARS`` of
+  JSON, so memory stays bounded; only this sink writes this message's chunk rows, its seq is
+  its own) and writes the terminal chunk, the message's status and line and the
+  conversation's ``last_message_at`` in one statement. A stream past the bound, or one with a
+  failed write (maybe committed, maybe not), reads the chunk rows back in the seal's
+  transaction as before.
 * **Durability** is ``synchronous_commit``, per transaction (``SET LOCAL``): ``on`` waits
   for the commit's WAL flush. ``"chunk"``: a chunk written ``durable`` commits with ``on``.
   ``"message"``: chunks commit with ``off`` (still atomic and in order: a server crash may only
@@ -68,7 +83,13 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   the lease is gone: every reply of the process that is still streaming reads
   ``interrupted`` from then on (a reply sealed later still reads complete). The next
   ``open_stream`` notices (the message row is only inserted while its lease is held, checked
-  in the same statement) and takes a new number on a new connection. A machine that vanishes
+  in the same statement) and takes a new number on a new connection. That check is not a
+  ``pg_locks`` scan (which copies the server's whole lock table): it is
+  ``pg_try_advisory_xact_lock_shared(<namespace>, <instance>)``, false exactly while some
+  session holds the lease's exclusive lock (it never waits: the lease's number is never
+  waited for by anyone). Were the lease gone, it takes a *shared* lock until that statement
+  ends (and the claim is undone); readers count only ``ExclusiveLock`` as a lease held, so
+  that moment never makes a dead lease look alive. A machine that vanishes
   without closing its TCP connection keeps its lease until the server gives the connection
   up: the lease session sets ``tcp_keepalives_idle=10``, ``tcp_keepalives_interval=5``,
   ``tcp_keepalives_count=3`` (about 25 s over TCP) and turns ``idle_session_timeout`` off.
