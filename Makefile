@@ -13,11 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[edge,postgresql,test,dev]'
 	touch $(STAMP)
 
-## run: the edge server on the embedded file store (./users), persistence on; demo upstream
-## unless UPSTREAM_BASE_URL is set.
+## run: the edge server on the embedded file store (./users), persistence on, background
+## generation on (a reloaded chat page resumes its reply); demo upstream unless
+## UPSTREAM_BASE_URL is set.
 run: $(STAMP)
 	PERSIST_TRANSCRIPTS=$${PERSIST_TRANSCRIPTS:-true} DB_URL=$${DB_URL:-file:./users} \
-		$(BIN)/python -m edge
+		BACKGROUND_GENERATION=$${BACKGROUND_GENERATION:-true} $(BIN)/python -m edge
 
 ## test: the whole suite with coverage floors (SPEC §6: chunkstore 90%, edge 85%).
 test: $(STAMP)

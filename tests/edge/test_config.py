@@ -64,7 +64,29 @@ ENV_VARS = (
     "RETENTION_INTERVAL_S",
     "EDGE_LOG_LEVEL",
     "EDGE_LOG_FORMAT",
+    "UPSTREAM_READ_TIMEOUT_S",
+    "UPSTREAM_MAX_EVENT_BYTES",
+    "UPSTREAM_MAX_BODY_BYTES",
+    "CLIENT_HEADER_TIMEOUT_S",
+    "CLIENT_BODY_TIMEOUT_S",
+    "MAX_IDLE_CONNECTIONS",
+    "BACKGROUND_GENERATION",
+    "BACKGROUND_MAX_S",
+    "RESUME_POLL_MS",
 )
+
+
+def test_every_setting_is_listed_here() -> None:
+    """A setting added to edge/config.py without being added above would escape the tests of
+    its help text and of "empty means default"."""
+    from edge.config import build_parser
+
+    documented = {
+        text.split("env ")[1].split(";")[0]
+        for text in (action.help or "" for action in build_parser()._actions)
+        if "env " in text
+    }
+    assert documented == set(ENV_VARS)
 
 
 def config_error(environ: dict[str, str], argv: Sequence[str] = ()) -> str:
