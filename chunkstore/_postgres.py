@@ -48,7 +48,7 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   transaction). ``synchronous_commit`` is read when that transaction commits (checked: after
   ``on`` the server's WAL flush position has passed the commit on return, after ``off`` it
   has not), ``lock_timeout`` when a lock wait begins, after the settings row is read.
-* **The seal** merges the records its sink committed (kept up to ``_KEEP_RECORDS_CHARS`` of
+* **The seal** merges the records its sink committed (kept up to ``KEEP_RECORDS_CHARS`` of
   JSON, so memory stays bounded; only this sink writes this message's chunk rows, its seq is
   its own) and writes the terminal chunk, the message's status and line and the
   conversation's ``last_message_at`` in one statement. A stream past the bound, or one with a
@@ -139,9 +139,10 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
-from ._ids import ConversationId, MessageId, UserId, user_id_text
+from ._ids import ConversationId, MessageId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
-from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
+from ._rebuild import TERMINAL, rebuild_message
+from ._sql import FIXABLE, KEEP_RECORDS_CHARS, conversations, dumps, first, from_line, line_of
 from ._url import redact_url
 from ._writer import utc_now
 
@@ -235,11 +236,11 @@ _CONVERSATION_COLUMNS = (
 _UPDATABLE: dict[str, tuple[str, Any]] = {
     "title": ("title", lambda v: _json_text(v)),
     "pinned": ("pinned", lambda v: bool(v)),
-    "metadata": ("metadata", lambda v: _dumps(dict(v))),
+    "metadata": ("metadata", lambda v: dumps(dict(v))),
     "deleted_at": ("deleted_at", lambda v: v),
 }
 _MESSAGE_KEY = "user_id = %s AND conversation = %s AND seq = %s"
-# A user's conversations, without the user column (the caller knows it): ``_conversations``.
+# A user's conversations, without the user column (the caller knows it): ``_sql.conversations``.
 _LISTED_COLUMNS = (
     "number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
 )
@@ -319,10 +320,7 @@ _INSERT_CHUNK_ROW = (
 )
 # A sink keeps the records it committed up to this much JSON (a reply of a few thousand
 # tokens): its seal merges them instead of reading the chunk rows back (as on SQLite).
-_KEEP_RECORDS_CHARS = 32 * 1024
 
-# The kinds of problem check(fix=True) repairs.
-_FIXABLE = frozenset({"counter-behind", "stale-line"})
 
 # Every live backend, so one fork handler can reset them all in the child.
 _BACKENDS: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
@@ -330,13 +328,9 @@ _BACKENDS: weakref.WeakSet[PostgresBackend] = weakref.WeakSet()
 _INHERITED: list[object] = []
 
 
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
 def _json_text(value: str | None) -> str | None:
     """A title as stored: a JSON string (PostgreSQL text cannot hold NUL, JSON escapes it)."""
-    return None if value is None else _dumps(value)
+    return None if value is None else dumps(value)
 
 
 def _storage_error(exc: Exception, action: str, timeout: float) -> ChunkstoreError:
@@ -755,8 +749,8 @@ class PostgresBackend:
                     now,
                     now,
                     pinned,
-                    _dumps(metadata),
-                    _dumps(participants),
+                    dumps(metadata),
+                    dumps(participants),
                 ),
             ).fetchone()
         assert created is not None
@@ -775,7 +769,7 @@ class PostgresBackend:
             raise self._error(exc, f"read {conv}") from exc
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
-        return _conversations(user, [row])[0]
+        return conversations(user, [row])[0]
 
     def list_conversations(
         self,
@@ -797,7 +791,7 @@ class PostgresBackend:
                 pool.putconn(conn)
         except (psycopg.Error, PoolTimeout, PoolClosed) as exc:
             raise self._error(exc, f"list the conversations of {user}") from exc
-        items = _conversations(n, rows[:limit])
+        items = conversations(n, rows[:limit])
         return ConversationPage(items, items[-1].id if len(rows) > limit else None)
 
     def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
@@ -879,13 +873,13 @@ class PostgresBackend:
                     message.role,
                     message.status,
                     now,
-                    _line(message),
+                    line_of(message),
                 ),
             )
             conn.execute(
                 "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
                 "VALUES (%s, %s, %s, 1, %s)",
-                (mid.user, mid.conversation, mid.seq, _dumps(record)),
+                (mid.user, mid.conversation, mid.seq, dumps(record)),
             )
         return message
 
@@ -950,7 +944,7 @@ class PostgresBackend:
                 raise ConversationNotFound(f"no conversation {conv}")
             open_seqs = [seq for seq, _, line in rows if line is None]
             if not open_seqs:
-                return [_from_line(orjson.loads(line)) for _, _, line in rows]
+                return [from_line(orjson.loads(line)) for _, _, line in rows]
             # The liveness probe first, then the unsealed messages read again: a writer dead
             # at the probe never comes back, so one still unsealed after it is interrupted.
             alive = self._held(conn, sorted({w for _, w, line in rows if line is None and w}))
@@ -963,11 +957,11 @@ class PostgresBackend:
             ).fetchall()
         loads = orjson.loads
         now_open: dict[int, Message] = {}
-        for seq, group in itertools.groupby(again, key=_first):
+        for seq, group in itertools.groupby(again, key=first):
             found = list(group)
             _, writer, line, _ = found[0]
             if line is not None:  # sealed meanwhile
-                now_open[seq] = _from_line(loads(line))
+                now_open[seq] = from_line(loads(line))
                 continue
             records = [loads(r[3]) for r in found if r[3] is not None]
             mid = str(MessageId(conv.user, conv.n, seq))
@@ -975,7 +969,7 @@ class PostgresBackend:
         out = []
         for seq, _, line in rows:
             if line is not None:
-                out.append(_from_line(loads(line)))
+                out.append(from_line(loads(line)))
             elif seq in now_open:  # else deleted meanwhile
                 out.append(now_open[seq])
         return out
@@ -1062,7 +1056,7 @@ class PostgresBackend:
                 with self._write("repair the database") as conn:
                     for sql, params in fixes:
                         conn.execute(sql.encode(), params)
-            problems = [replace(p, fixed=True) if p.kind in _FIXABLE else p for p in problems]
+            problems = [replace(p, fixed=True) if p.kind in FIXABLE else p for p in problems]
             self._tidy_leases()
         return problems
 
@@ -1154,14 +1148,14 @@ class PostgresBackend:
             rebuilt = rebuild_message(str(mid), seq, records, writer_alive=False)
             line = found[0][3]
             try:
-                current = _from_line(orjson.loads(line)) if line is not None else None
+                current = from_line(orjson.loads(line)) if line is not None else None
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 current = None
             if current == rebuilt:
                 continue
             if rebuilt.status in TERMINAL:
                 detail = "the sealed message disagrees with its chunk rows"
-                change: tuple[str, str | None] = (rebuilt.status, _line(rebuilt))
+                change: tuple[str, str | None] = (rebuilt.status, line_of(rebuilt))
             else:
                 detail = "sealed, but its chunk rows end without a terminal record"
                 change = ("streaming", None)
@@ -1194,50 +1188,9 @@ class PostgresBackend:
             conn.execute("UPDATE messages SET writer = NULL WHERE writer = ANY(%s)", (dead,))
 
 
-def _line(message: Message) -> str:
-    """A sealed message's ``messages.line``: ``_rebuild``'s line, plus ``damaged`` if so."""
-    line = message_to_line(message)
-    if message.damaged:
-        line["damaged"] = True
-    return _dumps(line)
-
-
-def _from_line(line: dict[str, Any]) -> Message:
-    message = message_from_line(line)
-    if line.get("damaged"):
-        message.damaged = True
-    return message
-
-
-def _first(row: tuple[Any, ...]) -> Any:
-    return row[0]
-
-
 def _conversation(row: tuple[Any, ...]) -> Conversation:
     """A ``_CONVERSATION_COLUMNS`` row as a ``Conversation``."""
-    return _conversations(row[0], [row[1:]])[0]
-
-
-def _conversations(user: int, rows: list[tuple[Any, ...]]) -> list[Conversation]:
-    """Rows of ``_LISTED_COLUMNS`` (the user's conversations) as ``Conversation`` objects:
-    the ids spelled as ``ConversationId`` and ``UserId`` spell them (``_ids.user_id_text``: no
-    id objects per row), ``Conversation`` built positionally (its field order)."""
-    user_id = user_id_text(user)
-    loads = orjson.loads
-    return [
-        Conversation(
-            f"{user_id}-co{n:02d}",
-            user_id,
-            title,
-            created_at,
-            updated_at,
-            bool(pinned),
-            loads(metadata),
-            loads(participants),
-            deleted_at,
-        )
-        for n, title, created_at, updated_at, pinned, metadata, participants, deleted_at in rows
-    ]
+    return conversations(row[0], [row[1:]])[0]
 
 
 class PostgresSink:
@@ -1262,7 +1215,7 @@ class PostgresSink:
             self._check_open()
         backend = self._backend
         chunk = record["seq"]
-        text = _dumps(record)
+        text = dumps(record)
         try:
             pool = backend._get_pool()
             conn = pool.getconn()
@@ -1279,7 +1232,7 @@ class PostgresSink:
         records = self._records
         if records is not None:
             self._kept += len(text)
-            if self._kept <= _KEEP_RECORDS_CHARS:
+            if self._kept <= KEEP_RECORDS_CHARS:
                 records.append(dict(record))  # a copy: the rows hold what it said now
             else:
                 self._records = None
@@ -1303,10 +1256,10 @@ class PostgresSink:
             if records is None:
                 return self._seal_read_back(last, durable=durable)
             # Merged before the statement: the row locks are held for the statement only.
-            text = _dumps(last)
+            text = dumps(last)
             records.append(last)
             message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
-            line = _line(message)
+            line = line_of(message)
             try:
                 pool = backend._get_pool()
                 conn = pool.getconn()
@@ -1337,7 +1290,7 @@ class PostgresSink:
         """The seal when the records were not kept (past the bound, or after a failed write):
         the chunk rows read back in the seal's transaction."""
         with self._backend._write(f"seal {self._id}", durable=durable) as conn:
-            self._insert(conn, _INSERT_CHUNK_ROW, last["seq"], _dumps(last))
+            self._insert(conn, _INSERT_CHUNK_ROW, last["seq"], dumps(last))
             records = [
                 orjson.loads(r)
                 for (r,) in conn.execute(
@@ -1348,7 +1301,7 @@ class PostgresSink:
             conn.execute(
                 "UPDATE messages SET status = %s, writer = NULL, role = %s, line = %s "
                 f"WHERE {_MESSAGE_KEY}",
-                (message.status, message.role, _line(message), *self._key),
+                (message.status, message.role, line_of(message), *self._key),
             )
             conn.execute(
                 "UPDATE conversations SET last_message_at = %s WHERE user_id = %s AND number = %s",

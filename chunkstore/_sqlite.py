@@ -26,7 +26,7 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
   in the same transaction, marks the message final and stores its merged form (the ``Message``
   ``rebuild_message`` makes, as one ``_rebuild.message_to_line`` JSON text) in
   ``messages.line``. The sink merges the records it committed itself, kept in memory up to
-  ``_KEEP_RECORDS_CHARS`` of JSON (a reply of a few thousand tokens); a longer stream, or one
+  ``KEEP_RECORDS_CHARS`` of JSON (a reply of a few thousand tokens); a longer stream, or one
   whose chunk write failed, has its chunk rows read back instead, so memory stays bounded.
   That line is derived (``check(fix=True)`` rebuilds it from the chunk rows) and is what
   makes reads fast: a 500-message conversation of streamed replies is 500
@@ -115,10 +115,11 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
-from ._ids import ConversationId, MessageId, UserId, user_id_text
+from ._ids import ConversationId, MessageId, UserId
 from ._migrations import Migration, migrate, statements
 from ._models import Conversation, ConversationPage, Message, Problem
-from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
+from ._rebuild import TERMINAL, rebuild_message
+from ._sql import FIXABLE, KEEP_RECORDS_CHARS, conversations, dumps, first, from_line, line_of
 from ._writer import utc_now
 
 __all__ = ["MIGRATIONS", "SqliteBackend", "SqliteSink"]
@@ -234,7 +235,6 @@ _TOUCH_CONVERSATION = (
 # A streaming message's chunk records are kept by its sink, for the seal, while their JSON is
 # at most this long in all (a reply of a few thousand tokens); a longer stream drops them and
 # its seal reads the chunk rows back, so memory stays bounded however long the stream.
-_KEEP_RECORDS_CHARS = 32 * 1024
 _LIST_CONVERSATIONS_ALL = (
     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number < ? "
     "ORDER BY number DESC LIMIT ?"
@@ -243,25 +243,19 @@ _LIST_CONVERSATIONS_ALL = (
 _UPDATABLE: dict[str, tuple[str, Any]] = {
     "title": ("title", lambda v: v),
     "pinned": ("pinned", lambda v: int(bool(v))),
-    "metadata": ("metadata", lambda v: _dumps(dict(v))),
+    "metadata": ("metadata", lambda v: dumps(dict(v))),
     "deleted_at": ("deleted_at", lambda v: v),
 }
 _SYNC_DURABLE = "FULL"
 _SYNC_LAZY = "NORMAL"
 _SYNC_OFF = "OFF"
 
-# The kinds of problem check(fix=True) repairs.
-_FIXABLE = frozenset({"counter-behind", "stale-line"})
 
 # Every live backend, so one fork handler can reset them all in the child.
 _BACKENDS: weakref.WeakSet[SqliteBackend] = weakref.WeakSet()
 # In a forked child, the parent's connections: kept referenced so they are never used, not even
 # closed by the garbage collector (SQLite forbids using a connection across a fork).
 _INHERITED: list[sqlite3.Connection] = []
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
 
 
 def _storage_error(exc: sqlite3.Error, action: str, timeout: float) -> ChunkstoreError:
@@ -611,8 +605,8 @@ class SqliteBackend:
                     now,
                     now,
                     int(pinned),
-                    _dumps(metadata),
-                    _dumps(participants),
+                    dumps(metadata),
+                    dumps(participants),
                 ),
             ).fetchone()
         return _conversation(user.n, row)
@@ -645,7 +639,7 @@ class SqliteBackend:
         more = len(rows) > limit
         if more:
             del rows[limit:]
-        items = _conversations(n, rows)
+        items = conversations(n, rows)
         return ConversationPage(items, items[-1].id if more else None)
 
     def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
@@ -733,13 +727,13 @@ class SqliteBackend:
                     message.role,
                     message.status,
                     now,
-                    _line(message),
+                    line_of(message),
                 ),
             )
             conn.execute(
                 "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
                 "VALUES (?, ?, ?, 1, ?)",
-                (mid.user, mid.conversation, mid.seq, _dumps(record)),
+                (mid.user, mid.conversation, mid.seq, dumps(record)),
             )
         return message
 
@@ -824,9 +818,9 @@ class SqliteBackend:
                     found = conn.execute(
                         "SELECT seq, record FROM chunks WHERE user_id = ? AND conversation = ? "
                         "AND seq IN (SELECT value FROM json_each(?)) ORDER BY seq, chunk",
-                        (user, n, _dumps([seq for _, seq, _ in unsealed])),
+                        (user, n, dumps([seq for _, seq, _ in unsealed])),
                     )
-                    for seq, group in itertools.groupby(found, key=_first):
+                    for seq, group in itertools.groupby(found, key=first):
                         chunks[seq] = [loads(record) for _, record in group]
             finally:
                 if conn.in_transaction:
@@ -937,7 +931,7 @@ class SqliteBackend:
                 with self._write("repair the database") as conn:
                     for sql, params in fixes:
                         conn.execute(sql, params)
-            problems = [replace(p, fixed=True) if p.kind in _FIXABLE else p for p in problems]
+            problems = [replace(p, fixed=True) if p.kind in FIXABLE else p for p in problems]
             self._tidy_leases()
         return problems
 
@@ -1030,14 +1024,14 @@ class SqliteBackend:
             rebuilt = rebuild_message(str(mid), seq, records, writer_alive=False)
             line = found[0][3]
             try:
-                current = _from_line(orjson.loads(line)) if line is not None else None
+                current = from_line(orjson.loads(line)) if line is not None else None
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 current = None
             if current == rebuilt:
                 continue
             if rebuilt.status in TERMINAL:
                 detail = "the sealed message disagrees with its chunk rows"
-                change: tuple[str, str | None] = (rebuilt.status, _line(rebuilt))
+                change: tuple[str, str | None] = (rebuilt.status, line_of(rebuilt))
             else:
                 detail = "sealed, but its chunk rows end without a terminal record"
                 change = ("streaming", None)
@@ -1078,54 +1072,9 @@ class SqliteBackend:
             _fsio.unlink_quietly(self._lease_path(n))
 
 
-def _line(message: Message) -> str:
-    """A sealed message's ``messages.line``: ``_rebuild``'s line, plus ``damaged`` if so."""
-    line = message_to_line(message)
-    if message.damaged:
-        line["damaged"] = True
-    return _dumps(line)
-
-
-def _from_line(line: dict[str, Any]) -> Message:
-    message = message_from_line(line)
-    if line.get("damaged"):
-        message.damaged = True
-    return message
-
-
-def _first(row: tuple[Any, ...]) -> Any:
-    return row[0]
-
-
 def _conversation(user: int, row: tuple[Any, ...]) -> Conversation:
     """A ``conversations`` row (``_CONVERSATION_COLUMNS``) of ``user``."""
-    return _conversations(user, [row])[0]
-
-
-def _conversations(user: int, rows: list[tuple[Any, ...]]) -> list[Conversation]:
-    """Rows of ``_CONVERSATION_COLUMNS`` of ``user``, as ``Conversation`` values.
-
-    A listing builds one per row: the ids are spelled inline, as ``ConversationId`` and
-    ``UserId`` spell them (``_ids.user_id_text``: no id objects per row), and
-    ``Conversation`` takes its fields positionally (keywords cost a third more).
-    """
-    user_id = user_id_text(user)
-    prefix = user_id + "-co"
-    loads = orjson.loads
-    return [
-        Conversation(
-            f"{prefix}{n:02d}",
-            user_id,
-            title,
-            created_at,
-            updated_at,
-            bool(pinned),
-            loads(metadata),
-            loads(participants),
-            deleted_at,
-        )
-        for n, title, created_at, updated_at, pinned, metadata, participants, deleted_at in rows
-    ]
+    return conversations(user, [row])[0]
 
 
 class SqliteSink:
@@ -1135,7 +1084,7 @@ class SqliteSink:
     without either (``MessageWriter`` never does) reads ``streaming`` until the backend is
     closed or its process ends.
 
-    The sink keeps the records it committed (``_KEEP_RECORDS_CHARS`` of JSON at most): the seal
+    The sink keeps the records it committed (``KEEP_RECORDS_CHARS`` of JSON at most): the seal
     rebuilds the message from them instead of reading the chunk rows back. Only this sink
     writes this message's chunk rows (its seq is its own), so they are those rows; a record
     that failed to commit, or a stream past the bound, and the seal reads the rows back."""
@@ -1157,7 +1106,7 @@ class SqliteSink:
             self._check_open()
         backend = self._backend
         chunk = record["seq"]
-        text = _dumps(record)
+        text = dumps(record)
         try:
             conn = backend._conn()
             level = backend._durable_sync if durable else backend._lazy_sync
@@ -1175,7 +1124,7 @@ class SqliteSink:
         records = self._records
         if records is not None:
             self._kept += len(text)
-            if self._kept <= _KEEP_RECORDS_CHARS:
+            if self._kept <= KEEP_RECORDS_CHARS:
                 records.append(dict(record))  # a copy: the rows hold what it said now
             else:
                 self._records = None
@@ -1194,14 +1143,14 @@ class SqliteSink:
         backend = self._backend
         key = self._key
         try:
-            text = _dumps(last)
+            text = dumps(last)
             records = self._records
             message: Message | None = None
             if records is not None:
                 # Merged before the transaction: the write lock is held for the statements only.
                 records.append(last)
                 message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
-                line = _line(message)
+                line = line_of(message)
             conn = backend._conn()
             backend._set_sync(conn, backend._durable_sync if durable else backend._lazy_sync)
             conn.execute("BEGIN IMMEDIATE")
@@ -1210,7 +1159,7 @@ class SqliteSink:
                 if message is None:
                     records = [orjson.loads(r) for (r,) in conn.execute(_SELECT_CHUNKS, key)]
                     message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
-                    line = _line(message)
+                    line = line_of(message)
                 conn.execute(_SEAL_MESSAGE, (message.status, message.role, line, *key))
                 conn.execute(_TOUCH_CONVERSATION, (utc_now(), key[0], key[1]))
                 conn.execute("COMMIT")

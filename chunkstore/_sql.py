@@ -1,0 +1,85 @@
+"""What the SQL backends (``_sqlite.py``, ``_postgres.py``) share: the forms of their rows.
+
+Both keep the same tables (``messages.line`` holds a sealed message merged, ``chunks.record``
+each chunk record verbatim, as JSON text) and build the same values from them; only the SQL
+dialect, the connections and the liveness lease differ, and those stay in each backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ._ids import user_id_text
+from ._models import Conversation, Message
+from ._rebuild import message_from_line, message_to_line
+
+__all__ = [
+    "FIXABLE",
+    "KEEP_RECORDS_CHARS",
+    "conversations",
+    "dumps",
+    "first",
+    "from_line",
+    "line_of",
+]
+
+#: The kinds of problem ``check(fix=True)`` repairs: both derived, rebuildable from the rows.
+FIXABLE = frozenset({"counter-behind", "stale-line"})
+
+#: How much of a stream's records (as JSON) a sink keeps in memory to merge the message at its
+#: seal without reading the rows back; past it (a very long reply) the seal reads them back,
+#: so memory stays bounded however long the stream.
+KEEP_RECORDS_CHARS = 32 * 1024
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def first(row: tuple[Any, ...]) -> Any:
+    return row[0]
+
+
+def line_of(message: Message) -> str:
+    """A sealed message's ``messages.line``: ``_rebuild``'s line, plus ``damaged`` if so."""
+    line = message_to_line(message)
+    if message.damaged:
+        line["damaged"] = True
+    return dumps(line)
+
+
+def from_line(line: dict[str, Any]) -> Message:
+    """The ``Message`` a ``messages.line`` holds (the inverse of ``line_of``)."""
+    message = message_from_line(line)
+    if line.get("damaged"):
+        message.damaged = True
+    return message
+
+
+def conversations(user: int, rows: list[tuple[Any, ...]]) -> list[Conversation]:
+    """Rows of (number, title, created_at, updated_at, pinned, metadata, participants,
+    deleted_at) of ``user``'s conversations, as ``Conversation`` values.
+
+    A listing builds one per row: the ids are spelled inline, as ``ConversationId`` and
+    ``UserId`` spell them (``_ids.user_id_text``: no id objects per row), and
+    ``Conversation`` takes its fields positionally (keywords cost a third more).
+    """
+    user_id = user_id_text(user)
+    prefix = user_id + "-co"
+    loads = orjson.loads
+    return [
+        Conversation(
+            f"{prefix}{n:02d}",
+            user_id,
+            title,
+            created_at,
+            updated_at,
+            bool(pinned),
+            loads(metadata),
+            loads(participants),
+            deleted_at,
+        )
+        for n, title, created_at, updated_at, pinned, metadata, participants, deleted_at in rows
+    ]
