@@ -4,8 +4,12 @@
   template and status (never by raw path: ids in paths would explode the label set).
 * **errors**: every failure leaves as an OpenAI-shaped JSON error; bad input is a 4xx, and an
   unexpected exception is logged and answered with a bare 500 (no stack trace, no detail).
-* **auth**: with ``EDGE_API_KEYS`` set, every request but ``/healthz`` needs
-  ``Authorization: Bearer <key>``; the key is compared in constant time.
+* **auth**: with ``EDGE_API_KEYS`` set, every request needs ``Authorization: Bearer <key>``
+  (the key is compared in constant time) but ``/healthz`` and the chat page: ``GET``/``HEAD``
+  of ``/`` and ``/static/{path}`` (``edge.page``). Those are static files shipped in the
+  package, the same for everyone, with no data in them; the page asks for the key itself and
+  sends it on every API call. Which requests are open is decided by the route they matched,
+  not by a prefix of the raw path, so every API route stays protected.
 * **sessions**: the principal whose history a request may see: the ``x-session-id`` header,
   else the ``cf_session_id`` cookie, else a new unguessable id, sent back as an HttpOnly,
   SameSite=Lax cookie (by ``on_response_prepare``, so streamed responses carry it too).
@@ -47,6 +51,8 @@ SESSION_COOKIE = "cf_session_id"
 # Printable ASCII without separators that could confuse headers or cookies.
 _SESSION_ID = re.compile(r"[A-Za-z0-9._~+/=:@-]{1,256}")
 _OPEN_PATHS = frozenset({"/healthz"})
+# The chat page's routes (edge.page), by their canonical form: static files, no data.
+_PAGE_ROUTES = frozenset({"/", "/static/{path}"})
 _COOKIE_MAX_AGE_S = 400 * 24 * 3600  # the longest lifetime browsers honour
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -122,10 +128,21 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         metrics.requests.labels(name, request.method, str(status)).inc()
 
 
+def _is_open(request: web.Request) -> bool:
+    if request.path in _OPEN_PATHS:
+        return True
+    resource = request.match_info.route.resource
+    return (
+        request.method in ("GET", "HEAD")
+        and resource is not None
+        and resource.canonical in _PAGE_ROUTES
+    )
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     keys = request.app[CONFIG].edge_api_keys
-    if keys and request.path not in _OPEN_PATHS:
+    if keys and not _is_open(request):
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         given = given.strip()
         if not given.isascii():

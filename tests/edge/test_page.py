@@ -167,3 +167,31 @@ def test_the_banner_shows_the_page_on_its_first_line() -> None:
     first = _format_banner(EdgeConfig(), ["http://127.0.0.1:8080"]).splitlines()[0]
     assert first.startswith("edge listening on http://127.0.0.1:8080 ")
     assert "chat page: http://127.0.0.1:8080/ " in first
+
+
+async def test_with_edge_api_keys_the_page_is_open_and_the_api_is_not(make_edge: MakeEdge) -> None:
+    """The page's files hold no data: they are served without the key (the page asks for it),
+    while every API route still wants it."""
+    client = await make_edge(edge_api_keys=frozenset({"k1"}))
+    for path in ("/", "/static/js/app.js", "/static/js/auth.js", "/static/app.css"):
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        assert (await client.head(path)).status == 200, path
+    # A file that is not there is still a 404, not a 401: nothing behind /static needs a key.
+    assert (await client.get("/static/missing.js")).status == 404
+    for method, path in [
+        ("GET", "/v1/conversations"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/openapi.json"),
+        ("GET", "/metrics"),
+        ("POST", "/"),  # only GET and HEAD of the page are open
+    ]:
+        response = await client.request(method, path)
+        assert response.status == 401, (method, path)
+        assert (await response.json())["error"]["code"] == "invalid_api_key"
+    refused = await client.get("/v1/conversations", headers={"Authorization": "Bearer nope"})
+    assert refused.status == 401
+    allowed = await client.get("/v1/conversations", headers={"Authorization": "Bearer k1"})
+    assert allowed.status == 200

@@ -1,5 +1,8 @@
 // The edge's own endpoints, same origin: the session is the HttpOnly cf_session_id cookie the
-// edge sets, sent by the browser on every request (the page never sees it).
+// edge sets, sent by the browser on every request (the page never sees it). Every call goes
+// through edgeFetch (auth.js), which adds the edge's key where the edge wants one.
+
+import { edgeFetch } from "./auth.js";
 
 export class ApiError extends Error {
   constructor(status, message, code) {
@@ -30,7 +33,7 @@ export async function api(method, path, body) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  const response = await edgeFetch(path, init);
   if (!response.ok) throw await errorOf(response);
   return response.json();
 }

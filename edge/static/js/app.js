@@ -1,10 +1,12 @@
 // The chat page of the edge: a conversation sidebar and a streaming chat view, over the edge's
-// own API (same origin, the session in the edge's HttpOnly cookie).
+// own API (same origin, the session in the edge's HttpOnly cookie; the edge's key, where it
+// wants one, asked for and sent by auth.js).
 //
 // Safety: every string from the server (titles, model output, errors) reaches the page as a
 // text node (dom.js, markdown.js): no string is ever parsed as HTML.
 
 import { api, conversationPath, conversationsPath, errorOf, features } from "./api.js";
+import { edgeFetch } from "./auth.js";
 import { $, append, clear, h } from "./dom.js";
 import { renderMarkdown } from "./markdown.js";
 import { readEvents } from "./sse.js";
@@ -562,7 +564,7 @@ async function send() {
   messages.push({ role: "user", content: text });
   let response;
   try {
-    response = await fetch("/v1/chat/completions", {
+    response = await edgeFetch("/v1/chat/completions", {
       method: "POST",
       headers,
       body: JSON.stringify({ model, stream: true, messages }),
@@ -621,7 +623,7 @@ async function follow(view, vm, lastEventId = null, resumes = 0) {
   renderSidebar();
   let response;
   try {
-    response = await fetch(url, { headers, signal: stream.abort.signal });
+    response = await edgeFetch(url, { headers, signal: stream.abort.signal });
   } catch (error) {
     finishStream(stream, stream.stopped ? "stopped" : "error", stream.stopped ? null : `Could not reach the edge: ${error.message}`);
     return;
@@ -754,7 +756,7 @@ async function stop() {
   stream.stopped = true;
   if (state.features.cancel && stream.messageId && stream.view.id) {
     try {
-      const response = await fetch(conversationPath(stream.view.id, "messages", stream.messageId, "cancel"), { method: "POST" });
+      const response = await edgeFetch(conversationPath(stream.view.id, "messages", stream.messageId, "cancel"), { method: "POST" });
       if (response.ok) {
         // The edge ends the stream itself; close it here if it does not soon.
         setTimeout(() => stream.abort.abort(), CANCEL_GRACE_MS);
