@@ -42,12 +42,17 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   so that two processes seeing a new principal at once do not both burn a number.
 * **Transactions are short**: ``BEGIN`` and its ``SET LOCAL`` settings go in one round trip;
   no transaction is held across a stream (each chunk is its own). The streaming writes (a
-  chunk, the start of a stream, a seal) are each ONE autocommitted statement whose ``WITH``
-  sets its own settings first: ``set_config(name, value, true)`` is ``SET LOCAL`` for that
-  statement's implicit transaction, so the settings still end with it (nothing outlives a
-  transaction). ``synchronous_commit`` is read when that transaction commits (checked: after
-  ``on`` the server's WAL flush position has passed the commit on return, after ``off`` it
-  has not), ``lock_timeout`` when a lock wait begins, after the settings row is read.
+  chunk, the start of a stream, a seal) are each ONE round trip and one transaction. The
+  start and the seal are one autocommitted statement whose ``WITH`` sets its own settings
+  first: ``set_config(name, value, true)`` is ``SET LOCAL`` for that statement's implicit
+  transaction, so the settings still end with it (nothing outlives a transaction). A chunk
+  (the hot path: half its server time went to planning that ``WITH``) is one simple-protocol
+  query of three statements, ``SET LOCAL synchronous_commit; SET LOCAL lock_timeout;
+  INSERT``, its values bound client-side: a query of several statements is one implicit
+  transaction block, in which ``SET LOCAL`` holds and ends with it. ``synchronous_commit`` is
+  read when that transaction commits (checked: after ``on`` the server's WAL flush position
+  has passed the commit on return, after ``off`` it has not), ``lock_timeout`` when a lock
+  wait begins, after the settings are set.
 * **The seal** merges the records its sink committed (kept up to ``KEEP_RECORDS_CHARS`` of
   JSON, so memory stays bounded; only this sink writes this message's chunk rows, its seq is
   its own) and writes the terminal chunk, the message's status and line and the
@@ -272,12 +277,16 @@ _LEASE_SETTINGS = (
     "WHERE s.name IN (SELECT name FROM pg_settings)"
 )
 
-# The streaming writes, each one autocommitted statement ({} : PostgresBackend._settings).
-# A chunk: the settings, then the row.
+# A chunk: ONE simple-protocol query (client-side binding), its settings then the row. A
+# query of several statements is one implicit transaction, in which ``SET LOCAL`` holds (and
+# ends with it): the same settings as a ``WITH`` of set_config, at half the server's work
+# (planning ``INSERT ... SELECT ... FROM`` that ``WITH`` cost as much as the insert itself).
+# {0}: synchronous_commit, {1}: lock_timeout.
 _INSERT_CHUNK = (
-    "WITH s AS ({}) INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
-    "SELECT %s, %s, %s, %s, %s FROM s"
+    "SET LOCAL synchronous_commit = {0}; SET LOCAL lock_timeout = '{1}'; "
+    "INSERT INTO chunks (user_id, conversation, seq, chunk, record) VALUES (%s, %s, %s, %s, %s)"
 )
+# The other streaming writes, each one autocommitted statement ({} : PostgresBackend._settings).
 # A seal from the records the sink kept: the terminal chunk row, the message's status and
 # line, the conversation's last_message_at; each step reads the one before it, so they run in
 # that order (the settings first) and all or none commit.
@@ -472,7 +481,8 @@ class PostgresBackend:
         # The streaming writes, each ONE autocommitted statement that sets its transaction's
         # settings itself (set_config(..., true) is SET LOCAL), by durable: see _settings.
         self._insert_chunk = {
-            d: _INSERT_CHUNK.format(self._settings(d)).encode() for d in (False, True)
+            d: _INSERT_CHUNK.format(self._sync_durable if d else "off", self._lock_ms).encode()
+            for d in (False, True)
         }
         self._seal_sql = {d: _SEAL.format(self._settings(d)).encode() for d in (False, True)}
         self._start_sql = _START.format(self._settings(True)).encode()
@@ -1220,8 +1230,9 @@ class PostgresSink:
             pool = backend._get_pool()
             conn = pool.getconn()
             try:
-                # One statement, its own transaction, its settings set by itself.
-                self._insert(conn, backend._insert_chunk[durable], chunk, text)
+                # One query, its own transaction, its settings set by itself (SET LOCAL).
+                with psycopg.ClientCursor(conn) as cur:
+                    self._insert(cur, backend._insert_chunk[durable], chunk, text)
             finally:
                 pool.putconn(conn)
         except BaseException as exc:
@@ -1237,7 +1248,14 @@ class PostgresSink:
             else:
                 self._records = None
 
-    def _insert(self, conn: Conn, sql: bytes | str, chunk: Any, text: str, *more: Any) -> None:
+    def _insert(
+        self,
+        conn: Conn | psycopg.ClientCursor[Any],
+        sql: bytes | str,
+        chunk: Any,
+        text: str,
+        *more: Any,
+    ) -> None:
         try:
             conn.execute(sql, (*self._key, chunk, text, *more))
         except pg_errors.ForeignKeyViolation:
