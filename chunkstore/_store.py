@@ -25,7 +25,7 @@ from ._exceptions import (
 )
 from ._ids import ConversationId, MessageId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
-from ._turns import STORED_ROLES, Turn, merge_history, replayable
+from ._turns import QUESTION_ROLES, STORED_ROLES, Turn, merge_history, replayable
 from ._url import open_backend
 from ._validate import (
     DURABILITY_MODES,
@@ -411,7 +411,11 @@ class Store:
             for record in records[overlap:]
             if record is not None
         ]
-        return Turn(history, new, stored)
+        answers = next(
+            (m.seq for m in reversed([*stored_history, *stored]) if m.role in QUESTION_ROLES),
+            None,
+        )
+        return Turn(history, new, stored, answers)
 
     def _turn_record(self, message: Mapping[str, Any]) -> dict[str, Any] | None:
         """The record of one message a client sent, or None for a role a turn does not store."""

@@ -17,21 +17,26 @@ import orjson
 
 from ._models import Message
 
-__all__ = ["STORED_ROLES", "Turn", "merge_history", "replayable"]
+__all__ = ["QUESTION_ROLES", "STORED_ROLES", "Turn", "merge_history", "replayable"]
 
 #: The roles a turn stores; others (``system``, ``developer``) are instructions, never stored.
 STORED_ROLES = frozenset({"user", "assistant", "tool"})
+#: The roles a reply answers.
+QUESTION_ROLES = frozenset({"user", "tool"})
 
 
 @dataclass(frozen=True, slots=True)
 class Turn:
     """What ``Store.append_turn`` did: the history before the turn (replayable messages, in
-    OpenAI's chat form), the messages sent that were new (all of them, stored or not), and
-    the messages it stored."""
+    OpenAI's chat form), the messages sent that were new (all of them, stored or not), the
+    messages it stored, and the seq a reply to this turn answers (``answers``: the
+    conversation's last user or tool message once the turn is stored, whether this turn
+    stored it or an earlier attempt of the same turn did)."""
 
     history: list[dict[str, Any]]
     new: list[dict[str, Any]]
     stored: list[Message]
+    answers: int | None = None
 
 
 def replayable(message: Message) -> bool:

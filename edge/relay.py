@@ -90,7 +90,6 @@ _INSTRUCTION_ROLES = frozenset({"system", "developer"})
 # How often a turn looks again at a reply another instance is streaming (see ``_continue``).
 _REMOTE_REPLY_POLL_S = 0.05
 # What a reply answers: the last of these its turn stored (``Turn.reply_to``).
-_QUESTION_ROLES = frozenset({"user", "tool"})
 _TITLE_CHARS = 80
 _ELLIPSIS = "\u2026"
 
@@ -212,20 +211,6 @@ def _shorten(text: str) -> str:
     return cut.rstrip(" ,;:-") + _ELLIPSIS
 
 
-async def _answered_seq(store: AsyncStore, conversation_id: str, stored: list[Any]) -> int | None:
-    """The seq a reply of this turn answers: the last user or tool message the turn stored,
-    else (a retry whose question was stored by an earlier attempt) the conversation's last."""
-    for message in reversed(stored):
-        if message.role in _QUESTION_ROLES:
-            seq: int = message.seq
-            return seq
-    for message in reversed(await store.messages(conversation_id, 0, None)):
-        if message.role in _QUESTION_ROLES:
-            found: int = message.seq
-            return found
-    return None
-
-
 async def _plan_turn(
     request: web.Request, store: AsyncStore, body: dict[str, Any], wanted: str | None
 ) -> Turn:
@@ -252,7 +237,7 @@ async def _plan_turn(
                 code="conversation_deleted",
             ) from None
         plan = Turn(conversation_id, instructions + turn.history + turn.new, agent)
-        plan.reply_to = await _answered_seq(store, conversation_id, turn.stored)
+        plan.reply_to = turn.answers
         return plan
     if any(m.get("role") in _INSTRUCTION_ROLES for m in messages):
         return Turn(None, messages, agent)
@@ -261,8 +246,7 @@ async def _plan_turn(
     conversation = await store.create_conversation(user, title=title_from(messages))
     plan = Turn(conversation.id, messages, agent, created=True)
     try:
-        stored = (await store.append_turn(conversation.id, messages)).stored
-        plan.reply_to = await _answered_seq(store, conversation.id, stored)
+        plan.reply_to = (await store.append_turn(conversation.id, messages)).answers
     except BaseException:
         # The turn is stored whole or not at all: the new conversation goes with it.
         await asyncio.shield(_roll_back(request, store, conversation.id))
