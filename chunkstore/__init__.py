@@ -22,7 +22,7 @@ from ._exceptions import (
 )
 from ._ids import ConversationId, MessageId, UserId
 from ._layout import FORMAT_VERSION
-from ._models import Conversation, ConversationPage, Message, Problem
+from ._models import Conversation, ConversationPage, Message, Problem, SearchHit, SearchPage
 from ._store import DURABILITY_MODES, Store
 from ._turns import Turn
 from ._url import parse_store_url, redact_url
@@ -50,6 +50,8 @@ __all__ = [
     "MessageWriter",
     "Problem",
     "ReplyStreaming",
+    "SearchHit",
+    "SearchPage",
     "StorageError",
     "Store",
     "StoreFormatError",

@@ -25,7 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 from ._exceptions import InvalidArgument
-from ._models import Conversation, ConversationPage, Message, Problem
+from ._models import Conversation, ConversationPage, Message, Problem, SearchPage
 from ._store import Store
 from ._turns import Turn
 from ._writer import MessageWriter
@@ -243,6 +243,16 @@ class AsyncStore:
         return await self._run(
             self.store.list_conversations, user_id, limit, cursor, include_deleted
         )
+
+    async def search(
+        self,
+        user_id: str,
+        query: str,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> SearchPage:
+        return await self._run(self.store.search, user_id, query, limit, cursor, include_deleted)
 
     async def update_conversation(
         self,

@@ -28,12 +28,13 @@ Contract every backend keeps (the conformance suite, ``tests/conformance``, chec
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
 from ._ids import ConversationId, MessageId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
+from ._search import SearchMatch
 
 __all__ = ["Backend", "StreamSink"]
 
@@ -147,6 +148,24 @@ class Backend(Protocol):
         there is no such message or it was already deleted. ``ConversationNotFound`` for a
         missing conversation, ``ConversationDeleted`` for a soft-deleted one, and
         ``InvalidArgument`` while the message is still streaming (its writer is alive)."""
+
+    # -- search -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        user: UserId,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        offset: int,
+        include_deleted: bool,
+    ) -> list[SearchMatch]:
+        """The user's conversations that match ``terms`` (``_search``: every term starts a word
+        of one document, the title or one finished message), best first, newest first among
+        equal ranks, one match per conversation; skip ``offset`` of them, return at most
+        ``limit``. Soft-deleted conversations only with ``include_deleted``. An unknown user
+        has no matches. The index is kept current by every write: a finished message, a new
+        title, a deleted message or conversation shows in the next search."""
 
     # -- integrity --------------------------------------------------------------------------
 

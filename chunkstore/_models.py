@@ -12,7 +12,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Conversation", "ConversationPage", "Message", "MessageStatus", "Problem", "Role"]
+__all__ = [
+    "Conversation",
+    "ConversationPage",
+    "Message",
+    "MessageStatus",
+    "Problem",
+    "Role",
+    "SearchHit",
+    "SearchPage",
+]
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 MessageStatus = Literal["complete", "error", "streaming", "interrupted"]
@@ -97,6 +106,38 @@ class ConversationPage:
         return self.next_cursor is not None
 
     def __iter__(self) -> Iterator[Conversation]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """One conversation that matches a search, with where and why.
+
+    ``seq`` is the matching message (the best-ranked one when several match), or None when only
+    the title matches; ``snippet`` is the text around the first match in that message (or the
+    title), on one line, at most about 160 characters, ``…`` where it was cut.
+    """
+
+    conversation: Conversation
+    snippet: str
+    seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of ``search`` results, best first; pass ``next_cursor`` back for the next."""
+
+    items: list[SearchHit]
+    next_cursor: str | None
+
+    @property
+    def has_more(self) -> bool:
+        return self.next_cursor is not None
+
+    def __iter__(self) -> Iterator[SearchHit]:
         return iter(self.items)
 
     def __len__(self) -> int:

@@ -24,7 +24,8 @@ from ._exceptions import (
     ReplyStreaming,
 )
 from ._ids import ConversationId, MessageId, UserId
-from ._models import Conversation, ConversationPage, Message, Problem
+from ._models import Conversation, ConversationPage, Message, Problem, SearchHit, SearchPage
+from ._search import search_terms, snippet
 from ._turns import QUESTION_ROLES, STORED_ROLES, Turn, merge_history, replayable
 from ._url import open_backend
 from ._validate import (
@@ -199,6 +200,33 @@ class Store:
         return self._backend.list_conversations(
             user, limit=limit, before=before, include_deleted=bool(include_deleted)
         )
+
+    def search(
+        self,
+        user_id: str,
+        query: str,
+        limit: int = 20,
+        cursor: str | None = None,
+        include_deleted: bool = False,
+    ) -> SearchPage:
+        """The user's conversations whose title or finished messages match ``query``, best
+        first (``_search`` says what matches and how results rank), each with the matching
+        message's seq and a snippet around the match. ``cursor`` is the ``next_cursor`` of
+        the previous page: a position in the ranking, so a page may repeat or miss a
+        conversation when matches change between pages (as with any ranked search)."""
+        user = UserId.parse(user_id)
+        terms = search_terms(query)
+        positive_int("limit", limit, maximum=MAX_PAGE)
+        offset = _search_offset(cursor)
+        found = self._backend.search(
+            user, terms, limit=limit + 1, offset=offset, include_deleted=bool(include_deleted)
+        )
+        hits = [
+            SearchHit(match.conversation, snippet(match.text, terms), match.seq)
+            for match in found[:limit]
+        ]
+        more = len(found) > limit
+        return SearchPage(hits, str(offset + limit) if more else None)
 
     def update_conversation(
         self,
@@ -473,6 +501,16 @@ def _check_reply_to(value: Any) -> int:
     positive_int("reply_to", value, maximum=_MAX_SEQ)
     result: int = value
     return result
+
+
+def _search_offset(cursor: object) -> int:
+    """The position a search cursor continues from (cursors are what ``search`` hands out:
+    the decimal number of results already seen)."""
+    if cursor is None:
+        return 0
+    if not isinstance(cursor, str) or not cursor.isdecimal() or len(cursor) > 9:
+        raise InvalidArgument("invalid search cursor")
+    return int(cursor)
 
 
 def _digest(principal: str) -> str:
