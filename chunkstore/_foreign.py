@@ -103,10 +103,7 @@ class _Losses:
         if not self.counts:
             return None
         parts = [f"{n} {what}" for what, n in sorted(self.counts.items())]
-        text = "not imported or changed: " + "; ".join(parts)
-        if len(text) > MAX_METADATA_VALUE:
-            text = text[: MAX_METADATA_VALUE - 1] + "…"
-        return text
+        return _clip("not imported or changed: " + "; ".join(parts))
 
 
 def _iso(seconds: Any) -> str | None:
@@ -133,12 +130,6 @@ def _title(value: Any, losses: _Losses) -> str | None:
         losses.add(f"title shortened to {MAX_TITLE_CHARS} characters")
         title = title[:MAX_TITLE_CHARS]
     return title
-
-
-def _short(value: Any) -> str | None:
-    """A string for a ``check_short`` field (name, finish reason), or None if it cannot be."""
-    text = _text(value)
-    return text if text is not None and len(text) <= _MAX_SHORT else None
 
 
 def _source_id(value: Any) -> str | None:
@@ -250,7 +241,47 @@ def _conversation(
         )
         if m.role in ("user", "tool"):
             question = seq
-    return lines
+    return _repaired(lines)
+
+
+def _repaired(lines: Lines) -> Lines:
+    """``lines`` with every lone surrogate replaced by U+FFFD, noted if there was one.
+
+    JSON may escape half of a UTF-16 pair (an export cut inside an emoji), which Python
+    decodes to a lone surrogate that no UTF-8 writer accepts: left in, the importer would fail
+    on the conversation when it writes it."""
+    try:
+        json.dumps(lines, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return lines
+    fixed: Lines = _without_surrogates(lines)
+    metadata = fixed[0]["metadata"]
+    said = "text with broken characters (lone UTF-16 surrogates), replaced by U+FFFD"
+    note = metadata.get("import_note")
+    metadata["import_note"] = _clip(
+        f"{note}; {said}" if note else f"not imported or changed: {said}"
+    )
+    return fixed
+
+
+def _without_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        # Through UTF-16: a pair split into two escapes rejoins, a lone half becomes U+FFFD.
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_without_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _clip(text: str) -> str:
+    """``text`` cut to a metadata value's limit, marked as cut."""
+    if len(text) > MAX_METADATA_VALUE:
+        return text[: MAX_METADATA_VALUE - 1] + "…"
+    return text
 
 
 def _completed(message: _Message, created: str) -> str | None:
@@ -300,9 +331,10 @@ def read_chatgpt(data: object) -> Iterator[Lines | Skipped]:
 
     ``data``: the file's parsed JSON, a list of conversations (one conversation object, as the
     per-conversation files of some exports hold, is taken as a list of one); anything else is
-    ``InvalidArgument``. Each conversation is ``title``, ``create_time``/``update_time`` (epoch
-    seconds), ``conversation_id`` (or ``id``), ``current_node`` and ``mapping``: a tree of
-    nodes ``{id, message, parent, children}``.
+    ``InvalidArgument``, raised by this call (before any conversation is yielded). Each
+    conversation is ``title``, ``create_time``/``update_time`` (epoch seconds),
+    ``conversation_id`` (or ``id``), ``current_node`` and ``mapping``: a tree of nodes
+    ``{id, message, parent, children}``.
 
     Only the branch the user last saw is imported: from ``current_node`` up through ``parent``
     to the root, reversed. Other branches (a message edited, an answer regenerated) are not
@@ -330,8 +362,9 @@ def read_chatgpt(data: object) -> Iterator[Lines | Skipped]:
     ``archived``, and ``is_starred`` pins the conversation.
     """
     single = isinstance(data, dict) and "mapping" in data
-    for raw in _conversations(data, "a ChatGPT export", single):
-        yield _chatgpt_conversation(raw)
+    # Checked now, not on the first ``next``: a wrong file fails before anything is imported.
+    conversations = _conversations(data, "a ChatGPT export", single)
+    return (_chatgpt_conversation(raw) for raw in conversations)
 
 
 def _chatgpt_conversation(raw: Any) -> Lines | Skipped:
@@ -411,7 +444,9 @@ def _chatgpt_message(message: Any, index: int, losses: _Losses) -> _Message | No
     metadata = _object(message.get("metadata"))
     author = _object(message.get("author"))
     content = _object(message.get("content"))
+    # Only strings are looked up in the sets below (a list would not even hash).
     kind = content.get("content_type")
+    kind = kind if isinstance(kind, str) else _json_type(kind)
     if metadata.get("is_visually_hidden_from_conversation") is True or kind in _CHATGPT_CONTEXT:
         return None
     if kind in _CHATGPT_REASONING:
@@ -442,7 +477,7 @@ def _chatgpt_message(message: Any, index: int, losses: _Losses) -> _Message | No
     if failed or message.get("status") == "failed":
         out.status = "error"
         out.error = {"message": text or "failed"}
-    elif message.get("status") in _CHATGPT_UNFINISHED or finish_type == "interrupted":
+    elif _text(message.get("status")) in _CHATGPT_UNFINISHED or finish_type == "interrupted":
         out.status = "interrupted"
     out.finish_reason = _CHATGPT_FINISH.get(finish_type) if isinstance(finish_type, str) else None
     if calls_tool:
@@ -475,7 +510,7 @@ def _function_name(name: Any) -> str:
 
 
 def _chatgpt_text(
-    kind: Any, content: dict[str, Any], losses: _Losses
+    kind: str, content: dict[str, Any], losses: _Losses
 ) -> tuple[str | None, bool, bool]:
     """A message content's text, whether it reports a failure, and whether parts of it were
     lost (counted); text None when the content is of a kind that is not mapped (counted)."""
@@ -509,7 +544,7 @@ def _chatgpt_text(
         if error is None:
             return None, False, False
         return (f"{name}: {error}" if name else error), True, False
-    losses.add(f"message(s) of type {_quote(kind if isinstance(kind, str) else _json_type(kind))}")
+    losses.add(f"message(s) of type {_quote(kind)}")
     return None, False, False
 
 
@@ -535,7 +570,7 @@ def read_openwebui(data: object) -> Iterator[Lines | Skipped]:
     in ``backend/open_webui/models/chats.py``); its importer also takes bare ``chat`` objects,
     and so does this one (their id and title are then the ``chat`` object's own, their time
     its ``timestamp``). One record object is taken as a list of one; anything else is
-    ``InvalidArgument``.
+    ``InvalidArgument``, raised by this call.
 
     A ``chat`` holds ``history.messages`` (message id → message) and ``history.currentId``;
     the imported branch is the one the user last saw, from ``currentId`` up through
@@ -559,8 +594,8 @@ def read_openwebui(data: object) -> Iterator[Lines | Skipped]:
     chats whose ``chat.history`` is empty; such chats are skipped with that reason.
     """
     single = isinstance(data, dict) and ("chat" in data or "history" in data)
-    for raw in _conversations(data, "an Open WebUI chat export", single):
-        yield _openwebui_conversation(raw)
+    conversations = _conversations(data, "an Open WebUI chat export", single)
+    return (_openwebui_conversation(raw) for raw in conversations)
 
 
 def _openwebui_conversation(raw: Any) -> Lines | Skipped:
