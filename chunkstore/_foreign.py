@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from ._exceptions import InvalidArgument
 from ._validate import MAX_METADATA_VALUE, MAX_TITLE_CHARS, check_content
 
@@ -241,39 +243,60 @@ def _conversation(
         )
         if m.role in ("user", "tool"):
             question = seq
-    return _repaired(lines)
+    return _storable(lines, source_id, title)
 
 
-def _repaired(lines: Lines) -> Lines:
-    """``lines`` with every lone surrogate replaced by U+FFFD, noted if there was one.
+#: The integers the store's JSON writer (orjson) can write.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
-    JSON may escape half of a UTF-16 pair (an export cut inside an emoji), which Python
-    decodes to a lone surrogate that no UTF-8 writer accepts: left in, the importer would fail
-    on the conversation when it writes it."""
+
+def _storable(lines: Lines, source_id: str, title: str | None) -> Lines | Skipped:
+    """``lines`` as the store can write them, what had to change said in the note; or why
+    they cannot be written at all.
+
+    Python's ``json`` reads what the store's writer (orjson) refuses: a lone surrogate (JSON
+    may escape half of a UTF-16 pair: an export cut inside an emoji), an integer beyond 64
+    bits, nesting deeper than 254 levels (in usage, errors or content parts, kept as they
+    were). A lone surrogate becomes U+FFFD and such an integer its decimal text, noted; too
+    deep a value skips the conversation. (``orjson.loads`` refuses all three up front.)"""
     try:
-        json.dumps(lines, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+        orjson.dumps(lines)
+    except orjson.JSONEncodeError:
         pass
     else:
         return lines
-    fixed: Lines = _without_surrogates(lines)
+    said: set[str] = set()
+    try:
+        fixed: Lines = _scrubbed(lines, said)
+        orjson.dumps(fixed)
+    except (orjson.JSONEncodeError, RecursionError) as exc:
+        return Skipped(source_id, title, f"it cannot be stored as JSON: {exc}")
     metadata = fixed[0]["metadata"]
-    said = "text with broken characters (lone UTF-16 surrogates), replaced by U+FFFD"
     note = metadata.get("import_note")
+    changes = "; ".join(sorted(said))
     metadata["import_note"] = _clip(
-        f"{note}; {said}" if note else f"not imported or changed: {said}"
+        f"{note}; {changes}" if note else f"not imported or changed: {changes}"
     )
     return fixed
 
 
-def _without_surrogates(value: Any) -> Any:
+def _scrubbed(value: Any, said: set[str]) -> Any:
+    """``value`` without lone surrogates and integers orjson cannot write (``_storable``)."""
     if isinstance(value, str):
         # Through UTF-16: a pair split into two escapes rejoins, a lone half becomes U+FFFD.
-        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        fixed = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        if fixed != value:
+            said.add("text with broken characters (lone UTF-16 surrogates), replaced by U+FFFD")
+        return fixed
+    if isinstance(value, int) and not isinstance(value, bool):
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+        said.add("numbers beyond 64 bits, kept as text")
+        return str(value)
     if isinstance(value, list):
-        return [_without_surrogates(v) for v in value]
+        return [_scrubbed(v, said) for v in value]
     if isinstance(value, dict):
-        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+        return {_scrubbed(k, said): _scrubbed(v, said) for k, v in value.items()}
     return value
 
 
@@ -465,9 +488,11 @@ def _chatgpt_message(message: Any, index: int, losses: _Losses) -> _Message | No
         losses.add("attached file(s)", files)
     recipient = message.get("recipient")
     calls_tool = role == "assistant" and isinstance(recipient, str) and recipient not in ("all", "")
-    if not text and not calls_tool and not files and not lost_parts:
+    if not text and not calls_tool and (role == "tool" or not (files or lost_parts)):
         # An empty message: nothing the user saw. One whose only content was lost (an image
-        # sent alone, a file) is kept, empty, so the turn it was part of still reads right.
+        # sent alone, a file) is kept, empty, so the turn it was part of still reads right;
+        # but not a tool's: the edge replays no empty message, and a call whose result is
+        # not replayed breaks the history upstream (see ``_pair_tool_calls``).
         return None
     created = _iso(message.get("create_time"))
     out = _Message(role=role, content=text, created_at=created)

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from chunkstore_support import STRESS
 from hypothesis import given, settings
@@ -89,7 +90,7 @@ def check_lines(lines: Any, source: str) -> None:
         assert m["token_count"] == 0
         assert m["reply_to"] is None or 1 <= m["reply_to"] < seq
     check_tool_pairs(messages)
-    json.dumps(lines, ensure_ascii=False).encode("utf-8")  # plain JSON, writable as UTF-8
+    orjson.dumps(lines)  # what the store writes with: UTF-8, 64-bit integers
 
 
 def check_tool_pairs(messages: list[dict[str, Any]]) -> None:
@@ -102,6 +103,7 @@ def check_tool_pairs(messages: list[dict[str, Any]]) -> None:
         if m["role"] == "tool":
             assert open_ids is not None, "a tool message that answers no call"
             assert m["tool_call_id"] in open_ids
+            assert m["content"], "an empty result, which the edge does not replay"
             answered.add(m["tool_call_id"])
             continue
         assert open_ids is None or answered == open_ids, "a tool call without an answer"
@@ -497,6 +499,29 @@ def test_chatgpt_tool_calls_that_do_not_pair_are_dropped_and_counted() -> None:
     )
 
 
+def test_chatgpt_an_image_generated_by_a_tool_drops_the_call() -> None:
+    call = msg(
+        "assistant",
+        {"content_type": "code", "text": '{"prompt": "a cat"}'},
+        recipient="dalle.text2im",
+    )
+    image = {"content_type": "image_asset_pointer", "asset_pointer": "file-service://f"}
+    result = msg(
+        "tool",
+        {"content_type": "multimodal_text", "parts": [image]},
+        author={"role": "tool", "name": "dalle.text2im"},
+    )
+    lines = converted(
+        one_chatgpt(
+            msg("user", text("draw a cat")), call, result, msg("assistant", text("Here it is."))
+        )
+    )
+    assert contents(lines) == [("user", "draw a cat"), ("assistant", "Here it is.")]
+    assert lines[0]["metadata"]["import_note"] == (
+        "not imported or changed: 1 image(s); 1 tool call(s) without a result"
+    )
+
+
 def test_chatgpt_call_ids_and_tool_names_are_made_valid() -> None:
     call = msg("assistant", text("q"), recipient="dalle.text2im", id="id with spaces/é")
     result = msg("tool", text("done"), author={"role": "tool", "name": "dalle.text2im" * 9})
@@ -703,6 +728,30 @@ def test_lone_surrogates_are_replaced_and_said() -> None:
         "not imported or changed: 1 message time(s) missing, set to the conversation's; "
         "text with broken characters (lone UTF-16 surrogates), replaced by U+FFFD"
     )
+
+
+def test_numbers_beyond_64_bits_are_kept_as_text() -> None:
+    big = 2**64
+    usage = {"total_tokens": big, "ok": [2**63 - 1, -(2**63)]}
+    record = history({"role": "assistant", "content": "x", "timestamp": S, "usage": usage})
+    lines = converted(one_openwebui(record))
+    assert lines[1]["usage"] == {"total_tokens": str(big), "ok": [2**63 - 1, -(2**63)]}
+    assert lines[0]["metadata"]["import_note"] == (
+        "not imported or changed: numbers beyond 64 bits, kept as text"
+    )
+
+
+def test_a_value_nested_too_deep_to_store_skips_the_conversation() -> None:
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    record = history({"role": "assistant", "content": "x", "timestamp": S, "error": deep})
+    assert skipped(one_openwebui(record)).reason.startswith("it cannot be stored as JSON: ")
+    deeper: Any = "bottom"
+    for _ in range(5000):
+        deeper = {"e": deeper}
+    record = history({"role": "assistant", "content": "x", "timestamp": S, "error": deeper})
+    assert skipped(one_openwebui(record)).reason.startswith("it cannot be stored as JSON: ")
 
 
 # -- properties: any JSON in ------------------------------------------------------------------------
