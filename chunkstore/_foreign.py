@@ -27,9 +27,10 @@ and the tree's empty root), and the branches the user did not pick (see ``read_c
 Every message line carries the ``chunkstore.Message`` fields: status ``complete``, or
 ``error`` when the source says the message failed, or ``interrupted`` when it never finished
 (a foreign app's unfinished message has no writer to finish it); ``token_count`` 0 (the other
-apps do not count chunks); times in chunkstore's ISO 8601 UTC form (``2024-05-01T12:00:00.
-000000Z``). A message without a time gets its conversation's creation time (counted in the
-note).
+apps do not count chunks); times in chunkstore's ISO 8601 UTC form
+(``2024-05-01T12:00:00.000000Z``). A message without a time gets its conversation's creation
+time (counted in the note). The note also says what was changed to fit the store: a title
+cut to its 512 characters, broken characters replaced, numbers too large kept as text.
 """
 
 from __future__ import annotations
