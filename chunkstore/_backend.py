@@ -54,6 +54,9 @@ class UserRecord:
     created_at: str
     # The SHA-256 hex digests of the user's principals, sorted: how a session finds its user.
     sessions: list[str]
+    # The highest conversation number ever handed out (hard-deleted ones included): a copy
+    # keeps it, so no number is handed out twice in the destination either.
+    last_conversation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +138,17 @@ class Backend(Protocol):
         """The record of each of ``users`` (``UserNotFound`` for a missing one), in order."""
 
     def import_user(
-        self, user: UserId | None, *, created_at: str, sessions: Sequence[str]
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
     ) -> str | None:
-        """Create user ``user`` (None: the next number) with ``created_at`` and the principal
-        digests ``sessions`` (a digest already registered keeps its user), atomically; its id,
-        or None if that number is taken (nothing is written then)."""
+        """Create user ``user`` (None: the next number) with ``created_at``, its conversation
+        counter at ``last_conversation``, and the principal digests ``sessions`` (a digest
+        already registered keeps its user), atomically; its id, or None if that number is
+        taken (nothing is written then)."""
 
     def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:
         """Register each digest of ``sessions`` not registered yet to ``user``; how many were.

@@ -242,7 +242,9 @@ class FileBackend:
             raise StorageError(0, f"session registry entry {path} is unreadable: {exc}") from exc
         return str(UserId.parse(user_id))
 
-    def _create_user(self, user: UserId | None = None, created_at: str | None = None) -> UserId:
+    def _create_user(
+        self, user: UserId | None = None, created_at: str | None = None, counter: int = 0
+    ) -> UserId:
         """Create user ``user`` (default: one past the highest). Caller holds the registry
         lock; ``user`` must not exist (its rename would fail if it did)."""
         if user is None:
@@ -258,7 +260,7 @@ class FileBackend:
                 "v": 1,
                 "id": str(user),
                 "createdAt": created_at or utc_now(),
-                "lastConversation": 0,
+                "lastConversation": counter,
             }
             _fsio.create_exclusive(
                 os.path.join(tmp, "user.json"), _records.encode_line(record), durable=self._durable
@@ -308,15 +310,25 @@ class FileBackend:
         for user in users:
             record = self._read_user(user)
             created = record.get("createdAt")
+            counter = _counter_of(record, user) or 0
+            highest = max(self._conversation_numbers(user), default=0)
             out.append(
                 UserRecord(
-                    str(user), created if isinstance(created, str) else "", sessions[str(user)]
+                    str(user),
+                    created if isinstance(created, str) else "",
+                    sessions[str(user)],
+                    max(counter, highest),
                 )
             )
         return out
 
     def import_user(
-        self, user: UserId | None, *, created_at: str, sessions: Sequence[str]
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
     ) -> str | None:
         """Under the registry lock: the session entries first, then the user directory,
         renamed into place whole. A crash in between leaves entries naming a user that does
@@ -341,7 +353,7 @@ class FileBackend:
                 _fsio.replace_atomic(
                     path, _records.encode_line({"userId": str(user)}), durable=self._durable
                 )
-            self._create_user(user, created_at)
+            self._create_user(user, created_at, last_conversation)
         return str(user)
 
     def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:

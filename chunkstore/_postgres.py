@@ -733,29 +733,37 @@ class PostgresBackend:
             for user in users:
                 row = conn.execute(
                     "SELECT created_at, ARRAY(SELECT digest FROM sessions "
-                    "WHERE user_id = users.id ORDER BY digest) FROM users WHERE id = %s",
+                    "WHERE user_id = users.id ORDER BY digest), last_conversation "
+                    "FROM users WHERE id = %s",
                     (user.n,),
                 ).fetchone()
                 if row is None:
                     raise UserNotFound(f"no user {user}")
-                out.append(UserRecord(str(user), row[0], list(row[1])))
+                out.append(UserRecord(str(user), row[0], list(row[1]), int(row[2])))
         return out
 
     def import_user(
-        self, user: UserId | None, *, created_at: str, sessions: Sequence[str]
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
     ) -> str | None:
         with self._write("import a user") as conn:
             # The lock user_for takes: one creator of users at a time.
             conn.execute("SELECT pg_advisory_xact_lock(%s::int8::bit(32)::int4, 0)", (self._space,))
             if user is None:
                 row = conn.execute(
-                    "INSERT INTO users (created_at) VALUES (%s) RETURNING id", (created_at,)
+                    "INSERT INTO users (created_at, last_conversation) VALUES (%s, %s) "
+                    "RETURNING id",
+                    (created_at, last_conversation),
                 ).fetchone()
             else:
                 row = conn.execute(
-                    "INSERT INTO users (id, created_at) OVERRIDING SYSTEM VALUE "
-                    "VALUES (%s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
-                    (user.n, created_at),
+                    "INSERT INTO users (id, created_at, last_conversation) OVERRIDING SYSTEM "
+                    "VALUE VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (user.n, created_at, last_conversation),
                 ).fetchone()
                 if row is None:
                     return None

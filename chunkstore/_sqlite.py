@@ -579,31 +579,37 @@ class SqliteBackend:
         with self._read("read users") as conn:
             for user in users:
                 row = conn.execute(
-                    "SELECT created_at FROM users WHERE id = ?", (user.n,)
+                    "SELECT created_at, last_conversation FROM users WHERE id = ?", (user.n,)
                 ).fetchone()
                 if row is None:
                     raise UserNotFound(f"no user {user}")
                 digests = conn.execute(
                     "SELECT digest FROM sessions WHERE user_id = ? ORDER BY digest", (user.n,)
                 ).fetchall()
-                out.append(UserRecord(str(user), row[0], [d for (d,) in digests]))
+                out.append(UserRecord(str(user), row[0], [d for (d,) in digests], row[1]))
         return out
 
     def import_user(
-        self, user: UserId | None, *, created_at: str, sessions: Sequence[str]
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
     ) -> str | None:
         with self._write("import a user") as conn:
             if user is None:
                 n: int = conn.execute(
-                    "INSERT INTO users (created_at) VALUES (?) RETURNING id", (created_at,)
+                    "INSERT INTO users (created_at, last_conversation) VALUES (?, ?) RETURNING id",
+                    (created_at, last_conversation),
                 ).fetchone()[0]
             else:
                 # AUTOINCREMENT keeps the highest id ever used: a number given here is never
                 # handed out again by user_for.
                 row = conn.execute(
-                    "INSERT INTO users (id, created_at) VALUES (?, ?) "
+                    "INSERT INTO users (id, created_at, last_conversation) VALUES (?, ?, ?) "
                     "ON CONFLICT (id) DO NOTHING RETURNING id",
-                    (user.n, created_at),
+                    (user.n, created_at, last_conversation),
                 ).fetchone()
                 if row is None:
                     return None

@@ -2,7 +2,8 @@
 
 One format carries everything (the export format, JSON Lines, version 1): a header line
 ``{"type": "export", "format": "chunkstore-export", "version": 1, ...}``, then per user a
-``{"type": "user", "id", "created_at", "sessions"}`` line followed by its conversations, each a
+``{"type": "user", "id", "created_at", "sessions", "last_conversation"}`` line followed by its
+conversations, each a
 ``{"type": "conversation", ..., "last_seq"}`` line and one ``{"type": "message", ...}`` line per
 seq from 1 to ``last_seq`` (a deleted message is ``{"type": "message", "id", "seq",
 "deleted": true}``: its content is gone, its seq stays claimed). Conversations converted from
@@ -36,6 +37,9 @@ Design decisions, and why:
   that user already has a conversation with the same ``source`` + ``source_id`` metadata.
   Ones the converters could not read come as ``Skipped`` values: recorded in the report with
   their reason, never dropped silently.
+* **A user's conversation counter travels too** (``last_conversation`` on its line, an
+  addition to the format's user line, optional on import): a hard-deleted conversation is not
+  exported, but its number stays spent in the destination, as ids are never reused.
 * **Input is validated before anything of a conversation is written**; a bad line is an
   ``InvalidArgument`` naming its line number. A ``streaming`` message is imported as
   ``interrupted``: no writer of it is alive in the destination.
@@ -226,6 +230,7 @@ def _export(
             "id": record.id,
             "created_at": record.created_at,
             "sessions": list(record.sessions),
+            "last_conversation": record.last_conversation,
         }
         for conv in chosen if chosen is not None else conversation_ids(store, str(user)):
             try:
@@ -445,7 +450,7 @@ class _Importer:
     # -- users --------------------------------------------------------------------------
 
     def user_line(self, line: dict[str, Any], number: int) -> None:
-        _only(line, ("id", "created_at", "sessions"), number)
+        _only(line, ("id", "created_at", "sessions", "last_conversation"), number)
         exported = _user_id(line.get("id"), number)
         created_at = _time(line.get("created_at"), "created_at", number)
         sessions = line.get("sessions")
@@ -453,11 +458,14 @@ class _Importer:
             isinstance(d, str) and _DIGEST.fullmatch(d) for d in sessions
         ):
             raise _bad(number, "sessions must be a list of SHA-256 hex digests")
+        counter = _count(line.get("last_conversation", 0), "last_conversation", number)
         if exported in self.users:
             raise _bad(number, f"user {exported} appears twice")
-        self.users[exported] = self.resolve_user(exported, created_at, sessions)
+        self.users[exported] = self.resolve_user(exported, created_at, sessions, counter)
 
-    def resolve_user(self, exported: UserId, created_at: str, sessions: list[str]) -> UserId:
+    def resolve_user(
+        self, exported: UserId, created_at: str, sessions: list[str], counter: int = 0
+    ) -> UserId:
         backend = self.backend
         owners = set()
         for digest in sessions:
@@ -471,7 +479,9 @@ class _Importer:
             self.report.users_existing += 1
             return self.mapped(exported, target)
         if exported not in self.existing_users:
-            created = backend.import_user(exported, created_at=created_at, sessions=sessions)
+            created = backend.import_user(
+                exported, created_at=created_at, sessions=sessions, last_conversation=counter
+            )
             if created is not None:
                 return self.created(exported, UserId.parse(created))
         else:
@@ -480,7 +490,9 @@ class _Importer:
                 # Nothing tells them apart (no sessions either side): the same user.
                 self.report.users_existing += 1
                 return exported
-        created = backend.import_user(None, created_at=created_at, sessions=sessions)
+        created = backend.import_user(
+            None, created_at=created_at, sessions=sessions, last_conversation=counter
+        )
         assert created is not None  # a new number is always free
         return self.created(exported, UserId.parse(created))
 
