@@ -184,13 +184,15 @@ def export_lines(
     *,
     users: Sequence[str] | None = None,
     conversations: Sequence[str] | None = None,
+    source: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The export of ``store``: the header line, then each user's line and its
     conversations (oldest first, soft-deleted ones included) with their messages.
 
     ``users`` limits it to those users, ``conversations`` to those conversations (and the
     lines of their users). Every id is checked now, before the first line is made: a typo
-    fails the export, not its tail.
+    fails the export, not its tail. ``source``: the header's ``source`` (default: the
+    store's location, any password hidden).
     """
     backend = store.backend
     if conversations is not None:
@@ -204,16 +206,17 @@ def export_lines(
         plan: list[tuple[UserId, list[ConversationId] | None]] = list(by_user.items())
     else:
         chosen = [UserId.parse(u) for u in (backend.users() if users is None else users)]
-        known = set(backend.users())
-        for user in chosen:
-            if str(user) not in known:
-                raise UserNotFound(f"no user {user}")
+        if users is not None:
+            known = set(backend.users())
+            for user in chosen:
+                if str(user) not in known:
+                    raise UserNotFound(f"no user {user}")
         plan = [(user, None) for user in chosen]
-    return _export(store, plan)
+    return _export(store, plan, redact_url(backend.describe()) if source is None else source)
 
 
 def _export(
-    store: Store, plan: list[tuple[UserId, list[ConversationId] | None]]
+    store: Store, plan: list[tuple[UserId, list[ConversationId] | None]], source: str
 ) -> Iterator[dict[str, Any]]:
     backend = store.backend
     yield {
@@ -221,10 +224,11 @@ def _export(
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "exported_at": utc_now(),
-        "source": redact_url(backend.describe()),
+        "source": source,
     }
-    for user, chosen in plan:
-        (record,) = backend.user_records([user])
+    # One call for every user: the file store reads its whole session registry per call.
+    records = backend.user_records([user for user, _ in plan])
+    for (user, chosen), record in zip(plan, records, strict=True):
         yield {
             "type": "user",
             "id": record.id,
@@ -890,15 +894,15 @@ def copy_store(
         progress(0, total)
     importer = _Importer(destination, None, True, ImportReport(), step)
     importer.run(export_lines(source))
-    for user in source.users():
-        exported = UserId.parse(user)
+    users = [UserId.parse(u) for u in source.users()]
+    for record in source.backend.user_records(users):
+        exported = UserId.parse(record.id)
         target = importer.users.get(exported, exported)
-        (record,) = source.backend.user_records([exported])
         for digest in record.sessions:
             found = destination.backend.find_user(digest)
             if found != str(target):
                 raise TransferMismatch(
-                    f"a session of user {user} finds {found or 'no user'} in the destination, "
-                    f"not {target}"
+                    f"a session of user {exported} finds {found or 'no user'} in the "
+                    f"destination, not {target}"
                 )
     return importer.report
