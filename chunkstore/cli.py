@@ -1,7 +1,8 @@
 """The ``chunkstore`` command line (also ``python -m chunkstore``): inspect and maintain a store.
 
 Commands: ``ls``, ``show``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``, ``sweep``,
-``export``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help`` for their options.
+``export``, ``import``, ``copy``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help``
+for their options.
 
 Conventions:
 
@@ -11,14 +12,29 @@ Conventions:
 * The store is ``--db-url`` (or ``$CHUNKSTORE_URL``): any URL ``Store`` takes (``file:DIR``,
   ``sqlite:FILE``, or a bare path); ``--root PATH`` (or ``$CHUNKSTORE_ROOT``) is the file store
   at PATH. The CLI never creates a store: a directory without a ``FORMAT`` file, or a missing
-  database file, is an error.
+  database file, is an error. Two exceptions, because creating the destination is what a
+  user restoring a backup or moving to another backend asks for: ``import`` creates its store,
+  and ``copy`` its DST_URL, if plainly absent (a missing or empty directory, a missing SQLite
+  file in an existing directory; never a directory holding other files, and never a
+  PostgreSQL database, which is the operator's to create). It is created before the first
+  line is read: an import that fails on its first line leaves an empty store behind.
 * Exit codes: 0 success; 1 a chunkstore error (unknown id, storage failure...) or, for
   ``check``, problems that remain; 2 a usage error, or a root that is not a chunkstore store of a
   version this chunkstore reads. Errors are one line on stderr, never a traceback.
 * Nothing is removed for good without ``--yes`` (``rm --hard``, ``sweep``): the CLI never
   prompts, so it behaves the same in a terminal, a script and CI.
-* ``show --json`` and ``export`` write the same lines: a ``{"type": "conversation", ...}`` line
-  with the metadata, then a ``{"type": "message", "conversation_id": ..., ...}`` line per message.
+* ``export`` writes the chunkstore export format (``_transfer``: JSON Lines, version 1): a
+  header line, a ``{"type": "user", ...}`` line per user (its sessions as SHA-256 digests and
+  its conversation counter), then its conversations, soft-deleted ones included, each a
+  ``{"type": "conversation", ..., "last_seq"}`` line and a ``{"type": "message", ...}`` line
+  per seq (a deleted message as ``{..., "deleted": true}``). ``show --json`` writes a
+  conversation line and its messages' lines with every field of ``Conversation`` and
+  ``Message`` (``damaged`` included); ``import`` reads both.
+* ``import`` and ``copy`` are idempotent (what is there already is skipped; a conversation
+  is written whole or not at all, so an interrupted run simply runs again), print every id
+  they had to change (``old -> new``) as a note, every foreign conversation they skipped
+  (always, even with ``--quiet``: never silently), and a summary line on stderr. A skipped
+  conversation is not an error: the exit code stays 0.
 * ``check`` also lists the messages that read back ``interrupted`` (their writer died before
   sealing them: a crash, a killed process). They are a valid state, not corruption: they are
   reported as information and never change the exit code.
