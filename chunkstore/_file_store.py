@@ -846,6 +846,21 @@ class FileBackend:
             _fsio.create_exclusive(
                 os.path.join(tmp, segment_name), b"".join(segment), durable=False
             )
+        # Retention reads a conversation's last message time from the mtime of ``messages/``
+        # (``expired``): it must say when the messages were written, not when they were
+        # imported, as the SQL backends' ``last_message_at`` does.
+        latest = max(
+            (
+                r["timestamp"]
+                for item in data.messages
+                for r in item.records
+                if isinstance(r.get("timestamp"), str) and r["timestamp"]
+            ),
+            default=data.conversation.created_at,
+        )
+        with contextlib.suppress(ValueError, OverflowError):
+            stamp = _parse_time(latest).timestamp()
+            os.utime(mdir, (stamp, stamp))
         if durable:
             _fsio.fsync_dir(mdir)
 

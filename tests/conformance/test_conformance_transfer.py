@@ -14,12 +14,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pg_server  # on sys.path through this directory's conftest
 import pytest
 from conformance_support import open_store
-from conftest import BACKENDS
 
 from chunkstore import (
     ChunkstoreError,
@@ -131,8 +132,10 @@ def test_file_sqlite_postgresql_file_rebuilds_identically(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     urls = [
-        BACKENDS[name](tmp_path_factory.mktemp(name))
-        for name in ("file", "sqlite", "postgresql", "file")
+        str(tmp_path_factory.mktemp("file") / "store"),
+        f"sqlite:{tmp_path_factory.mktemp('sqlite') / 'chat.db'}",
+        pg_server.fresh_schema(),
+        str(tmp_path_factory.mktemp("file") / "store"),
     ]
     stores = [open_store(url) for url in urls]
     try:
@@ -426,3 +429,37 @@ def test_old_exports_without_header_or_user_lines_import(store: Store, tmp_path:
     assert message.status == "interrupted"  # no writer of it is alive here
     assert store.users() == ["us03"]
     assert store.check() == []
+
+
+def test_retention_sees_the_imported_times(make_url: Callable[[], str]) -> None:
+    """An old conversation imported today is as old as it was: a sweep judges it by its own
+    times (the file store's ``messages/`` mtime, the SQL backends' ``last_message_at``)."""
+    with open_store(make_url()) as target:
+        user = target.user_for("importer")
+        lines = [
+            {
+                "type": "conversation",
+                "id": None,
+                "user_id": None,
+                "title": "old",
+                "created_at": "2024-01-01T00:00:00.000000Z",
+                "updated_at": "2024-01-01T00:00:00.000000Z",
+                "metadata": {"source": "chatgpt", "source_id": "old"},
+                "last_seq": 1,
+            },
+            {
+                "type": "message",
+                "conversation_id": None,
+                "id": None,
+                "seq": 1,
+                "role": "user",
+                "content": "long ago",
+                "status": "complete",
+                "created_at": "2024-02-01T00:00:00.000000Z",
+                "completed_at": "2024-02-01T00:00:00.000000Z",
+            },
+        ]
+        import_lines(target, lines, user=user)
+        expired = target.sweep_retention(days=30, now=datetime(2024, 3, 15, tzinfo=UTC))
+        assert expired == [f"{user}-co01"]
+        assert target.sweep_retention(days=30, now=datetime(2024, 2, 20, tzinfo=UTC)) == []
