@@ -463,3 +463,42 @@ def test_retention_sees_the_imported_times(make_url: Callable[[], str]) -> None:
         expired = target.sweep_retention(days=30, now=datetime(2024, 3, 15, tzinfo=UTC))
         assert expired == [f"{user}-co01"]
         assert target.sweep_retention(days=30, now=datetime(2024, 2, 20, tzinfo=UTC)) == []
+
+
+def test_the_seam_refuses_what_is_taken_or_missing(store: Store) -> None:
+    """The backend methods an import stands on: a taken number is None (nothing written), a
+    missing user or conversation the usual errors, a digest keeps its user."""
+    from chunkstore import ConversationId, ConversationNotFound, UserNotFound
+    from chunkstore._backend import ConversationImport
+
+    backend = store.backend
+    alice = store.user_for("alice")
+    taken = UserId.parse(alice)
+    assert backend.import_user(taken, created_at="2024-01-01T00:00:00Z", sessions=[]) is None
+    assert store.users() == [alice]
+    # A digest already registered keeps its user; the new user gets the others.
+    new = backend.import_user(
+        UserId(5),
+        created_at="2024-01-01T00:00:00Z",
+        sessions=[_digest("alice"), _digest("eve")],
+        last_conversation=7,
+    )
+    assert new == "us05"
+    assert (store.find_user("alice"), store.find_user("eve")) == (alice, "us05")
+    (record,) = backend.user_records([UserId(5)])
+    assert (record.sessions, record.last_conversation) == ([_digest("eve")], 7)
+    assert store.create_conversation("us05").id == "us05-co08"
+    assert store.user_for("frank") == "us06"
+    empty = ConversationImport(store.get_conversation("us05-co08"), 0, [])
+    for call in (
+        lambda: backend.user_records([UserId(9)]),
+        lambda: backend.add_sessions(UserId(9), [_digest("x")]),
+        lambda: backend.import_conversation(UserId(9), None, empty),
+        lambda: backend.import_conversation(UserId(9), 3, empty),
+    ):
+        with pytest.raises(UserNotFound):
+            call()
+    assert backend.import_conversation(UserId(5), 8, empty) is None
+    assert backend.import_conversation(UserId(5), None, empty) == "us05-co09"
+    with pytest.raises(ConversationNotFound):
+        backend.dump_conversation(ConversationId(5, 42))
