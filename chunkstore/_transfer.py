@@ -528,7 +528,24 @@ class _Importer:
     def conversation(
         self, number: int, line: dict[str, Any], messages: list[tuple[int, dict[str, Any]]]
     ) -> None:
-        incoming = _incoming(number, line, messages)
+        try:
+            incoming = _incoming(number, line, messages)
+        except InvalidArgument as exc:
+            if line.get("id") is not None:
+                raise  # a chunkstore export that does not hold: the file is damaged
+            # A converted conversation the converter got wrong: the others still go in,
+            # and this one is reported, never dropped silently.
+            metadata = line.get("metadata")
+            source_id = metadata.get("source_id") if isinstance(metadata, dict) else None
+            title = line.get("title")
+            self.report.skipped.append(
+                SkippedConversation(
+                    source_id if isinstance(source_id, str) else None,
+                    title if isinstance(title, str) else None,
+                    f"not importable: {exc}",
+                )
+            )
+            return
         if incoming.exported_id is None:
             done = self.foreign(incoming)
         else:

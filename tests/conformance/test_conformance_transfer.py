@@ -340,6 +340,21 @@ def test_foreign_conversations_go_to_the_given_user_once(make_url: Callable[[], 
         assert again.conversations_imported == 0 and again.conversations_identical == 1
         with pytest.raises(InvalidArgument, match="needs a target user"):
             import_lines(target, foreign_lines(converted, ImportReport()))
+        # A converted conversation that does not hold is skipped and reported, the rest go in.
+        broken = [
+            {
+                **converted[0][0],
+                "last_seq": 0,
+                "metadata": {"source": "chatgpt", "source_id": "bad"},
+            },
+            *converted[0][1:],
+        ]
+        fixed = ImportReport()
+        import_lines(target, foreign_lines([broken], fixed), user=user, report=fixed)
+        (skipped,) = fixed.skipped
+        assert (skipped.source_id, skipped.title) == ("bad", "From ChatGPT")
+        assert "last_seq 0 is below message seq 2" in skipped.reason
+        assert fixed.conversations_imported == 0
         assert target.check() == []
 
 
