@@ -257,8 +257,10 @@ def test_import_to_a_missing_user_or_without_a_target(store: Store) -> None:
         "last_seq": 0,
     }
     user = store.user_for("x")
-    with pytest.raises(InvalidArgument, match="source_id"):
-        import_lines(store, [foreign], user=user)
+    # A converted conversation that does not hold is reported, not imported, not fatal.
+    (skipped,) = import_lines(store, [foreign], user=user).skipped
+    assert "needs metadata 'source' and 'source_id'" in skipped.reason
+    assert store.list_conversations(user).items == []
 
 
 @pytest.mark.parametrize(
