@@ -531,7 +531,7 @@ class _Importer:
         try:
             incoming = _incoming(number, line, messages)
         except InvalidArgument as exc:
-            if line.get("id") is not None:
+            if line.get("id") is not None or line.get("user_id") is not None:
                 raise  # a chunkstore export that does not hold: the file is damaged
             # A converted conversation the converter got wrong: the others still go in,
             # and this one is reported, never dropped silently.
