@@ -95,7 +95,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -103,6 +103,7 @@ from typing import IO, Any
 import orjson
 
 from . import _fsio, _locks
+from ._backend import ConversationDump, ConversationImport, UserRecord
 from ._exceptions import (
     ChunkstoreError,
     ConversationDeleted,
@@ -119,7 +120,16 @@ from ._ids import ConversationId, MessageId, UserId
 from ._migrations import Migration, migrate, statements
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._rebuild import TERMINAL, rebuild_message
-from ._sql import FIXABLE, KEEP_RECORDS_CHARS, conversations, dumps, first, from_line, line_of
+from ._sql import (
+    FIXABLE,
+    KEEP_RECORDS_CHARS,
+    conversations,
+    dumps,
+    first,
+    from_line,
+    import_rows,
+    line_of,
+)
 from ._writer import utc_now
 
 __all__ = ["MIGRATIONS", "SqliteBackend", "SqliteSink"]
@@ -564,6 +574,66 @@ class SqliteBackend:
             rows = self._conn().execute("SELECT id FROM users ORDER BY id").fetchall()
         return [str(UserId(n)) for (n,) in rows]
 
+    def user_records(self, users: Sequence[UserId]) -> list[UserRecord]:
+        out = []
+        with self._read("read users") as conn:
+            for user in users:
+                row = conn.execute(
+                    "SELECT created_at, last_conversation FROM users WHERE id = ?", (user.n,)
+                ).fetchone()
+                if row is None:
+                    raise UserNotFound(f"no user {user}")
+                digests = conn.execute(
+                    "SELECT digest FROM sessions WHERE user_id = ? ORDER BY digest", (user.n,)
+                ).fetchall()
+                out.append(UserRecord(str(user), row[0], [d for (d,) in digests], row[1]))
+        return out
+
+    def import_user(
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
+    ) -> str | None:
+        with self._write("import a user") as conn:
+            if user is None:
+                n: int = conn.execute(
+                    "INSERT INTO users (created_at, last_conversation) VALUES (?, ?) RETURNING id",
+                    (created_at, last_conversation),
+                ).fetchone()[0]
+            else:
+                # AUTOINCREMENT keeps the highest id ever used: a number given here is never
+                # handed out again by user_for.
+                row = conn.execute(
+                    "INSERT INTO users (id, created_at, last_conversation) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (user.n, created_at, last_conversation),
+                ).fetchone()
+                if row is None:
+                    return None
+                n = row[0]
+            conn.executemany(
+                "INSERT INTO sessions (digest, user_id) VALUES (?, ?) "
+                "ON CONFLICT (digest) DO NOTHING",
+                [(digest, n) for digest in sessions],
+            )
+        return str(UserId(n))
+
+    def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:
+        with self._write("register sessions") as conn:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user.n,)).fetchone() is None:
+                raise UserNotFound(f"no user {user}")
+            added = 0
+            for digest in sessions:
+                added += conn.execute(
+                    "INSERT INTO sessions (digest, user_id) VALUES (?, ?) "
+                    "ON CONFLICT (digest) DO NOTHING",
+                    (digest, user.n),
+                ).rowcount
+        return added
+
     # -- conversations ----------------------------------------------------------------------
 
     def create_conversation(
@@ -658,6 +728,80 @@ class SqliteBackend:
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
         return _conversation(conv.user, row)
+
+    def dump_conversation(self, conv: ConversationId) -> ConversationDump:
+        # Two reads: the metadata and counter, then the messages. A message written between
+        # them (a live store) only makes the counter look behind, which the messages say.
+        with self._errors(f"read {conv}"):
+            row = (
+                self._conn()
+                .execute(
+                    f"SELECT {_CONVERSATION_COLUMNS}, last_seq FROM conversations "
+                    "WHERE user_id = ? AND number = ?",
+                    (conv.user, conv.n),
+                )
+                .fetchone()
+            )
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        messages = self.messages(conv, 0, None)
+        last_seq = max(row[-1], messages[-1].seq if messages else 0)
+        return ConversationDump(_conversation(conv.user, row[:-1]), last_seq, messages)
+
+    def import_conversation(
+        self, user: UserId, number: int | None, data: ConversationImport
+    ) -> str | None:
+        """One write transaction: the user's counter, the conversation row, its message
+        and chunk rows all commit together or not at all."""
+        with self._write("import a conversation") as conn:
+            row = conn.execute(
+                "SELECT last_conversation, (SELECT max(number) FROM conversations "
+                "WHERE user_id = ?) FROM users WHERE id = ?",
+                (user.n, user.n),
+            ).fetchone()
+            if row is None:
+                raise UserNotFound(f"no user {user}")
+            if number is None:
+                number = max(row[0], row[1] or 0) + 1
+            elif (
+                conn.execute(
+                    "SELECT 1 FROM conversations WHERE user_id = ? AND number = ?",
+                    (user.n, number),
+                ).fetchone()
+                is not None
+            ):
+                return None
+            conn.execute(
+                "UPDATE users SET last_conversation = max(last_conversation, ?) WHERE id = ?",
+                (number, user.n),
+            )
+            c = data.conversation
+            message_rows, chunk_rows, latest = import_rows(user.n, number, data, utc_now())
+            conn.execute(
+                "INSERT INTO conversations (user_id, number, title, created_at, updated_at, "
+                "pinned, metadata, participants, deleted_at, last_seq, last_message_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user.n,
+                    number,
+                    c.title,
+                    c.created_at,
+                    c.updated_at,
+                    int(c.pinned),
+                    dumps(c.metadata),
+                    dumps(c.participants),
+                    c.deleted_at,
+                    data.last_seq,
+                    latest,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                "created_at, line, deleted_at) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
+                message_rows,
+            )
+            conn.executemany(_INSERT_CHUNK, chunk_rows)
+        return str(ConversationId(user.n, number))
 
     def remove_conversation(self, conv: ConversationId) -> None:
         with self._write(f"delete {conv}") as conn:
