@@ -761,10 +761,13 @@ class FileSearch:
 
 
 def _identity(path: str) -> tuple[int, int]:
-    """(device, inode) of the regular file ``path`` (never through a link): a connection is
-    reused only while its file is still the one under that name."""
-    fd, st = _fsio.open_regular(path)
-    os.close(fd)
+    """(device, inode) of the regular file ``path``: a connection is reused only while its
+    file is still the one under that name. From ``lstat``, never by opening the file: closing
+    any descriptor of a database drops every POSIX lock this process holds on it, SQLite's
+    included (another process could then checkpoint and delete the WAL under our feet)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise _fsio.NotRegularFile(path, _fsio.file_type(st.st_mode))
     return st.st_dev, st.st_ino
 
 
