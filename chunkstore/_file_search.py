@@ -186,6 +186,8 @@ class FileSearch:
         self._indexes: OrderedDict[int, _UserIndex] = OrderedDict()
         self._inflight: dict[int, int] = {}  # thread ident -> when its current write began
         self._pending: set[ConversationId] = set()
+        self._written: set[str] = set()  # indexes written since the lease's time last moved
+        self._renewing = False
         self._lease: IO[bytes] | None = None
         self._lease_path = ""
         self._lease_since = 0
@@ -264,9 +266,11 @@ class FileSearch:
         )
         try:
             conn.execute("PRAGMA journal_mode=WAL")
-            # A commit is durable when it returns unless the store never syncs: a lease's time
-            # moves past a write only once its index update is committed (module docstring).
-            conn.execute(f"PRAGMA synchronous={'FULL' if self._backend._durable else 'NORMAL'}")
+            # Commits are not synced one by one (a sync per write would double the cost of a
+            # durable write): a lease's time moves past them only once the WAL holding them
+            # is synced (``_finish_write``), so a power cut loses none that a lease does not
+            # cover. In WAL mode, NORMAL never corrupts the database.
+            conn.execute("PRAGMA synchronous=NORMAL")
             identity = _identity(path)
         except BaseException:
             conn.close()
@@ -407,8 +411,12 @@ class FileSearch:
             if not os.path.lexists(self._layout.sealed_file(mid)) or os.path.lexists(tombstone):
                 return
             if not _has_conversation(conn, conv.n):
-                self._index_conversation(conn, conv)
-                return
+                # Its first document: the row (and title) come with it. Earlier messages are
+                # indexed already (each had its update, or is pending or caught up later).
+                try:
+                    self._set_conversation(conn, conv, self._backend.get_conversation(conv))
+                except ConversationNotFound:
+                    return
             _drop_doc(conn, conv.n, seq)
             _insert_doc(conn, conv.n, seq, text)
 
@@ -433,17 +441,21 @@ class FileSearch:
             except ConversationNotFound:
                 _drop_conversation(conn, conv.n)
                 return
-            if not _has_conversation(conn, conv.n):
-                self._index_conversation(conn, conv)
-                return
-            conn.execute(
-                "UPDATE conversations SET deleted = ? WHERE n = ?", (int(meta.deleted), conv.n)
-            )
-            _drop_doc(conn, conv.n, _TITLE_SEQ)
-            if meta.title and _body(meta.title):
-                _insert_doc(conn, conv.n, _TITLE_SEQ, meta.title)
+            self._set_conversation(conn, conv, meta)
 
         self._end(conv, update)
+
+    def _set_conversation(
+        self, conn: sqlite3.Connection, conv: ConversationId, meta: Conversation
+    ) -> None:
+        """Index ``conv``'s soft-deletion flag and title as ``meta`` says."""
+        conn.execute(
+            "INSERT OR REPLACE INTO conversations(n, deleted) VALUES (?, ?)",
+            (conv.n, int(meta.deleted)),
+        )
+        _drop_doc(conn, conv.n, _TITLE_SEQ)
+        if meta.title and _body(meta.title):
+            _insert_doc(conn, conv.n, _TITLE_SEQ, meta.title)
 
     def conversation_removed(self, conv: ConversationId) -> None:
         def update(conn: sqlite3.Connection) -> None:
@@ -472,6 +484,8 @@ class FileSearch:
                     with index.lock, index.write() as conn:
                         if index.built():
                             update(conn)
+                    with self._lock:
+                        self._written.add(index.path)
             return True
         except Exception:
             # Never the user's failure: the write is stored. Re-read it from the files later.
@@ -509,17 +523,31 @@ class FileSearch:
                 self._lease is None
                 or self._inflight
                 or self._pending
+                or self._renewing
                 or now - self._lease_since < _RENEW_NS
             ):
                 return
             # No write of this process is in flight: every write it made so far is committed
-            # to the index (durably, see _open), and any write from now on begins after ``now``.
+            # to the index, and every write from now on begins after ``now``.
+            written, self._written = self._written, set()
+            self._renewing = True
+        try:
+            if self._backend._durable:
+                # Commits are not synced one by one (see _open): make those the lease covered
+                # durable before it stops covering them.
+                for path in written:
+                    _fsync_file(path + "-wal")
             new = os.path.join(self._writers_dir, f"{now}-{self._token}.lock")
-            try:
-                os.rename(self._lease_path, new)  # the flock belongs to the open file: it stays
-            except OSError:
-                return
-            self._lease_path, self._lease_since = new, now
+            with self._lock:
+                if self._lease is not None:
+                    os.rename(self._lease_path, new)  # the flock belongs to the open file
+                    self._lease_path, self._lease_since = new, now
+        except OSError:
+            with self._lock:
+                self._written |= written
+        finally:
+            with self._lock:
+                self._renewing = False
 
     # -- leases ------------------------------------------------------------------------------
 
@@ -769,6 +797,19 @@ def _identity(path: str) -> tuple[int, int]:
     if not stat.S_ISREG(st.st_mode):
         raise _fsio.NotRegularFile(path, _fsio.file_type(st.st_mode))
     return st.st_dev, st.st_ino
+
+
+def _fsync_file(path: str) -> None:
+    """Sync ``path`` if it exists. (A WAL file: SQLite holds no POSIX lock on it, so closing
+    our descriptor drops none of SQLite's locks, unlike one of the database itself.)"""
+    try:
+        fd, _ = _fsio.open_regular(path)
+    except FileNotFoundError:
+        return  # checkpointed into the database, which the checkpoint synced
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _has_conversation(conn: sqlite3.Connection, n: int) -> bool:
