@@ -78,8 +78,11 @@ _COMPANIONS = ("", "-wal", "-shm", "-journal")
 _INDEX_NAME = re.compile(r"us[1-9][0-9]*\.sqlite3\Z|us0[1-9]\.sqlite3\Z")
 _LEASE_NAME = re.compile(r"(\d+)-\d+-[0-9a-f]+\.lock\Z")
 _TITLE_SEQ = 0  # message seqs start at 1
-# bm25 scores are negative (lower is better): a title's score is multiplied by this.
-_TITLE_WEIGHT = 10.0
+# A document's id: its conversation number in the high bits, its seq (0: the title) in the low
+# 32, so one conversation's documents are one range of ids and rowid order is newest first.
+_SEQ_BITS = 32
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+_MAX_CONVERSATION = (1 << (63 - _SEQ_BITS)) - 1
 # A directory's mtime can lag the change by the filesystem's timestamp granularity.
 _MARGIN_NS = _fsio.SETTLED_NS
 # How old a lease gets before a process with no write in flight moves its time forward.
@@ -91,37 +94,71 @@ _CORRUPT = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB
 _SCHEMA = (
     "CREATE TABLE meta(key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
     "CREATE TABLE conversations(n INTEGER PRIMARY KEY, deleted INTEGER NOT NULL)",
-    "CREATE TABLE docs(id INTEGER PRIMARY KEY, conv INTEGER NOT NULL, seq INTEGER NOT NULL,"
-    " text TEXT NOT NULL)",
-    "CREATE UNIQUE INDEX docs_by_message ON docs(conv, seq)",
+    "CREATE INDEX soft_deleted ON conversations(n) WHERE deleted = 1",
+    "CREATE TABLE docs(id INTEGER PRIMARY KEY, text TEXT NOT NULL)",
     # detail=none: matching needs only which documents hold a word (no phrases, no NEAR), and
-    # the index is a third the size. bm25 still ranks by rarity and document length.
-    "CREATE VIRTUAL TABLE words USING fts5(body, tokenize='ascii', detail='none')",
+    # the index is a third the size. Titles and messages apart: titles rank first. Prefixes of
+    # 1 to 3 characters are indexed (see _match_expression).
+    "CREATE VIRTUAL TABLE titles USING fts5(body, tokenize='ascii', detail='none', prefix='1 2 3')",
+    "CREATE VIRTUAL TABLE messages USING fts5(body, tokenize='ascii', detail='none',"
+    " prefix='1 2 3')",
 )
+_TABLES = ("titles", "messages")
+_INDEXED_PREFIX = 3
+# A longer term is looked up in the vocabulary and matched as the words it starts, when they
+# are at most this many; else as a prefix.
+_EXPANDED_WORDS = 16
 
-# One match per conversation (its best document: SQLite takes the bare columns of a min()
-# aggregate from the row with the minimum), best first, newest conversation among ties.
-# (MATERIALIZED: bm25 only works in the query that scans the FTS table, never flattened.)
-_QUERY = f"""
-WITH m AS MATERIALIZED (SELECT rowid AS id, bm25(words) AS score FROM words WHERE words MATCH ?)
-SELECT best.conv, best.seq, docs.text FROM (
-    SELECT d.conv AS conv, d.seq AS seq, d.id AS id,
-           min(CASE WHEN d.seq = {_TITLE_SEQ} THEN m.score * {_TITLE_WEIGHT}
-                    ELSE m.score END) AS score
-    FROM m JOIN docs AS d ON d.id = m.id
-    JOIN conversations AS c ON c.n = d.conv
-    WHERE ? OR c.deleted = 0
-    GROUP BY d.conv
-) AS best JOIN docs ON docs.id = best.id
-ORDER BY best.score, best.conv DESC
-LIMIT ? OFFSET ?
-"""
+
+def _doc_id(n: int, seq: int) -> int:
+    return (n << _SEQ_BITS) | seq
+
+
+def _indexable(n: int, seq: int) -> bool:
+    """Whether a document fits an id (conversation below 2**31, seq below 2**32; beyond,
+    it is not searchable: no store holds that many)."""
+    return n <= _MAX_CONVERSATION and seq <= _SEQ_MASK
+
+
+def _quoted(word: str) -> str:
+    """A word as an FTS5 string: never syntax (terms hold only word characters; the doubling
+    is belt and braces)."""
+    return '"' + word.replace('"', '""') + '"'
 
 
 def fts_query(terms: Sequence[str]) -> str:
-    """The FTS5 query for ``terms``: each a quoted prefix, ANDed. Quoting makes every term a
-    string (never syntax); terms hold only word characters, the doubling is belt and braces."""
-    return " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+    """The plain FTS5 query for ``terms``: each a quoted prefix, ANDed."""
+    return " ".join(_quoted(term) + "*" for term in terms)
+
+
+def _match_expression(conn: sqlite3.Connection, table: str, terms: Sequence[str]) -> str | None:
+    """The FTS5 query for ``terms`` on ``table``, None if some term starts no word there.
+
+    Why not ``"term"*`` alone: FTS5 answers a prefix query by merging the document lists of
+    every word it starts into one list before the first row comes out, a cost in proportion
+    to the matches (milliseconds for a common word at 10,000 conversations), where a word
+    query streams and stops with the page. So a term of up to 3 characters uses the table's
+    prefix index (one list, streamed); a longer one is looked up in the vocabulary and, if
+    it starts a few words, becomes ``("w1" OR "w2" ...)`` of those words."""
+    parts = []
+    for term in terms:
+        if len(term) <= _INDEXED_PREFIX:
+            parts.append(_quoted(term) + "*")
+            continue
+        found = [
+            word
+            for (word,) in conn.execute(
+                f"SELECT term FROM temp.{table}_vocab WHERE term >= ? AND term < ? LIMIT ?",
+                (term, term + "\U0010ffff", _EXPANDED_WORDS + 1),
+            )
+        ]
+        if not found:
+            return None
+        if len(found) > _EXPANDED_WORDS:
+            parts.append(_quoted(term) + "*")
+        else:
+            parts.append("(" + " OR ".join(_quoted(word) for word in found) + ")")
+    return " AND ".join(parts)
 
 
 def _body(text: str) -> str:
@@ -271,6 +308,10 @@ class FileSearch:
             # is synced (``_finish_write``), so a power cut loses none that a lease does not
             # cover. In WAL mode, NORMAL never corrupts the database.
             conn.execute("PRAGMA synchronous=NORMAL")
+            for table in _TABLES:  # this connection's views of the vocabularies
+                conn.execute(
+                    f"CREATE VIRTUAL TABLE temp.{table}_vocab USING fts5vocab(main, {table}, row)"
+                )
             identity = _identity(path)
         except BaseException:
             conn.close()
@@ -661,9 +702,7 @@ class FileSearch:
         for attempt in range(2):
             index = self._ready(user)
             with index.lock:
-                rows = index.conn.execute(
-                    _QUERY, (fts_query(terms), int(include_deleted), limit, offset)
-                ).fetchall()
+                rows = _ranked(index.conn, terms, limit, offset, include_deleted)
             matches, drift = self._matches(user, rows, include_deleted)
             if not drift or attempt:
                 return matches
@@ -727,16 +766,11 @@ class FileSearch:
             if not index.built():
                 return []  # built from the files on the next search
             stored: dict[int, dict[int, str]] = {}
-            for conv, seq, text in index.conn.execute("SELECT conv, seq, text FROM docs"):
-                stored.setdefault(conv, {})[seq] = text
+            for doc, text in index.conn.execute("SELECT id, text FROM docs"):
+                stored.setdefault(doc >> _SEQ_BITS, {})[doc & _SEQ_MASK] = text
             flags = dict(index.conn.execute("SELECT n, deleted FROM conversations").fetchall())
-            # The FTS table must hold exactly the rows of docs.
-            (orphans,) = index.conn.execute(
-                "SELECT count(*) FROM words WHERE rowid NOT IN (SELECT id FROM docs)"
-            ).fetchone()
-            (missing,) = index.conn.execute(
-                "SELECT count(*) FROM docs WHERE id NOT IN (SELECT rowid FROM words)"
-            ).fetchone()
+            # The full-text tables must hold exactly the documents of docs.
+            (out_of_step,) = index.conn.execute(_OUT_OF_STEP).fetchone()
         present = self._conversation_numbers(user)
         drift = sorted((set(flags) | set(stored)) - set(present))
         for n in present:
@@ -748,9 +782,9 @@ class FileSearch:
             known = flags.get(n, None if not docs else -1)
             if stored.get(n, {}) != docs or known not in (None, int(meta.deleted)):
                 drift.append(n)
-        if not drift and not orphans and not missing:
+        if not drift and not out_of_step:
             return []
-        if orphans or missing:
+        if out_of_step:
             if fix:
                 with index.lock:
                     index.conn.execute("UPDATE meta SET value = 0 WHERE key = 'built'")
@@ -799,6 +833,61 @@ def _identity(path: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+_OUT_OF_STEP = f"""
+SELECT (SELECT count(*) FROM messages WHERE rowid NOT IN (SELECT id FROM docs))
+     + (SELECT count(*) FROM titles WHERE (rowid << {_SEQ_BITS}) NOT IN (SELECT id FROM docs))
+     + (SELECT count(*) FROM docs WHERE id & {_SEQ_MASK} != 0
+            AND id NOT IN (SELECT rowid FROM messages))
+     + (SELECT count(*) FROM docs WHERE id & {_SEQ_MASK} = 0
+            AND (id >> {_SEQ_BITS}) NOT IN (SELECT rowid FROM titles))
+"""
+
+
+def _ranked(
+    conn: sqlite3.Connection, terms: Sequence[str], limit: int, offset: int, include_deleted: bool
+) -> list[tuple[int, int, str]]:
+    """(conversation, seq, text) of the page ``offset``, ``limit`` of the ranking: the
+    conversations whose title matches, newest first, then those where only a message
+    matches, newest first, each with its latest matching message.
+
+    Both walks go in rowid order, newest first (a document's id starts with its
+    conversation's number) and stop once the page is full: a common word costs a page's worth
+    of rows, not one per match. Soft-deleted conversations are few: filtered from a set."""
+    need = offset + limit
+    deleted: set[int] = set()
+    if not include_deleted:
+        deleted = {n for (n,) in conn.execute("SELECT n FROM conversations WHERE deleted = 1")}
+    found: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    for table, shift in zip(_TABLES, (0, _SEQ_BITS), strict=True):
+        query = _match_expression(conn, table, terms)
+        if query is None:
+            continue
+        sql = f"SELECT rowid FROM {table} WHERE {table} MATCH ? ORDER BY rowid DESC"
+        cursor = conn.execute(sql, (query,))
+        try:
+            for (rowid,) in cursor:
+                n = rowid >> shift
+                if n in seen or n in deleted:
+                    continue
+                seen.add(n)
+                found.append((n, rowid & _SEQ_MASK if shift else _TITLE_SEQ))
+                if len(found) == need:
+                    break
+        finally:
+            cursor.close()
+        if len(found) == need:
+            break
+    page = found[offset:]
+    texts = dict(
+        conn.execute(
+            f"SELECT id, text FROM docs WHERE id IN ({','.join('?' * len(page))})",
+            [_doc_id(n, seq) for n, seq in page],
+        ).fetchall()
+    )
+    return [(n, seq, texts.get(_doc_id(n, seq), "")) for n, seq in page]
+
+
 def _fsync_file(path: str) -> None:
     """Sync ``path`` if it exists. (A WAL file: SQLite holds no POSIX lock on it, so closing
     our descriptor drops none of SQLite's locks, unlike one of the database itself.)"""
@@ -817,19 +906,29 @@ def _has_conversation(conn: sqlite3.Connection, n: int) -> bool:
 
 
 def _drop_doc(conn: sqlite3.Connection, n: int, seq: int) -> None:
-    conn.execute(
-        "DELETE FROM words WHERE rowid IN (SELECT id FROM docs WHERE conv = ? AND seq = ?)",
-        (n, seq),
-    )
-    conn.execute("DELETE FROM docs WHERE conv = ? AND seq = ?", (n, seq))
+    doc = _doc_id(n, seq) if _indexable(n, seq) else -1
+    conn.execute("DELETE FROM docs WHERE id = ?", (doc,))
+    if seq == _TITLE_SEQ:
+        conn.execute("DELETE FROM titles WHERE rowid = ?", (n,))
+    else:
+        conn.execute("DELETE FROM messages WHERE rowid = ?", (doc,))
 
 
 def _drop_conversation(conn: sqlite3.Connection, n: int) -> None:
-    conn.execute("DELETE FROM words WHERE rowid IN (SELECT id FROM docs WHERE conv = ?)", (n,))
-    conn.execute("DELETE FROM docs WHERE conv = ?", (n,))
+    if n <= _MAX_CONVERSATION:
+        first, last = _doc_id(n, 0), _doc_id(n, _SEQ_MASK)
+        conn.execute("DELETE FROM docs WHERE id BETWEEN ? AND ?", (first, last))
+        conn.execute("DELETE FROM messages WHERE rowid BETWEEN ? AND ?", (first, last))
+        conn.execute("DELETE FROM titles WHERE rowid = ?", (n,))
     conn.execute("DELETE FROM conversations WHERE n = ?", (n,))
 
 
 def _insert_doc(conn: sqlite3.Connection, n: int, seq: int, text: str) -> None:
-    cursor = conn.execute("INSERT INTO docs(conv, seq, text) VALUES (?, ?, ?)", (n, seq, text))
-    conn.execute("INSERT INTO words(rowid, body) VALUES (?, ?)", (cursor.lastrowid, _body(text)))
+    if not _indexable(n, seq):
+        return
+    doc = _doc_id(n, seq)
+    conn.execute("INSERT INTO docs(id, text) VALUES (?, ?)", (doc, text))
+    if seq == _TITLE_SEQ:
+        conn.execute("INSERT INTO titles(rowid, body) VALUES (?, ?)", (n, _body(text)))
+    else:
+        conn.execute("INSERT INTO messages(rowid, body) VALUES (?, ?)", (doc, _body(text)))

@@ -275,7 +275,7 @@ def test_check_reports_and_replaces_a_corrupt_index(root: str, user: str, lisbon
 
 def test_check_rebuilds_an_fts_table_out_of_step(root: str, user: str, lisbon: str) -> None:
     with sqlite3.connect(index_file(root)) as conn:
-        conn.execute("DELETE FROM words")
+        conn.execute("DELETE FROM messages")
     with Store(root, durability="none") as store:
         (problem,) = index_problems(store, fix=True)
         assert "full-text" in problem.detail
@@ -500,3 +500,17 @@ def test_close_removes_the_lease(root: str, lisbon: str) -> None:
 
 def test_the_fts_query_quotes_every_term() -> None:
     assert _file_search.fts_query(["lisbon", 'a"b']) == '"lisbon"* "a""b"*'
+
+
+def test_prefixes_short_long_expanded_and_not(store: Store, user: str) -> None:
+    many = store.create_conversation(user)
+    store.append_message(many.id, "user", " ".join(f"lisbon{i}" for i in range(40)))
+    accents = store.create_conversation(user)
+    store.append_message(accents.id, "user", "São João ÉVORA ﬁve")
+    for query in ("l", "li", "lis", "lisb", "lisbon", "lisbon3", "lisbon39"):  # 40 words: a prefix
+        assert ids(store, user, query) == [many.id], query
+    for query in ("sã", "são", "joã", "joão", "évo", "évora", "fi", "five"):
+        assert ids(store, user, query) == [accents.id], query
+    for query in ("lisbonx", "lisbon399", "joãoo", "sa", "evora"):
+        assert ids(store, user, query) == [], query
+    assert ids(store, user, "lisbon1 lisbon2") == [many.id]
