@@ -4,14 +4,20 @@ The files of format v1 stay the only truth; this index is an additive, derived f
 ``segment.jsonl`` (``users/README.md``, "Search index", is the contract). One SQLite database
 per user, ``<root>/.search/usNN.sqlite3`` (WAL), holds:
 
-* ``docs``: one row per searchable document, ``(conv, seq, text)``: seq 0 is the title, seq
-  N the text of finished message N (``complete`` or ``error``; ``Message.text``);
-* ``words``: an FTS5 table over the same rows (rowid = ``docs.id``), holding each document as
-  its folded words (``_search.words`` joined by spaces) under the ``ascii`` tokenizer, which
-  cuts only at those spaces: the engine never re-tokenizes, so it matches exactly the words
-  ``_search`` defines, and a term ``t`` is the prefix query ``"t"*``;
+* ``docs``: one row per searchable document, its id ``conversation << 32 | seq`` (seq 0: the
+  title; N: finished message N, ``complete`` or ``error``) and its text (``Message.text``);
+* ``titles`` and ``messages``: FTS5 tables over those documents (rowid: the conversation for a
+  title, the document id for a message), each document as its folded words
+  (``_search.words`` joined by spaces) under the ``ascii`` tokenizer, which cuts only at those
+  spaces: the engine never re-tokenizes, so it matches exactly the words ``_search`` defines;
 * ``conversations``: ``(n, deleted)``, the soft-deletion flag searches filter on;
 * ``meta``: the index version and whether the build finished.
+
+**Ranking** (this index's score, ``_search``): conversations whose title matches come first,
+then those where only a message does; within each, the newest conversation first; a message
+match shows the conversation's latest matching message. Both FTS tables are walked in rowid
+order, newest first, and the walk stops once the page is full: a search costs about a page's
+worth of rows whatever the number of matches (``_ranked``, ``_match_expression``).
 
 **Kept current.** ``FileBackend`` calls a hook right after each write that changes what is
 searchable (a finished message, a seal, a deleted message, a title, a soft or hard delete, a
@@ -30,8 +36,10 @@ dies; every search lists the leases, and one no longer held means its holder die
 index updates possibly missing. The finder re-reads every conversation (of every user with an
 index) whose directory or ``messages/`` changed since that time, drops the conversations gone
 from disk, and removes the lease. A live process moves its lease's time forward (a rename:
-the flock stays) when it has no write in flight, so the conversations re-read after a crash
-are those written in the last moments, not since the process started.
+the flock stays; at most every ``_RENEW_NS``) when it has no write in flight, once the WAL of
+every index it wrote is synced (commits are not synced one by one), so the conversations
+re-read after a crash, or a power cut, are those written in the last seconds, not since the
+process started.
 
 **Rebuilt when lost.** A missing index, one of another version, one a build did not finish,
 and a corrupt one are rebuilt from the files on the next search (in one transaction: a
