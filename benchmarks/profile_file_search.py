@@ -5,8 +5,9 @@ index's design rests on, for one user with N conversations (10,000 by default, S
 search under 50 ms), four messages each plus a title, built through ``Store`` with the index
 kept current:
 
-* search, warm (the store already open) and cold (a fresh process: open + first search), for a
-  rare term (one conversation), a common one (every conversation) and a common prefix;
+* search, warm (the store already open) and cold (a fresh process, after the import: open +
+  first search), for a rare term (one conversation), a common one (every conversation), a
+  common prefix and two terms;
 * what the index adds to a write: ``append_message`` and a streamed 400-token reply, with the
   index hooks against the same writes with the hooks switched off, per durability;
 * what the index costs when it is lost (a rebuild on the next search), after a crash (a dead
@@ -29,8 +30,11 @@ from typing import Any
 from chunkstore import Store
 from chunkstore._file_search import INDEX_DIR, FileSearch
 
-WORDS = [f"{a}{b}" for a in ("lis", "por", "sin", "coi", "bra", "fa", "ev", "avei") for b in
-         ("bon", "to", "tra", "mbra", "ga", "ro", "ora", "ro", "x", "y", "z", "q")]
+WORDS = [
+    f"{a}{b}"
+    for a in ("lis", "por", "sin", "coi", "bra", "fa", "ev", "avei")
+    for b in ("bon", "to", "tra", "mbra", "ga", "ro", "ora", "ro", "x", "y", "z", "q")
+]
 
 
 def median_ms(fn: Callable[[], Any], runs: int) -> float:
@@ -67,8 +71,8 @@ QUERIES = {"rare": "rarissimo", "common": "hello", "common prefix": "li", "two t
 
 COLD = """
 import sys, time
-start = time.perf_counter()
 from chunkstore import Store
+start = time.perf_counter()
 store = Store(sys.argv[1], durability="none")
 page = store.search("us01", sys.argv[2])
 print((time.perf_counter() - start) * 1000, len(page))
@@ -88,46 +92,50 @@ def searches(root: str, user: str) -> None:
                 cold.append(float(out.stdout.split()[0]))
             print(
                 f"search {name:14} ({query!r}, {hits} hits on page 1): warm {warm:6.2f} ms, "
-                f"cold process (import + open + search) {statistics.median(cold):6.1f} ms"
+                f"cold (fresh process: open + search) {statistics.median(cold):6.1f} ms"
             )
 
 
 def write_cost(base: str) -> None:
     for durability in ("none", "message", "chunk"):
-        root = os.path.join(base, f"w-{durability}")
-        with Store(root, durability=durability, chunk_tokens=60, flush_interval=None) as store:
-            user = store.user_for("w")
-            convs = [store.create_conversation(user, title="t").id for _ in range(20)]
-            store.search(user, "x")  # the index exists
-            search = store._backend._search  # type: ignore[attr-defined]
-            rng = random.Random(1)
-
-            def append() -> None:
-                store.append_message(rng.choice(convs), "user", "some words of a user message")
-
-            def reply() -> None:
-                with store.stream_message(rng.choice(convs)) as writer:
-                    for _ in range(400):
-                        writer.append("tok ")
-
-            results = {}
-            for label, fn, runs in (("append", append, 300), ("reply", reply, 40)):
-                on, off = [], []
-                for _ in range(5):  # alternate rounds: drift in the machine hits both
-                    on.append(median_ms(fn, runs // 5))
-                    saved = FileSearch._apply
-                    FileSearch._apply = lambda self, conv, update: True  # type: ignore[method-assign]
-                    try:
-                        off.append(median_ms(fn, runs // 5))
-                    finally:
-                        FileSearch._apply = saved  # type: ignore[method-assign]
-                results[label] = (statistics.median(on), statistics.median(off))
-            del search
+        results = _write_cost(os.path.join(base, f"w-{durability}"), durability)
         for label, (on, off) in results.items():
             print(
                 f"write {label:6} durability={durability:7}: {on:6.3f} ms with the index, "
                 f"{off:6.3f} ms without (+{(on - off) * 1000:5.0f} us)"
             )
+
+
+def _write_cost(root: str, durability: str) -> dict[str, tuple[float, float]]:
+    """Median ms of a write with the index hooks and without (``_apply`` a no-op), in
+    alternating rounds so that drift in a shared machine hits both."""
+    with Store(root, durability=durability, chunk_tokens=60, flush_interval=None) as store:
+        user = store.user_for("w")
+        convs = [store.create_conversation(user, title="t").id for _ in range(20)]
+        store.search(user, "x")  # the index exists
+        rng = random.Random(1)
+
+        def append() -> None:
+            store.append_message(rng.choice(convs), "user", "some words of a user message")
+
+        def reply() -> None:
+            with store.stream_message(rng.choice(convs)) as writer:
+                for _ in range(400):
+                    writer.append("tok ")
+
+        results = {}
+        for label, fn, runs in (("append", append, 300), ("reply", reply, 40)):
+            on, off = [], []
+            for _ in range(5):
+                on.append(median_ms(fn, runs // 5))
+                saved = FileSearch._apply
+                FileSearch._apply = lambda self, conv, update: True  # type: ignore[method-assign]
+                try:
+                    off.append(median_ms(fn, runs // 5))
+                finally:
+                    FileSearch._apply = saved  # type: ignore[method-assign]
+            results[label] = (statistics.median(on), statistics.median(off))
+    return results
 
 
 def recovery(root: str, user: str) -> None:
@@ -138,8 +146,10 @@ def recovery(root: str, user: str) -> None:
 
         start = time.perf_counter()
         search.catch_up(UserId.parse(user), time.time_ns())  # lstats only: nothing changed
-        print(f"catch-up after a dead lease, nothing changed: "
-              f"{(time.perf_counter() - start) * 1000:.1f} ms")
+        print(
+            f"catch-up after a dead lease, nothing changed: "
+            f"{(time.perf_counter() - start) * 1000:.1f} ms"
+        )
         start = time.perf_counter()
         problems = search.check(fix=False)
         print(f"check of the index alone: {(time.perf_counter() - start):.2f} s ({problems})")
@@ -150,9 +160,11 @@ def recovery(root: str, user: str) -> None:
     with Store(root, durability="none") as store:
         start = time.perf_counter()
         store.search(user, "hello")
-        print(f"rebuild from the files (index deleted) + search: "
-              f"{(time.perf_counter() - start):.2f} s, index "
-              f"{os.path.getsize(os.path.join(index, f'{user}.sqlite3')) / 1e6:.1f} MB")
+        print(
+            f"rebuild from the files (index deleted) + search: "
+            f"{(time.perf_counter() - start):.2f} s, index "
+            f"{os.path.getsize(os.path.join(index, f'{user}.sqlite3')) / 1e6:.1f} MB"
+        )
 
 
 def main() -> None:

@@ -346,19 +346,8 @@ class FileSearch:
             _fsio.unlink_quietly(self.index_path(user) + suffix)
 
     def _ready(self, user: UserId) -> _UserIndex:
-        """``user``'s index, built from the files if it is missing, unfinished, of another
-        version or corrupt."""
-        index = self._open(user, create=True)
-        assert index is not None
-        try:
-            with index.lock:
-                if not index.built():
-                    self._build(user, index)
-            return index
-        except sqlite3.DatabaseError as exc:
-            if not _is_corrupt(exc):
-                raise
-        self._discard(user, index)
+        """``user``'s index, built from the files if it is missing, unfinished or of another
+        version. (A corrupt one raises: the caller discards it and asks again.)"""
         index = self._open(user, create=True)
         assert index is not None
         with index.lock:

@@ -514,3 +514,48 @@ def test_prefixes_short_long_expanded_and_not(store: Store, user: str) -> None:
     for query in ("lisbonx", "lisbon399", "joãoo", "sa", "evora"):
         assert ids(store, user, query) == [], query
     assert ids(store, user, "lisbon1 lisbon2") == [many.id]
+
+
+def test_durable_leases_and_renewals_sync(
+    root: str, lisbon: str, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[str] = []
+    real_fsync = _file_search._fsync_file
+    monkeypatch.setattr(
+        _file_search, "_fsync_file", lambda path: (synced.append(path), real_fsync(path))
+    )
+    monkeypatch.setattr(_file_search, "_RENEW_NS", 0)
+    with Store(root, durability="chunk") as store:
+        store.append_message(lisbon, "user", "first")
+        search = backend(store)._search
+        first = search._lease_since
+        store.append_message(lisbon, "user", "second")
+        assert search._lease_since > first
+        assert synced and all(path.endswith("us01.sqlite3-wal") for path in synced)
+        assert ids(store, user, "second") == [lisbon]
+
+
+def test_many_users_share_a_bounded_pool_of_connections(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_file_search, "_OPEN_INDEXES", 2)
+    users = [store.user_for(f"p{i}") for i in range(4)]
+    convs = [store.create_conversation(u, title=f"mine {u}").id for u in users]
+    for _ in range(2):
+        for u, conv in zip(users, convs, strict=True):
+            assert ids(store, u, "mine") == [conv]
+    assert len(backend(store)._search._indexes) == 2
+
+
+def test_a_lost_lease_is_not_fatal(
+    store: Store, user: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_file_search._locks, "hold_writer_lock", refuse)
+    fresh = Store(store._backend.root, durability="none")  # type: ignore[attr-defined]
+    conv = fresh.create_conversation(user, title="no lease")
+    assert backend(fresh)._search._lease is None
+    assert ids(fresh, user, "lease") == [conv.id]
+    fresh.close()
