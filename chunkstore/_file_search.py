@@ -425,7 +425,10 @@ class FileSearch:
 
     def begin(self) -> None:
         """A write that may change what is searchable is about to touch the files: hold the
-        lease (its time must not be later than this write) and note when it began."""
+        lease (its time must not be later than this write) and note when it began, per thread
+        (each thread makes one write at a time). A write that raises before its hook leaves
+        its note until the thread's next write ends: the lease only stays older, which is
+        safe."""
         if self._lease is None:
             try:
                 self._take_lease()
@@ -436,10 +439,11 @@ class FileSearch:
 
     def message_finished(self, conv: ConversationId, message: Message) -> None:
         """A message was stored finished (appended whole, or sealed)."""
-        if message.status not in TERMINAL or not _body(message.text):
+        seq, text = message.seq, message.text
+        body = _body(text) if message.status in TERMINAL else ""
+        if not body:
             self._end(conv, None)
             return
-        seq, text = message.seq, message.text
 
         def update(conn: sqlite3.Connection) -> None:
             # Read inside the transaction: a deletion of this message (its tombstone) or of
@@ -456,7 +460,7 @@ class FileSearch:
                 except ConversationNotFound:
                     return
             _drop_doc(conn, conv.n, seq)
-            _insert_doc(conn, conv.n, seq, text)
+            _insert_doc(conn, conv.n, seq, text, body)
 
         self._end(conv, update)
 
@@ -920,12 +924,16 @@ def _drop_conversation(conn: sqlite3.Connection, n: int) -> None:
     conn.execute("DELETE FROM conversations WHERE n = ?", (n,))
 
 
-def _insert_doc(conn: sqlite3.Connection, n: int, seq: int, text: str) -> None:
+def _insert_doc(
+    conn: sqlite3.Connection, n: int, seq: int, text: str, body: str | None = None
+) -> None:
+    """Index document ``seq`` of conversation ``n``; ``body`` is ``_body(text)`` if known."""
     if not _indexable(n, seq):
         return
     doc = _doc_id(n, seq)
+    body = _body(text) if body is None else body
     conn.execute("INSERT INTO docs(id, text) VALUES (?, ?)", (doc, text))
     if seq == _TITLE_SEQ:
-        conn.execute("INSERT INTO titles(rowid, body) VALUES (?, ?)", (n, _body(text)))
+        conn.execute("INSERT INTO titles(rowid, body) VALUES (?, ?)", (n, body))
     else:
-        conn.execute("INSERT INTO messages(rowid, body) VALUES (?, ?)", (doc, _body(text)))
+        conn.execute("INSERT INTO messages(rowid, body) VALUES (?, ?)", (doc, body))
