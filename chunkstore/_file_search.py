@@ -59,8 +59,9 @@ import sqlite3
 import stat
 import threading
 import time
+import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING
 
 from . import _fsio, _locks
@@ -75,7 +76,7 @@ if TYPE_CHECKING:
 
 _Update = Callable[[sqlite3.Connection], None]
 
-__all__ = ["INDEX_DIR", "INDEX_VERSION", "FileSearch"]
+__all__ = ["INDEX_DIR", "INDEX_VERSION", "Digest", "FileSearch", "digest", "searchable"]
 
 INDEX_VERSION = 1
 INDEX_DIR = ".search"
@@ -126,6 +127,33 @@ def _indexable(n: int, seq: int) -> bool:
     """Whether a document fits an id (conversation below 2**31, seq below 2**32; beyond,
     it is not searchable: no store holds that many)."""
     return n <= _MAX_CONVERSATION and seq <= _SEQ_MASK
+
+
+# What the index should hold of one conversation: its soft-deletion flag (0 or 1) and, per
+# searchable document (seq 0: the title), the CRC-32 of its text.
+Digest = tuple[int, dict[int, int]]
+
+
+def searchable(meta: Conversation, messages: Iterable[Message]) -> dict[int, str]:
+    """seq -> text of a conversation's searchable documents: its title (seq 0) and its
+    finished messages (``messages`` are those not deleted), each if it has a word."""
+    docs = {}
+    if meta.title and _body(meta.title):
+        docs[_TITLE_SEQ] = meta.title
+    for message in messages:
+        if message.status in TERMINAL:
+            text = message.text
+            if _body(text):
+                docs[message.seq] = text
+    return docs
+
+
+def digest(meta: Conversation, docs: Mapping[int, str]) -> Digest:
+    return int(meta.deleted), {seq: _crc(text) for seq, text in docs.items()}
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
 
 def _quoted(word: str) -> str:
@@ -397,15 +425,7 @@ class FileSearch:
             messages = backend.messages(conv, 0, None)
         except ConversationNotFound:
             return None
-        docs = {}
-        if meta.title and _body(meta.title):
-            docs[_TITLE_SEQ] = meta.title
-        for message in messages:
-            if message.status in TERMINAL:
-                text = message.text
-                if _body(text):
-                    docs[message.seq] = text
-        return meta, docs
+        return meta, searchable(meta, messages)
 
     def _index_conversation(self, conn: sqlite3.Connection, conv: ConversationId) -> None:
         """Replace what the index holds of ``conv`` by what its files say. Caller is in a
@@ -739,15 +759,19 @@ class FileSearch:
 
     # -- integrity ---------------------------------------------------------------------------
 
-    def check(self, fix: bool) -> list[Problem]:
+    def check(
+        self, fix: bool, known: Mapping[ConversationId, Digest] | None = None
+    ) -> list[Problem]:
         """Compare every user's index with the files (``index`` problems); ``fix`` re-reads the
         conversations that drifted, and replaces a corrupt or planted index by a rebuilt one.
-        Costs a read of every conversation, like the rest of ``check``."""
+
+        ``known``: the digests of conversations the caller already read (``check`` walks every
+        conversation: ``_check`` hands them over, so none is read twice); others are read."""
         problems = []
         for user in self._indexed_users():
             path = self.index_path(user)
             try:
-                problems += self._check_user(user, path, fix)
+                problems += self._check_user(user, path, fix, known or {})
             except (sqlite3.DatabaseError, OSError, ChunkstoreError) as exc:
                 if fix:
                     self._discard(user, self._indexes.get(user.n))
@@ -755,7 +779,9 @@ class FileSearch:
                 problems.append(Problem(path, "index", detail, fixed=fix))
         return problems
 
-    def _check_user(self, user: UserId, path: str, fix: bool) -> list[Problem]:
+    def _check_user(
+        self, user: UserId, path: str, fix: bool, known: Mapping[ConversationId, Digest]
+    ) -> list[Problem]:
         for suffix in _COMPANIONS:
             with contextlib.suppress(FileNotFoundError):
                 if not stat.S_ISREG(os.lstat(path + suffix).st_mode):
@@ -766,22 +792,26 @@ class FileSearch:
         with index.lock:
             if not index.built():
                 return []  # built from the files on the next search
-            stored: dict[int, dict[int, str]] = {}
+            stored: dict[int, dict[int, int]] = {}
             for doc, text in index.conn.execute("SELECT id, text FROM docs"):
-                stored.setdefault(doc >> _SEQ_BITS, {})[doc & _SEQ_MASK] = text
+                stored.setdefault(doc >> _SEQ_BITS, {})[doc & _SEQ_MASK] = _crc(text)
             flags = dict(index.conn.execute("SELECT n, deleted FROM conversations").fetchall())
             # The full-text tables must hold exactly the documents of docs.
             (out_of_step,) = index.conn.execute(_OUT_OF_STEP).fetchone()
         present = self._conversation_numbers(user)
         drift = sorted((set(flags) | set(stored)) - set(present))
         for n in present:
-            found = self._documents(ConversationId(user.n, n))
-            if found is None:
-                continue
-            meta, docs = found
+            conv = ConversationId(user.n, n)
+            expected = known.get(conv)
+            if expected is None:
+                found = self._documents(conv)
+                if found is None:
+                    continue
+                expected = digest(*found)
+            deleted, docs = expected
             # A conversation without documents needs no row (a message's insert adds it).
-            known = flags.get(n, None if not docs else -1)
-            if stored.get(n, {}) != docs or known not in (None, int(meta.deleted)):
+            flag = flags.get(n, None if not docs else -1)
+            if stored.get(n, {}) != docs or flag not in (None, deleted):
                 drift.append(n)
         if not drift and not out_of_step:
             return []

@@ -875,7 +875,9 @@ class FileBackend:
         """Walk the store and report every broken invariant; ``fix`` repairs what is safe."""
         from ._check import check_store
 
-        return check_store(self, self._layout, fix=fix) + self._search.check(fix)
+        documents: dict[ConversationId, Any] = {}
+        problems = check_store(self, self._layout, fix=fix, documents=documents)
+        return problems + self._search.check(fix, documents)
 
 
 def _parse_time(text: str) -> datetime:
