@@ -265,6 +265,23 @@ class FileSearch:
         self._lease_path = ""
         self._lease_since = 0
         self._token = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._pid = os.getpid()
+
+    def _forked(self) -> None:
+        """In a child forked while this index was open: leave the parent's connections and
+        lease alone (a SQLite connection must not cross a fork; closing it here could even
+        drop locks SQLite relies on) and start afresh, with a lease of this process's own."""
+        if os.getpid() == self._pid:
+            return
+        self._lock = threading.Lock()  # it may have been held by another thread at the fork
+        self._indexes = OrderedDict()
+        self._inflight = {}
+        self._pending = set()
+        self._written = set()
+        self._renewing = False
+        self._lease, self._lease_path, self._lease_since = None, "", 0
+        self._token = f"{os.getpid()}-{secrets.token_hex(6)}"
+        self._pid = os.getpid()
 
     # -- paths and planted files -------------------------------------------------------------
 
@@ -313,6 +330,7 @@ class FileSearch:
     def _open(self, user: UserId, create: bool) -> _UserIndex | None:
         """This process's connection to ``user``'s index (None if it has no index file and
         ``create`` is false). Reopened if the file was replaced (a rebuild elsewhere)."""
+        self._forked()
         path = self.index_path(user)
         with self._lock:
             found = self._indexes.get(user.n)
@@ -449,6 +467,7 @@ class FileSearch:
         (each thread makes one write at a time). A write that raises before its hook leaves
         its note until the thread's next write ends: the lease only stays older, which is
         safe."""
+        self._forked()
         if self._lease is None:
             try:
                 self._take_lease()
@@ -837,6 +856,7 @@ class FileSearch:
     def close(self) -> None:
         """Close the databases and give up the lease (removed: nothing is left to catch up,
         unless an update failed, in which case the lease stays for the next opener)."""
+        self._forked()
         with contextlib.suppress(Exception):
             self._retry_pending()
         with self._lock:

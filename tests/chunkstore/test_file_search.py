@@ -559,3 +559,28 @@ def test_a_lost_lease_is_not_fatal(
     assert backend(fresh)._search._lease is None
     assert ids(fresh, user, "lease") == [conv.id]
     fresh.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX")
+def test_a_forked_child_uses_its_own_connections_and_lease(
+    store: Store, user: str, lisbon: str, root: str
+) -> None:
+    parent_lease = backend(store)._search._lease_path
+    store.append_message(lisbon, "user", "before the fork")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit status
+        code = 1
+        try:
+            store.append_message(lisbon, "user", "from the child")
+            ok = ids(store, user, "child") == [lisbon] and ids(store, user, "before") == [lisbon]
+            ok = ok and backend(store)._search._lease_path != parent_lease
+            store.close()
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert ids(store, user, "child") == [lisbon]
+    assert ids(store, user, "fork") == [lisbon]
+    assert os.path.exists(parent_lease)
+    assert index_problems(store) == []
