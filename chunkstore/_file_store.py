@@ -36,6 +36,7 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
+from ._file_search import FileSearch
 from ._ids import (
     MAX_DIGITS,
     ConversationId,
@@ -51,6 +52,7 @@ from ._metadata import Damage, conversation_record, damaged_conversation, read_c
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._reader import ConversationReader, conversation_io, list_message_files
 from ._rebuild import TERMINAL, message_to_line, rebuild_message
+from ._search import SearchMatch
 from ._writer import utc_now
 
 __all__ = ["FileBackend", "FileSink"]
@@ -60,6 +62,8 @@ _META_CACHE_SIZE = 8192
 # instead (~0.5 us per entry): a few hundred microseconds at most, against ~5 ms at 10,000.
 _PROBE_MISSES = 128
 _MAX_NUMBER = 10**MAX_DIGITS - 1
+# The conversation fields the search index holds (a title; a soft deletion filters).
+_SEARCHED = frozenset({"title", "deleted_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,12 +153,17 @@ class FileBackend:
             tuple[tuple[int, int, int, int] | None, tuple[int, int, int, int] | None, Conversation],
         ] = {}
         self._open_root()
+        # The derived search index (``_file_search``): each write below that changes what is
+        # searchable calls ``begin()`` before touching the files and a hook once they are written.
+        self._search = FileSearch(self)
 
     def describe(self) -> str:
         return self.root
 
     def close(self) -> None:
-        """Nothing to release: files are opened per call, locks per operation."""
+        """Files are opened per call, locks per operation: only the search index's databases
+        and its lease are held."""
+        self._search.close()
 
     def ping(self) -> None:
         # An empty file can be created on a full disk (it needs an inode, not a block): the
@@ -389,6 +398,7 @@ class FileBackend:
         max_conversations: int | None,
     ) -> Conversation:
         self._require_user(user)
+        self._search.begin()
         with _locks.exclusive(self._layout.user_lock(user), self.lock_timeout):
             limit = max_conversations
             if limit is not None and len(self._conversation_numbers(user)) >= limit:
@@ -414,6 +424,7 @@ class FileBackend:
                 participants=participants,
             )
             self._create_conversation_dir(conv, conversation)
+        self._search.conversation_changed(conv, searchable=title is not None)
         return conversation
 
     def _next_conversation_number(self, user: UserId, user_record: dict[str, Any]) -> int:
@@ -744,6 +755,7 @@ class FileBackend:
         # Read-modify-write under the conversation lock: no concurrent update is lost.
         # A damaged conversation's record (rebuilt, ``_metadata``) is written whole, so the
         # update repairs it: what the damaged file held beyond that is lost either way.
+        self._search.begin()
         with self._conversation_lock(conv):
             current = self._read_conversation(conv)
             updated = replace(current, updated_at=utc_now(), damaged=False, **changes)
@@ -752,6 +764,7 @@ class FileBackend:
                 _records.encode_line(conversation_record(updated)),
                 durable=self._durable,
             )
+        self._search.conversation_changed(conv, searchable=bool(_SEARCHED & changes.keys()))
         return updated
 
     def _conversation_lock(self, conv: ConversationId) -> Any:
@@ -780,6 +793,7 @@ class FileBackend:
         it is indistinguishable from one written message by message, and a crash leaves it
         whole or absent (a temp directory ``check --fix`` removes)."""
         self._require_user(user)
+        self._search.begin()
         with _locks.exclusive(self._layout.user_lock(user), self.lock_timeout):
             user_record = self._read_user(user)
             if number is None:
@@ -805,6 +819,7 @@ class FileBackend:
             )
         self._reader.forget(conv)
         self._next_seq_hint.pop(conv, None)
+        self._search.conversation_imported(conv)
         return str(conv)
 
     def _write_messages(self, tmp: str, conv: ConversationId, data: ConversationImport) -> None:
@@ -869,6 +884,7 @@ class FileBackend:
             raise ConversationNotFound(f"no conversation {conv}")
         final = self._layout.conversation_dir(conv)
         parent = os.path.dirname(final)
+        self._search.begin()
         trash = os.path.join(
             parent, f".trash-{conv}{_fsio.TEMP_MARKER}{os.getpid()}-{time.time_ns()}"
         )
@@ -892,6 +908,7 @@ class FileBackend:
                 # report the failure as the StorageError callers expect, not a bare OSError.
                 raise StorageError.wrap(exc, f"cannot sync the deletion of {conv}") from exc
         shutil.rmtree(trash, ignore_errors=True)
+        self._search.conversation_removed(conv)
 
     def expired(self, cutoff: datetime) -> list[str]:
         expired = []
@@ -921,6 +938,7 @@ class FileBackend:
     def append_message(
         self, conv: ConversationId, record: dict[str, Any], *, max_messages: int | None
     ) -> Message:
+        self._search.begin()
         with self._conversation_lock(conv):
             mid = self._claim_seq(conv, max_messages)
             record["messageId"] = str(mid)
@@ -933,6 +951,7 @@ class FileBackend:
             message = rebuild_message(str(mid), mid.seq, [record], writer_alive=False)
             self._append_segment(conv, message)
         self._reader.remember(conv, message)
+        self._search.message_finished(conv, message)
         return message
 
     def open_stream(self, conv: ConversationId, *, role: str, max_messages: int | None) -> FileSink:
@@ -953,6 +972,7 @@ class FileBackend:
         with self._conversation_lock(conv):
             self._append_segment(conv, message)
         self._reader.remember(conv, message)
+        self._search.message_finished(conv, message)
 
     def _claim_seq(self, conv: ConversationId, limit: int | None) -> MessageId:
         """The next free message seq. Caller holds the conversation lock.
@@ -1015,6 +1035,7 @@ class FileBackend:
         with ``O_EXCL``, under the conversation's lock). Readers skip a tombstoned seq; its
         files stay (they keep the seq claimed) until the conversation is hard-deleted."""
         mid = MessageId(conv.user, conv.n, seq)
+        self._search.begin()
         with self._conversation_lock(conv):
             if self._read_conversation(conv).deleted:
                 raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
@@ -1041,7 +1062,24 @@ class FileBackend:
             except FileExistsError:
                 return False
         self._reader.forget(conv)
+        self._search.message_deleted(conv, seq)
         return True
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        user: UserId,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        offset: int,
+        include_deleted: bool,
+    ) -> list[SearchMatch]:
+        """From the derived index (``_file_search``), caught up with the files first."""
+        return self._search.search(
+            user, terms, limit=limit, offset=offset, include_deleted=include_deleted
+        )
 
     # -- integrity ----------------------------------------------------------------------------
 
@@ -1049,7 +1087,9 @@ class FileBackend:
         """Walk the store and report every broken invariant; ``fix`` repairs what is safe."""
         from ._check import check_store
 
-        return check_store(self, self._layout, fix=fix)
+        documents: dict[ConversationId, Any] = {}
+        problems = check_store(self, self._layout, fix=fix, documents=documents)
+        return problems + self._search.check(fix, documents)
 
 
 def _is_digest(text: str) -> bool:
@@ -1094,6 +1134,7 @@ class FileSink:
 
     def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
         self._check_open()
+        self._backend._search.begin()
         try:
             records = self._read_back() + [last]
             sealed = {"v": 1, "messageId": str(self._id), "sealed": True, "records": records}
