@@ -15,10 +15,11 @@ from typing import Any
 
 import orjson
 
-__all__ = ["CorruptRecord", "decode", "decode_lines", "encode", "encode_line"]
+__all__ = ["CorruptRecord", "decode", "decode_line", "decode_lines", "encode", "encode_line"]
 
 _SUFFIX_LEN = len(b',"crc":"00000000"}')
 _SUFFIX_HEAD = b',"crc":"'
+_LINE_SUFFIX = b',"crc":"%08x"}\n'  # a segment line's end, ``%`` its checksum
 
 
 class CorruptRecord(ValueError):
@@ -59,17 +60,35 @@ def decode(data: bytes) -> dict[str, Any]:
     return record
 
 
-def decode_lines(data: bytes) -> Iterator[dict[str, Any]]:
+def decode_line(line: bytes) -> dict[str, Any] | None:
+    """``decode`` for one whole line (newline included), or None if it fails: the per-line
+    check of ``decode_lines``, for a reader that parses a segment's lines one by one."""
+    cut = len(line) - _SUFFIX_LEN - 1
+    if cut <= 0 or line[cut:] != _LINE_SUFFIX % zlib.crc32(line[:cut]):
+        return None
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    del record["crc"]
+    return record
+
+
+def decode_lines(data: bytes, start: int = 0) -> Iterator[dict[str, Any]]:
     """``decode`` for every line of ``data`` in order, skipping the lines that fail it.
 
     The bulk form, for a whole segment: ``BytesIO`` finds the lines in C and hands out one
     short-lived copy at a time (splitting all lines up front allocates the whole file again,
     and on a VM fresh memory costs a page fault per 4 KiB). A last line without its newline
-    is not whole and is skipped.
+    is not whole and is skipped. ``start``: where the first line starts (no copy is made).
     """
     crc32, loads, suffix_len = zlib.crc32, orjson.loads, _SUFFIX_LEN + 1
-    suffix = b',"crc":"%08x"}\n'
-    for line in io.BytesIO(data):
+    suffix = _LINE_SUFFIX
+    lines = io.BytesIO(data)
+    lines.seek(start)
+    for line in lines:
         # The checks of ``decode`` in one comparison: the line must end in exactly the suffix
         # its checksum spells (lower-case hex, closing brace, newline).
         if line[-suffix_len:] != suffix % crc32(line[:-suffix_len]):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 from chunkstore._rebuild import message_to_line, rebuild_message
-from chunkstore._records import encode_line
+from chunkstore._records import decode, encode_line
 from chunkstore._segment import SegmentIndex, seq_of_line
 
 
@@ -91,14 +92,53 @@ def test_corrupt_or_misplaced_lines_are_dropped(tmp_path: Path) -> None:
 
 
 def test_line_whose_seq_disagrees_with_its_place(tmp_path: Path) -> None:
+    # A line whose prefix says 6 while its record says 5 (a duplicate key: JSON keeps the
+    # last one), with a valid checksum: dropped, whether it is found ahead or indexed.
+    body = line(5)[: -len(b',"crc":"00000000"}\n')]
+    head = b'{"seq":6,' + body[1:]
+    misplaced = head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+    assert seq_of_line(misplaced) == 6 and decode(misplaced)["seq"] == 5
     path = tmp_path / "segment.jsonl"
-    path.write_bytes(line(5))
+    path.write_bytes(misplaced)
     index = SegmentIndex(str(path))
     index.refresh()
-    assert 5 in index  # indexed by seq, not parsed yet
-    index._lines[6] = index._lines.pop(5)  # as if the prefix said 6 but the record says 5
-    assert index.get(6) is None
+    assert index.get(6) is None  # found ahead
+    assert 6 not in index and 5 not in index
+    path.write_bytes(line(1))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    assert index.get(1) is not None
+    with open(path, "ab") as f:
+        f.write(misplaced)
+    index.refresh()
+    assert index.get(6) is None  # appended: indexed by its prefix, dropped when parsed
     assert 6 not in index
+
+
+def test_lines_are_found_ahead_in_any_order(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    order = [1, 2, 4, 3, 7, 5, 6, 9, 8]
+    path.write_bytes(b"".join(line(seq, f"m{seq}") for seq in order))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    assert index.get(2).content == "m2"  # line 1 skipped by the search: indexed
+    assert index._lines.keys() == {1}
+    assert index.get(3).content == "m3"  # line 4 skipped
+    assert index.get(10) is None  # not there: what was ahead is indexed, no second search
+    assert not index._ahead and index._lines.keys() == {1, 4, 5, 6, 7, 8, 9}
+    assert [index.get(seq).content for seq in range(1, 10)] == [f"m{s}" for s in range(1, 10)]
+    assert not index._lines
+
+
+def test_a_page_reads_only_its_own_lines(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    path.write_bytes(b"".join(line(seq, f"m{seq}") for seq in range(1, 201)))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    assert [index.get(seq).content for seq in range(101, 151)] == [f"m{s}" for s in range(101, 151)]
+    assert index._lines.keys() == set(range(1, 101))  # skipped by one search, indexed
+    assert len(index._messages) == 50  # nothing beyond the page was parsed
+    assert index.get(151).content == "m151" and len(index._lines) == 100
 
 
 def test_parse_all_keeps_intact_lines_by_their_seq(tmp_path: Path) -> None:
