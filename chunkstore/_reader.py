@@ -185,6 +185,9 @@ class ConversationReader:
                 # first (a page of a long conversation still parses only its own lines).
                 from_segment = cache.segment.parse_all().get
             else:
+                if seqs:
+                    # A page: its lines usually follow each other in the segment.
+                    cache.segment.read_ahead(seqs[0], len(seqs))
                 from_segment = cache.segment.get
             out: list[Message] = []
             for seq in seqs:

@@ -31,6 +31,8 @@ lines for one seq, and then a page may show the earlier one until the later one 
 
 from __future__ import annotations
 
+import io
+import itertools
 import os
 from collections.abc import Mapping
 
@@ -142,17 +144,51 @@ class SegmentIndex:
             return messages  # the warm path: everything read is parsed
         for seq, line in list(self._lines.items()):  # older than anything unread
             self._parse(seq, line)
-        pieces = [(self._ahead, self._ahead_pos)] if self._ahead else []
-        pieces += [(data, 0) for data in self._unread]
-        for data, start in pieces:
-            for record in _records.decode_lines(data, start):
-                try:
-                    message = message_from_line(record)
-                except (KeyError, TypeError, ValueError):
-                    continue
-                messages[message.seq] = message
+        if self._ahead:
+            self._parse_run(self._ahead, self._ahead_pos, None)
+        for data in self._unread:
+            self._parse_run(data, 0, None)
         self._ahead, self._ahead_pos, self._unread = b"", 0, []
         return messages
+
+    def _parse_run(self, data: bytes, start: int, count: int | None) -> int:
+        """Verify and parse ``count`` lines (None: all) of ``data`` from ``start`` in one loop,
+        keying each message by the seq it holds (newer than anything parsed or indexed so
+        far); where the lines taken end."""
+        messages = self._messages
+        indexed = self._lines
+        buffer = io.BytesIO(data)  # shares ``data``'s bytes: nothing is copied but each line
+        buffer.seek(start)
+        lines = buffer if count is None else itertools.islice(buffer, count)
+        for record in _records.decode_stream(lines):
+            try:
+                message = message_from_line(record)
+            except (KeyError, TypeError, ValueError):
+                continue
+            messages[message.seq] = message
+            if indexed:
+                indexed.pop(message.seq, None)
+        return buffer.tell()
+
+    def read_ahead(self, seq: int, count: int) -> None:
+        """Parse the ``count`` lines that start with ``seq``'s, if it is ahead, in one loop: a
+        page whose seqs follow each other in the file (nearly always) is then parsed at the
+        speed of ``parse_all``, without a call per line. Anything else is left to ``get``."""
+        data, pos = self._ahead, self._ahead_pos
+        if not data or self._unread:
+            return
+        key = b'{"seq":%d,' % seq
+        if not data.startswith(key, pos):
+            start = data.find(b"\n" + key, pos) + 1
+            if not start:
+                return
+            self._index(data[pos:start])
+            pos = start
+        end = self._parse_run(data, pos, count)
+        if end >= len(data):
+            self._ahead, self._ahead_pos = b"", 0
+        else:
+            self._ahead_pos = end
 
     def _index(self, data: bytes) -> None:
         """Index whole lines by seq: newer than anything indexed or parsed so far."""

@@ -191,3 +191,41 @@ def test_a_later_line_for_a_seq_wins_whichever_way_it_is_read(tmp_path: Path) ->
         f.write(line(1, "newest"))
     index.refresh()
     assert index.parse_all()[1].content == "newest"
+
+
+def test_read_ahead_parses_a_page_in_one_run(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    order = [1, 2, 3, 5, 4, 6, 7, 8]
+    path.write_bytes(b"".join(line(seq, f"m{seq}") for seq in order))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    index.read_ahead(1, 3)
+    assert sorted(index._messages) == [1, 2, 3] and index._ahead_pos > 0
+    index.read_ahead(4, 2)  # line 5 skipped by the search (indexed), then lines 4 and 6
+    assert sorted(index._messages) == [1, 2, 3, 4, 6] and index._lines.keys() == {5}
+    index.read_ahead(9, 5)  # not ahead: nothing done, ``get`` will say
+    assert sorted(index._messages) == [1, 2, 3, 4, 6]
+    index.read_ahead(7, 5)  # more than is left: up to the end
+    assert not index._ahead
+    assert [index.get(seq).content for seq in range(1, 9)] == [f"m{s}" for s in range(1, 9)]
+    index.read_ahead(1, 2)  # nothing ahead any more: a no-op
+    assert index.get(9) is None
+
+
+def test_read_ahead_skips_corrupt_lines_and_leaves_appends_to_get(tmp_path: Path) -> None:
+    path = tmp_path / "segment.jsonl"
+    bad = bytearray(line(2, "bad"))
+    bad[30] ^= 1
+    path.write_bytes(line(1, "one") + bytes(bad) + line(3, "three"))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    index.read_ahead(1, 3)
+    assert index.get(2) is None and index.get(3).content == "three"
+    path.write_bytes(line(1, "one") + line(2, "two"))
+    index = SegmentIndex(str(path))
+    index.refresh()
+    with open(path, "ab") as f:
+        f.write(line(1, "new"))
+    index.refresh()
+    index.read_ahead(1, 2)  # an append is pending: left to get, which indexes it first
+    assert index.get(1).content == "new" and index.get(2).content == "two"
