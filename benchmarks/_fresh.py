@@ -25,6 +25,11 @@ Sides and modes:
 
 ``--profile`` prints a cProfile of the timed call to stderr (``--sort``), for where the time
 goes in a fresh process.
+
+One more side, for ``benchmarks/README.md``'s account of where the time goes (not part of
+the suite): ``floor``, what any reader of format v1 must do at least to rebuild a conversation
+from its segment, with chunkstore's own primitives: read ``segment.jsonl`` whole, verify each
+line's checksum and parse it with orjson, keeping the dicts (no listing, no ``Message``).
 """
 
 from __future__ import annotations
@@ -100,13 +105,28 @@ def chunkstore_reader(root: str, conv: str, mode: str, page: int) -> Callable[[]
     return paged
 
 
+def floor_reader(root: str, conv: str) -> Callable[[], Pairs]:
+    from chunkstore import _records
+    from chunkstore._ids import ConversationId
+    from chunkstore._layout import Layout
+
+    path = Layout(root).segment_file(ConversationId.parse(conv))
+
+    def read() -> Pairs:
+        with open(path, "rb", buffering=0) as f:
+            records = list(_records.decode_lines(f.read()))
+        return [(r["id"], r["content"]) for r in records]
+
+    return read
+
+
 def digest(pairs: Pairs) -> str:
     return hashlib.sha256(repr(pairs).encode()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks._fresh")
-    parser.add_argument("side", choices=["chunkstore", "sqlite"])
+    parser.add_argument("side", choices=["chunkstore", "sqlite", "floor"])
     parser.add_argument("mode", choices=["whole", "paged"])
     parser.add_argument("target", help="the store's root, or the SQLite file")
     parser.add_argument("conversation")
@@ -116,6 +136,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.side == "chunkstore":
         read = chunkstore_reader(args.target, args.conversation, args.mode, args.page)
+    elif args.side == "floor":
+        read = floor_reader(args.target, args.conversation)
     else:
         read = sqlite_reader(args.target, args.conversation, args.mode, args.page)
     if args.profile:
