@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -179,16 +179,25 @@ class ConversationReader:
                 seqs = seqs[:limit]
             listing = cache.listing
             finished = cache.finished
+            segment = cache.segment
+            parsed: Mapping[int, Message]
             from_segment: Callable[[int], Message | None]
             if 2 * len(seqs) >= len(cache.seqs):
                 # Most of the conversation: one pass over the segment beats indexing it by seq
                 # first (a page of a long conversation still parses only its own lines).
-                from_segment = cache.segment.parse_all().get
+                parsed = segment.parse_all()
+                from_segment = parsed.get
             else:
                 if seqs:
                     # A page: its lines usually follow each other in the segment.
-                    cache.segment.read_ahead(seqs[0], len(seqs))
-                from_segment = cache.segment.get
+                    segment.read_ahead(seqs[0], len(seqs))
+                parsed = segment.parsed()
+                from_segment = segment.get
+            if all(map(parsed.__contains__, seqs)):
+                # Every message asked for is in the segment (the usual case): no Python per
+                # message. The segment's line and ``finished`` (sealed files, this process's
+                # own writes) hold the same finished message, so either may answer.
+                return list(map(parsed.__getitem__, seqs))
             out: list[Message] = []
             for seq in seqs:
                 message = finished.get(seq) or from_segment(seq)

@@ -249,6 +249,13 @@ class SegmentIndex:
         self._lines.pop(seq, None)  # older than this line
         return self._parse_line(seq, data[start:end])
 
+    def parsed(self) -> Mapping[int, Message]:
+        """The messages parsed so far, seq → message: what ``get`` would say for them (lines
+        appended since are indexed first, so none of these is superseded)."""
+        if self._unread:
+            self._index_unread()
+        return self._messages
+
     def get(self, seq: int) -> Message | None:
         """The finished message ``seq`` if the segment has an intact line for it."""
         if self._unread:
