@@ -314,7 +314,15 @@ def test_rebuild_fresh_process(
             times[0].append(measure("chunkstore"))
             times[1].append(measure("sqlite"))
         a, b = (sorted(t)[len(t) // 2] for t in times)
-        return {"paired_subject_s": a, "paired_baseline_s": b, "paired_ratio": a / b}
+        # The fastest round of each side too: on a shared machine a burst of load shows as a
+        # median far above it (benchmark.extra_info; the target is judged on the medians).
+        return {
+            "paired_subject_s": a,
+            "paired_baseline_s": b,
+            "paired_ratio": a / b,
+            "fresh_subject_min_s": min(times[0]),
+            "fresh_baseline_min_s": min(times[1]),
+        }
 
     figures = benchmark.pedantic(rounds, rounds=1, iterations=1)
     case = f"{n} msgs"
