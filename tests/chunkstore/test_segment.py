@@ -7,7 +7,7 @@ import zlib
 from pathlib import Path
 
 from chunkstore._rebuild import message_to_line, rebuild_message
-from chunkstore._records import decode, encode_line
+from chunkstore._records import decode, decode_line, encode_line
 from chunkstore._segment import SegmentIndex, seq_of_line
 
 
@@ -229,3 +229,24 @@ def test_read_ahead_skips_corrupt_lines_and_leaves_appends_to_get(tmp_path: Path
     index.refresh()
     index.read_ahead(1, 2)  # an append is pending: left to get, which indexes it first
     assert index.get(1).content == "new" and index.get(2).content == "two"
+
+
+def checksummed(head: bytes) -> bytes:
+    """A line with a valid checksum whatever ``head`` holds (what a bug or a hand could write)."""
+    return head + b',"crc":"%08x"}\n' % zlib.crc32(head)
+
+
+def test_checksummed_lines_that_are_no_message_are_dropped(tmp_path: Path) -> None:
+    not_json = checksummed(b'{"seq":2,"id":')
+    no_id = checksummed(b'{"seq":3,"role":"user","status":"complete"')
+    assert decode_line(not_json) is None and decode_line(no_id) is not None
+    path = tmp_path / "segment.jsonl"
+    path.write_bytes(line(1) + not_json + no_id + line(4))
+    for read in ("whole", "ahead", "page"):
+        index = SegmentIndex(str(path))
+        index.refresh()
+        if read == "whole":
+            assert sorted(index.parse_all()) == [1, 4]
+        elif read == "page":
+            index.read_ahead(1, 4)
+        assert [seq for seq in range(1, 5) if index.get(seq) is not None] == [1, 4]
