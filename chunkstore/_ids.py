@@ -164,13 +164,20 @@ def _names_pattern(prefix: str, suffix: str) -> re.Pattern[str]:
     return re.compile(r"(?:^|\0)" + re.escape(prefix) + suffix + r"(?=\0|$)")
 
 
+# The names of a ``messages/`` listing with the conversation id they start with as a group,
+# compared afterwards: one pattern compiled once, where a pattern per conversation id cost a
+# regex compilation (~0.2 ms) for every conversation a process reads or writes first. The
+# prefix group cannot swallow a valid name's own "-ms": the suffix after it holds none.
+_MESSAGE_NAMES = re.compile(r"(?:^|\0)([^\0]*)-ms" + _MESSAGE_FILE_SUFFIX + r"(?=\0|$)")
+
+
 def scan_message_files(names: list[str], conv: ConversationId) -> list[tuple[int, int, bool]]:
     """``parse_message_file`` for every name of ``conv``'s ``messages/`` listing, in one pass."""
-    pattern = _names_pattern(f"{conv}-ms", _MESSAGE_FILE_SUFFIX)
+    prefix = str(conv)
     return [
         (int(seq), int(chunk or 0), ext == "lock")
-        for seq, chunk, ext in pattern.findall("\0".join(names))
-        if not (ext == "lock" and chunk)
+        for head, seq, chunk, ext in _MESSAGE_NAMES.findall("\0".join(names))
+        if head == prefix and not (ext == "lock" and chunk)
     ]
 
 
@@ -184,13 +191,18 @@ TOMBSTONE_SUFFIX = ".deleted"
 # of format v1 written before tombstones existed) skips ``.deleted`` names, and a tombstone never
 # claims a seq on its own: the message's own files stay, and keep claiming it.
 _TOMBSTONE_SUFFIX = _N2 + re.escape(TOMBSTONE_SUFFIX)
+_TOMBSTONE_NAMES = re.compile(r"(?:^|\0)([^\0]*)-ms" + _TOMBSTONE_SUFFIX + r"(?=\0|$)")
 
 
 def scan_tombstones(names: list[str], conv: ConversationId) -> set[int]:
     """The seqs of ``conv``'s deleted messages: the ``<messageId>.deleted`` names of its
     ``messages/`` listing, in one pass."""
-    pattern = _names_pattern(f"{conv}-ms", _TOMBSTONE_SUFFIX)
-    return set(map(int, pattern.findall("\0".join(names))))
+    prefix = str(conv)
+    return {
+        int(seq)
+        for head, seq in _TOMBSTONE_NAMES.findall("\0".join(names))
+        if head == prefix
+    }
 
 
 def scan_conversation_numbers(names: list[str], user: UserId) -> list[int]:
