@@ -198,11 +198,7 @@ def scan_tombstones(names: list[str], conv: ConversationId) -> set[int]:
     """The seqs of ``conv``'s deleted messages: the ``<messageId>.deleted`` names of its
     ``messages/`` listing, in one pass."""
     prefix = str(conv)
-    return {
-        int(seq)
-        for head, seq in _TOMBSTONE_NAMES.findall("\0".join(names))
-        if head == prefix
-    }
+    return {int(seq) for head, seq in _TOMBSTONE_NAMES.findall("\0".join(names)) if head == prefix}
 
 
 def scan_conversation_numbers(names: list[str], user: UserId) -> list[int]:
