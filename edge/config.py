@@ -28,7 +28,8 @@ The contract:
   replies being stored a lane of threads of their own (``chunkstore._lane.WriteLane``), so
   the writes before an upstream call (a new conversation, the user message, the reply's
   writer) never queue behind them: under load, or with a stalled disk, those queues were most
-  of the time to first event. The lane hands results back to the event loop in batches.
+  of the time to first event. The lane hands results back to the event loop in batches, and
+  runs on four threads while the disk keeps up, up to this many when writes wait.
 * ``GIL_SWITCH_INTERVAL_US`` (default 200, with persistence on): the store's threads share the
   GIL with the event loop, and a thread that wants the GIL waits up to Python's switch interval
   (5 ms by default) before the holder is asked to let go. At 200 concurrent streams that wait

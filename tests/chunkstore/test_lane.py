@@ -100,6 +100,24 @@ async def test_max_batch_bounds_a_batch_and_more_workers_start_on_demand() -> No
         lane.shutdown()
 
 
+async def test_beyond_the_eager_workers_a_thread_starts_only_for_jobs_that_waited() -> None:
+    lane = WriteLane(4, max_batch=1, eager_workers=1, grow_after=0.5)
+    gate = threading.Event()
+    try:
+        futures = [lane.submit(gate.wait)]  # the eager worker takes it and blocks
+        await asyncio.sleep(0.05)
+        futures += [lane.submit(gate.wait) for _ in range(2)]
+        assert len(lane._threads) == 1  # the jobs have not waited long: no new thread
+        await asyncio.sleep(0.6)  # a stalled disk: the oldest job has waited past grow_after
+        futures.append(lane.submit(gate.wait))
+        assert len(lane._threads) == 2
+        gate.set()
+        assert await asyncio.gather(*futures) == [True] * 4
+    finally:
+        gate.set()
+        lane.shutdown()
+
+
 async def test_a_cancelled_job_is_skipped() -> None:
     lane = WriteLane(1)
     gate = threading.Event()
@@ -154,6 +172,14 @@ def test_sizes_are_validated(bad: Any) -> None:
         WriteLane(bad)
     with pytest.raises(InvalidArgument, match="max_batch"):
         WriteLane(1, max_batch=bad)
+    with pytest.raises(InvalidArgument, match="eager_workers"):
+        WriteLane(1, eager_workers=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), True, "0.1", None])
+def test_grow_after_is_validated(bad: Any) -> None:
+    with pytest.raises(InvalidArgument, match="grow_after"):
+        WriteLane(1, grow_after=bad)
 
 
 async def test_stream_writes_run_on_the_lane_and_the_rest_on_the_pool(tmp_path: Path) -> None:
