@@ -846,11 +846,6 @@ def _parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-# How much chunk text (characters) a ``FileSink`` keeps in memory for its seal: a reply of a
-# few thousand tokens; longer ones are read back from their files.
-_KEEP_CHARS = 64 * 1024
-
-
 class FileSink:
     """A streamed message of the file store: its chunk files, then its sealed file.
 
@@ -868,12 +863,6 @@ class FileSink:
         self._lock: IO[bytes] | None = lock
         self._chunks = 0
         self._sealed = False
-        # The chunk records written so far, kept for the seal while the message is small: it
-        # then needs no read-back (an open, fstat, read, close and decode per chunk). Past
-        # ``_KEEP_CHARS`` of text they are dropped and the seal reads the files back, so a
-        # long stream's memory stays flat.
-        self._kept: list[dict[str, Any]] | None = []
-        self._kept_chars = 0
 
     @property
     def message_id(self) -> MessageId:
@@ -886,13 +875,6 @@ class FileSink:
             _fsio.create_exclusive(path, _records.encode_line(record), durable=durable)
         except FileExistsError as exc:
             raise StorageError.wrap(exc, f"chunk already exists: {path}") from exc
-        kept = self._kept
-        if kept is not None:
-            self._kept_chars += len(record["tokens"])
-            if record["seq"] == len(kept) + 1 and self._kept_chars <= _KEEP_CHARS:
-                kept.append(record)
-            else:
-                self._kept = None
         self._chunks = max(self._chunks, record["seq"])
 
     def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
@@ -915,8 +897,6 @@ class FileSink:
         return message
 
     def _read_back(self) -> list[dict[str, Any]]:
-        if self._kept is not None and len(self._kept) == self._chunks:
-            return list(self._kept)
         records = []
         for n in range(1, self._chunks + 1):
             path = self._layout.chunk_file(self._id, n)
