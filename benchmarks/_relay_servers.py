@@ -13,7 +13,8 @@ still share the cores: see the README).
   the client unchanged (no parsing, no bundling, no storage). Default ``ClientSession``, like
   the edge's.
 * ``edge``: the real edge (``edge.app.create_app``), persistence on (``--store DIR``, durability
-  ``--durability``, default "chunk"; ``--store-threads N`` for ``STORE_THREADS``) or off; with
+  ``--durability``, default "chunk"; ``--store-threads N`` for ``STORE_THREADS``,
+  ``--store-stream-threads N`` for ``STORE_STREAM_THREADS``) or off; with
   ``--db-url URL``: persistence on into the store ``URL`` names instead, as the edge's
   ``DB_URL`` (``sqlite:PATH``, ``postgresql://...``); with
   ``--fsync-stall S`` every ``os.fsync`` chunkstore makes sleeps ``S`` seconds first (the proxy
@@ -141,6 +142,7 @@ def edge_app(
     durability: str = "chunk",
     store_threads: int | None = None,
     db_url: str | None = None,
+    stream_threads: int | None = None,
 ) -> web.Application:
     if stall > 0:
         from chunkstore import _fsio
@@ -155,6 +157,7 @@ def edge_app(
         db_url=db_url or (f"file:{store}" if store else "file:./users"),
         durability=durability,  # type: ignore[arg-type]
         **({} if store_threads is None else {"store_threads": store_threads}),
+        **({} if stream_threads is None else {"store_stream_threads": stream_threads}),
     )
     return create_app(config)
 
@@ -195,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fsync-stall", type=float, default=0.0)
     parser.add_argument("--durability", default="chunk", choices=["chunk", "message", "none"])
     parser.add_argument("--store-threads", type=int, help="edge: STORE_THREADS (default: its own)")
+    parser.add_argument(
+        "--store-stream-threads", type=int, help="edge: STORE_STREAM_THREADS (default: its own)"
+    )
     parser.add_argument("--profile", help="write a cProfile of the event loop here at exit")
     args = parser.parse_args(argv)
     if args.kind == "upstream":
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             args.durability,
             args.store_threads,
             args.db_url,
+            args.store_stream_threads,
         )
     asyncio.run(serve(app, args.profile))
 

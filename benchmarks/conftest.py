@@ -79,8 +79,8 @@ FULL = Sizes(
     stall_seconds=0.2,
     stall_concurrency=(1, 50),
     stall_rounds={1: 10, 50: 3},
-    relay_db_concurrency=(50,),
-    relay_db_rounds={50: 4},
+    relay_db_concurrency=(50, 200),
+    relay_db_rounds={50: 4, 200: 3},
     memory_tokens=(10_000, 100_000),
 )
 

@@ -17,7 +17,7 @@ Relays under test, each its own process (``_relay_servers``):
 * ``edge on, sqlite`` / ``edge on, postgresql``: persistence on (durability "chunk") into
   ``DB_URL=sqlite:PATH`` / ``DB_URL=postgresql://...`` (a fresh database on the benchmark
   session's server, ``conftest.postgres_database``), at ``relay_db_concurrency`` streams
-  (50), reported against persistence off like the file store's rows. Informational (the
+  (50 and 200), reported against persistence off like the file store's rows. Informational (the
   relay targets are judged on the file store); few rounds.
 
 A round starts ``concurrency`` streams at once and ends when the last one has received

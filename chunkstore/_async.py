@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypeVar, cast
 
 from ._exceptions import InvalidArgument
+from ._lane import WriteLane
 from ._models import Conversation, ConversationPage, Message, Problem, SearchPage
 from ._store import Store
 from ._turns import Turn
@@ -69,14 +70,17 @@ class AsyncMessageWriter:
     ``asyncio.to_thread``.
     """
 
-    def __init__(self, opener: Any, *, run: _Run | None = None) -> None:
+    def __init__(self, opener: Any, *, run: _Run | None = None, write: _Run | None = None) -> None:
         self._opener = opener
-        self._run: _Run = run if run is not None else cast(_Run, asyncio.to_thread)
+        self._open_run: _Run = run if run is not None else cast(_Run, asyncio.to_thread)
+        # Chunk writes and the seal: on ``write`` when given (the store's ``WriteLane``), else
+        # where the writer was opened.
+        self._run: _Run = write if write is not None else self._open_run
         self._writer: MessageWriter | None = None
 
     async def open(self) -> AsyncMessageWriter:
         if self._writer is None:
-            self._writer = await self._run(self._opener)
+            self._writer = await self._open_run(self._opener)
         return self
 
     @property
@@ -141,6 +145,10 @@ class AsyncStore:
     at once (chunk writes are ``fsync``-bound, so this is not tied to the number of cores).
     ``executor``: run the calls on this executor instead (its owner shuts it down;
     ``max_workers`` is then ignored). ``close()`` shuts down the store's own pool.
+    ``stream_workers``: give the chunk writes and seals of streamed messages a ``WriteLane``
+    of that many threads of their own (``_lane``), so the other calls (creating a conversation,
+    storing a user message, opening a writer) never queue behind them, and their results come
+    back to the loop in batches; None (the default) runs them on the pool like every call.
     """
 
     def __init__(
@@ -149,12 +157,15 @@ class AsyncStore:
         *,
         max_workers: int = DEFAULT_MAX_WORKERS,
         executor: Executor | None = None,
+        stream_workers: int | None = None,
         **options: Any,
     ) -> None:
+        lane = WriteLane(stream_workers) if stream_workers is not None else None
         self.store = target if isinstance(target, Store) else Store(target, **options)
         self._owns_executor = executor is None
         self._executor: Executor = executor if executor is not None else _new_executor(max_workers)
         self._run = _runner(self._executor)
+        self._lane = lane
 
     @classmethod
     async def open(
@@ -163,9 +174,12 @@ class AsyncStore:
         *,
         max_workers: int = DEFAULT_MAX_WORKERS,
         executor: Executor | None = None,
+        stream_workers: int | None = None,
         **options: Any,
     ) -> AsyncStore:
         """Open without blocking the loop (opening may create the store, or migrate it)."""
+        if stream_workers is not None:
+            WriteLane(stream_workers)  # validated before anything is opened (starts no thread)
         pool = executor if executor is not None else _new_executor(max_workers)
         try:
             store = await _runner(pool)(Store, target, **options)
@@ -173,7 +187,7 @@ class AsyncStore:
             if executor is None:
                 pool.shutdown(wait=False)
             raise
-        opened = cls(store, executor=pool)
+        opened = cls(store, executor=pool, stream_workers=stream_workers)
         opened._owns_executor = executor is None
         return opened
 
@@ -195,6 +209,9 @@ class AsyncStore:
 
     async def close(self) -> None:
         """Close the store and shut down its own pool once the calls already queued are done."""
+        if self._lane is not None:
+            # Writes already queued land before the store closes (blocking: off the loop).
+            await asyncio.to_thread(self._lane.shutdown, True)
         if self._owns_executor:
             # Waiting for the workers blocks: do it off the loop.
             await asyncio.to_thread(self._executor.shutdown, True)
@@ -340,6 +357,7 @@ class AsyncStore:
         return AsyncMessageWriter(
             lambda: self.store.stream_message(conversation_id, role, agent_id, **options),
             run=self._run,
+            write=self._lane.run if self._lane is not None else None,
         )
 
     async def messages(

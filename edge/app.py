@@ -172,6 +172,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         # chunk writes and the writes before each upstream call do not queue behind the few
         # threads of asyncio's default executor.
         max_workers=config.store_threads,
+        # Chunk writes and seals on a lane of their own (STORE_STREAM_THREADS): the writes
+        # before each upstream call never queue behind 200 streams' chunks.
+        stream_workers=config.store_stream_threads or None,
     )
     app[STORE] = store
     # Process-wide, so set while the store's threads exist and restored after (tests run many

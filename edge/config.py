@@ -21,8 +21,15 @@ The contract:
   without a trailing slash. Unset, the edge answers from its built-in demo upstream.
 * ``STORE_THREADS`` (default 32) sizes the store's own thread pool: the threads that wait on the
   disk (chunk writes are ``fsync``-bound, not CPU-bound), so it is not tied to the number of
-  cores. Every store call of the edge (the writes before an upstream call, each chunk write,
-  history reads) is one job on that pool, separate from asyncio's default executor.
+  cores. Every store call of the edge (the writes before an upstream call, history reads) is
+  one job on that pool, separate from asyncio's default executor; chunk writes and seals are
+  too with ``STORE_STREAM_THREADS=0``.
+* ``STORE_STREAM_THREADS`` (default 16; ``0``: none) gives the chunk writes and seals of the
+  replies being stored a lane of threads of their own (``chunkstore._lane.WriteLane``), so
+  the writes before an upstream call (a new conversation, the user message, the reply's
+  writer) never queue behind them: under load, or with a stalled disk, those queues were most
+  of the time to first event. The lane hands results back to the event loop in batches, and
+  runs on four threads while the disk keeps up, up to this many when writes wait.
 * ``GIL_SWITCH_INTERVAL_US`` (default 200, with persistence on): the store's threads share the
   GIL with the event loop, and a thread that wants the GIL waits up to Python's switch interval
   (5 ms by default) before the holder is asked to let go. At 200 concurrent streams that wait
@@ -72,6 +79,7 @@ __all__ = [
     "DEFAULT_RESUME_POLL_MS",
     "DEFAULT_RETENTION_INTERVAL_S",
     "DEFAULT_STORAGE_FINAL_TIMEOUT_MS",
+    "DEFAULT_STORE_STREAM_THREADS",
     "DEFAULT_STORE_THREADS",
     "DEFAULT_STREAM_BUNDLE_TOKENS",
     "DEFAULT_STREAM_FLUSH_MS",
@@ -110,6 +118,7 @@ DEFAULT_MAX_REQUEST_BYTES: Final = 10 * 1024 * 1024
 DEFAULT_DURABILITY: Final[Durability] = "chunk"
 DEFAULT_STORAGE_FINAL_TIMEOUT_MS: Final = 0
 DEFAULT_STORE_THREADS: Final = 32
+DEFAULT_STORE_STREAM_THREADS: Final = 16
 DEFAULT_GIL_SWITCH_INTERVAL_US: Final = 200
 DEFAULT_RETENTION_INTERVAL_S: Final = 3600
 DEFAULT_UPSTREAM_READ_TIMEOUT_S: Final = 300
@@ -155,6 +164,7 @@ class EdgeConfig:
     durability: Durability = DEFAULT_DURABILITY
     storage_final_timeout_ms: int = DEFAULT_STORAGE_FINAL_TIMEOUT_MS
     store_threads: int = DEFAULT_STORE_THREADS
+    store_stream_threads: int = DEFAULT_STORE_STREAM_THREADS
     gil_switch_interval_us: int = DEFAULT_GIL_SWITCH_INTERVAL_US
     retention_interval_s: int = DEFAULT_RETENTION_INTERVAL_S
     upstream_read_timeout_s: int = DEFAULT_UPSTREAM_READ_TIMEOUT_S
@@ -586,6 +596,14 @@ _OPTIONS: Final[tuple[_Option, ...]] = (
         "not tied to the number of cores",
         "N",
         _integer(1),
+    ),
+    _Option(
+        "store_stream_threads",
+        "STORE_STREAM_THREADS",
+        "threads of the lane the replies' chunk writes and seals run on, apart from the "
+        "store's other calls (0: on the store's pool with everything else)",
+        "N",
+        _integer(0),
     ),
     _Option(
         "gil_switch_interval_us",

@@ -51,7 +51,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from chunkstore import AsyncStore, ConversationDeleted, ReplyStreaming
+from chunkstore import AsyncStore, ConversationDeleted, ReplyStreaming, Store
 from chunkstore import Turn as StoredTurn
 from edge.bundling import Bundler
 from edge.errors import ApiError, parse_json_object
@@ -243,15 +243,53 @@ async def _plan_turn(
         return Turn(None, messages, agent)
     user = await session_user(request, create=True)
     assert user is not None
-    conversation = await store.create_conversation(user, title=title_from(messages))
-    plan = Turn(conversation.id, messages, agent, created=True)
+    # The conversation and its first turn in one job on the store's pool: a request's writes
+    # before its upstream call queue there behind every other request's, once per job.
+    job = asyncio.ensure_future(
+        store.run(_start_conversation, store.store, user, title_from(messages), messages)
+    )
     try:
-        plan.reply_to = (await store.append_turn(conversation.id, messages)).answers
-    except BaseException:
-        # The turn is stored whole or not at all: the new conversation goes with it.
-        await asyncio.shield(_roll_back(request, store, conversation.id))
+        conversation_id, answers, error = await asyncio.shield(job)
+    except asyncio.CancelledError:
+        # The client left: the job runs on regardless, and what it created goes once it ends.
+        job.add_done_callback(lambda done: _roll_back_started(request, store, done))
         raise
+    if error is not None:
+        # The turn is stored whole or not at all: the new conversation goes with it.
+        await asyncio.shield(_roll_back(request, store, conversation_id))
+        raise error
+    plan = Turn(conversation_id, messages, agent, created=True)
+    plan.reply_to = answers
     return plan
+
+
+def _start_conversation(
+    store: Store, user: str, title: str | None, messages: list[dict[str, Any]]
+) -> tuple[str, int | None, Exception | None]:
+    """Create a conversation and store its first turn (on a store thread): its id, the seq
+    the reply answers, and what storing the turn raised (the caller then removes it)."""
+    conversation = store.create_conversation(user, title=title)
+    try:
+        return conversation.id, store.append_turn(conversation.id, messages).answers, None
+    except Exception as exc:
+        return conversation.id, None, exc
+
+
+# Roll-backs of conversations whose request was cancelled while they were being created (the
+# event loop keeps only weak references to tasks).
+_ROLL_BACKS: set[asyncio.Task[None]] = set()
+
+
+def _roll_back_started(
+    request: web.Request,
+    store: AsyncStore,
+    job: asyncio.Future[tuple[str, int | None, Exception | None]],
+) -> None:
+    if job.cancelled() or job.exception() is not None:
+        return  # nothing was created (or it failed before it could be)
+    task = asyncio.ensure_future(_roll_back(request, store, job.result()[0]))
+    _ROLL_BACKS.add(task)
+    task.add_done_callback(_ROLL_BACKS.discard)
 
 
 async def _continue(

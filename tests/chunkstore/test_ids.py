@@ -120,3 +120,24 @@ def test_every_id_has_one_spelling(u: int, c: int, m: int) -> None:
 def test_sorting_ids_sorts_numbers(numbers: list[int]) -> None:
     ids = [ConversationId(1, n) for n in numbers]
     assert [c.n for c in sorted(ids)] == sorted(numbers)
+
+
+def test_a_listing_scan_keeps_only_its_own_conversations_names() -> None:
+    from chunkstore._ids import scan_message_files, scan_tombstones
+
+    conv = ConversationId.parse("us01-co01")
+    names = [
+        "us01-co01-ms01.json",  # sealed
+        "us01-co01-ms02-001.json",  # chunk
+        "us01-co01-ms03.lock",  # writer lock
+        "us01-co01-ms03-001.lock",  # a lock never has a chunk number
+        "us01-co011-ms04.json",  # another conversation sharing the prefix
+        "us01-co01-ms02-ms05.json",  # a message id inside a message id
+        "xus01-co01-ms06.json",
+        "us01-co01-ms07.json.tmp",
+        "us01-co01-ms08.deleted",
+        "us01-co011-ms09.deleted",
+    ]
+    assert scan_message_files(names, conv) == [(1, 0, False), (2, 1, False), (3, 0, True)]
+    assert scan_tombstones(names, conv) == {8}
+    assert scan_message_files([], conv) == []

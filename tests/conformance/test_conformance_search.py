@@ -14,8 +14,8 @@ from chunkstore import (
     InvalidArgument,
     InvalidId,
     SearchPage,
-    copy_store,
     Store,
+    copy_store,
 )
 
 PARTS = [

@@ -30,6 +30,7 @@ from edge.config import (
     DEFAULT_PORT,
     DEFAULT_RETENTION_INTERVAL_S,
     DEFAULT_STORAGE_FINAL_TIMEOUT_MS,
+    DEFAULT_STORE_STREAM_THREADS,
     DEFAULT_STORE_THREADS,
     DEFAULT_STREAM_BUNDLE_TOKENS,
     DEFAULT_STREAM_FLUSH_MS,
@@ -60,6 +61,7 @@ ENV_VARS = (
     "STORE_DURABILITY",
     "STORAGE_FINAL_TIMEOUT_MS",
     "STORE_THREADS",
+    "STORE_STREAM_THREADS",
     "GIL_SWITCH_INTERVAL_US",
     "RETENTION_INTERVAL_S",
     "EDGE_LOG_LEVEL",
@@ -121,6 +123,7 @@ def test_defaults() -> None:
     assert config.durability == DEFAULT_DURABILITY == "chunk"
     assert config.storage_final_timeout_ms == DEFAULT_STORAGE_FINAL_TIMEOUT_MS == 0
     assert config.store_threads == DEFAULT_STORE_THREADS == 32
+    assert config.store_stream_threads == DEFAULT_STORE_STREAM_THREADS == 16
     assert config.gil_switch_interval_us == DEFAULT_GIL_SWITCH_INTERVAL_US == 200
     assert config.retention_interval_s == DEFAULT_RETENTION_INTERVAL_S == 3600
     assert config.log_level == DEFAULT_LOG_LEVEL == "INFO"
@@ -183,6 +186,8 @@ def test_repr_hides_secrets() -> None:
         ("STORAGE_FINAL_TIMEOUT_MS", "100", "storage_final_timeout_ms", 100),
         ("STORE_THREADS", "1", "store_threads", 1),
         ("STORE_THREADS", "128", "store_threads", 128),
+        ("STORE_STREAM_THREADS", "0", "store_stream_threads", 0),
+        ("STORE_STREAM_THREADS", "4", "store_stream_threads", 4),
         ("GIL_SWITCH_INTERVAL_US", "0", "gil_switch_interval_us", 0),
         ("GIL_SWITCH_INTERVAL_US", "1000", "gil_switch_interval_us", 1000),
         ("RETENTION_INTERVAL_S", "60", "retention_interval_s", 60),
@@ -360,6 +365,7 @@ def test_argparse_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFix
             "GIL_SWITCH_INTERVAL_US must be an integer from 0 to 1000000, got '-1'",
         ),
         ("STORE_THREADS", "many", "STORE_THREADS must be an integer >= 1, got 'many'"),
+        ("STORE_STREAM_THREADS", "-1", "STORE_STREAM_THREADS must be an integer >= 0, got '-1'"),
         ("RETENTION_INTERVAL_S", "1h", "RETENTION_INTERVAL_S must be an integer >= 1, got '1h'"),
         ("RETENTION_DAYS", "0", "RETENTION_DAYS must be a positive number"),
         ("RETENTION_DAYS", "-1", "RETENTION_DAYS must be a positive number"),
