@@ -95,7 +95,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -119,7 +119,17 @@ from ._ids import ConversationId, MessageId, UserId
 from ._migrations import Migration, migrate, statements
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._rebuild import TERMINAL, rebuild_message
-from ._sql import FIXABLE, KEEP_RECORDS_CHARS, conversations, dumps, first, from_line, line_of
+from ._search import SearchMatch
+from ._sql import (
+    FIXABLE,
+    KEEP_RECORDS_CHARS,
+    conversations,
+    dumps,
+    first,
+    from_line,
+    index_words,
+    line_of,
+)
 from ._writer import utc_now
 
 __all__ = ["MIGRATIONS", "SqliteBackend", "SqliteSink"]
@@ -193,12 +203,59 @@ MIGRATIONS: list[Migration] = [
         "deleted messages",
         statements("ALTER TABLE messages ADD COLUMN deleted_at TEXT"),
     ),
+    ("search index", lambda conn: _add_search_index(conn)),
 ]
+
 
 # The user is known to every caller (it is in the WHERE clause): not read back, every column
 # read costs.
-_CONVERSATION_COLUMNS = (
-    "number, title, created_at, updated_at, pinned, metadata, participants, deleted_at"
+_CONVERSATION_COLUMNS_LIST = (
+    "number",
+    "title",
+    "created_at",
+    "updated_at",
+    "pinned",
+    "metadata",
+    "participants",
+    "deleted_at",
+)
+_CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_COLUMNS_LIST)
+# The search index (``search``): one FTS5 row per document, a conversation's title or one
+# finished message's text, stored as ``_sql.index_words`` (its folded words, space-separated)
+# in the ``title`` or the ``body`` column (two columns so that bm25 weighs titles above text).
+# The ``ascii`` tokenizer cuts at those spaces only (every non-ASCII character is part of a
+# token; unicode61 would strip accents, which ``_search`` keeps). A rowid is
+# ``user_id << 32 | n``, ``n`` from the user's ``last_document`` counter: a user's documents
+# are one rowid range, so a search reads that user's postings only (FTS5 takes the ``rowid
+# BETWEEN`` constraint with the MATCH), and the row a document is stored under is named by its
+# conversation (``title_document``) or message (``document``), so a new title, a deleted
+# message or a hard delete removes it by rowid. The rows carry their conversation and seq
+# (UNINDEXED) so that a match needs no join to say where it is.
+_SEARCH_TABLE = (
+    "CREATE VIRTUAL TABLE search USING fts5(title, body, conversation UNINDEXED, "
+    "seq UNINDEXED, tokenize = 'ascii')"
+)
+_DOCUMENT_BITS = 32
+# A function FTS5 registers: it fails ("no such function") where SQLite has no FTS5.
+_FTS5_PROBE = "SELECT fts5_source_id()"
+# bm25 weights of (title, body): a title match ranks above a text match.
+_SEARCH_RANK = "bm25(search, 10.0, 1.0)"
+# The ranked documents are MATERIALIZED: an auxiliary function like bm25 only works on the
+# FTS5 cursor itself, not inside the aggregate that picks each conversation's best document
+# (SQLite's bare-column rule: ``seq`` comes from the row with the ``min``).
+_SEARCH = (
+    f"WITH ranked AS MATERIALIZED (SELECT conversation, seq, {_SEARCH_RANK} AS score "
+    "FROM search WHERE search MATCH ? AND rowid BETWEEN ? AND ?), "
+    "best AS (SELECT conversation, seq, min(score) AS score FROM ranked GROUP BY conversation) "
+    f"SELECT b.score, b.seq, {', '.join('c.' + c for c in _CONVERSATION_COLUMNS_LIST)} "
+    "FROM best AS b JOIN conversations AS c ON c.user_id = ? AND c.number = b.conversation "
+    "WHERE c.deleted_at IS NULL OR ? ORDER BY b.score, c.number DESC LIMIT ? OFFSET ?"
+)
+_INDEX_DOCUMENT = (
+    "INSERT INTO search (rowid, title, body, conversation, seq) VALUES (?, ?, ?, ?, ?)"
+)
+_NEXT_DOCUMENT = (
+    "UPDATE users SET last_document = last_document + 1 WHERE id = ? RETURNING last_document"
 )
 _GET_CONVERSATION = (
     f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE user_id = ? AND number = ?"
@@ -226,7 +283,7 @@ _SELECT_CHUNKS = (
     "SELECT record FROM chunks WHERE user_id = ? AND conversation = ? AND seq = ? ORDER BY chunk"
 )
 _SEAL_MESSAGE = (
-    "UPDATE messages SET status = ?, writer = NULL, role = ?, line = ? "
+    "UPDATE messages SET status = ?, writer = NULL, role = ?, line = ?, document = ? "
     "WHERE user_id = ? AND conversation = ? AND seq = ?"
 )
 _TOUCH_CONVERSATION = (
@@ -319,11 +376,26 @@ class SqliteBackend:
         try:
             with self._errors("open the database"):
                 conn = self._conn()
+                self._require_fts5(conn)
                 self._use_wal(conn)
                 migrate(conn, MIGRATIONS, what=self.describe())
         except BaseException:
             self.close()
             raise
+
+    def _require_fts5(self, conn: sqlite3.Connection) -> None:
+        """Refuse to open without FTS5 (the search index): the stdlib sqlite3 of python.org's
+        and the usual distributions' Pythons has it, but a Python built against a SQLite
+        without it would otherwise fail at the first write, with SQLite's "no such module"."""
+        try:
+            conn.execute(_FTS5_PROBE)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(
+                errno.ENOSYS,
+                f"{self.describe()}: this Python's SQLite ({sqlite3.sqlite_version}) has no "
+                "FTS5, which chunkstore's search index needs: use a Python whose sqlite3 "
+                "module is built with FTS5",
+            ) from exc
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
         """Put the database in WAL mode (once per database: the mode is stored in the file).
@@ -593,20 +665,22 @@ class SqliteBackend:
             if row is None:
                 raise UserNotFound(f"no user {user}")
             now = utc_now()
+            number = row[0]
             row = conn.execute(
                 "INSERT INTO conversations (user_id, number, title, created_at, updated_at, "
-                "pinned, metadata, participants, deleted_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL) "
+                "pinned, metadata, participants, deleted_at, title_document) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?) "
                 f"RETURNING {_CONVERSATION_COLUMNS}",
                 (
                     user.n,
-                    row[0],
+                    number,
                     title,
                     now,
                     now,
                     int(pinned),
                     dumps(metadata),
                     dumps(participants),
+                    _index_document(conn, user.n, number, None, title),
                 ),
             ).fetchone()
         return _conversation(user.n, row)
@@ -643,12 +717,24 @@ class SqliteBackend:
         return ConversationPage(items, items[-1].id if more else None)
 
     def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
-        sets, values = ["updated_at = ?"], [utc_now()]
+        sets: list[str] = ["updated_at = ?"]
+        values: list[Any] = [utc_now()]
         for key, value in changes.items():
             column, encode = _UPDATABLE[key]
             sets.append(f"{column} = ?")
             values.append(encode(value))
         with self._write(f"update {conv}") as conn:
+            if "title" in changes:
+                # The old title's document goes and the new one's comes in the same transaction.
+                found = conn.execute(
+                    "SELECT title_document FROM conversations WHERE user_id = ? AND number = ?",
+                    (conv.user, conv.n),
+                ).fetchone()
+                if found is None:
+                    raise ConversationNotFound(f"no conversation {conv}")
+                _drop_documents(conn, [found[0]])
+                sets.append("title_document = ?")
+                values.append(_index_document(conn, conv.user, conv.n, None, changes["title"]))
             # One UPDATE: SQLite's write lock makes it atomic, no concurrent update is lost.
             row = conn.execute(
                 f"UPDATE conversations SET {', '.join(sets)} WHERE user_id = ? AND number = ? "
@@ -661,6 +747,14 @@ class SqliteBackend:
 
     def remove_conversation(self, conv: ConversationId) -> None:
         with self._write(f"delete {conv}") as conn:
+            # Its documents first (the index has no foreign key to cascade along).
+            docs = conn.execute(
+                "SELECT title_document FROM conversations WHERE user_id = ? AND number = ? "
+                "UNION ALL SELECT document FROM messages WHERE user_id = ? AND conversation = ? "
+                "AND document IS NOT NULL",
+                (conv.user, conv.n, conv.user, conv.n),
+            ).fetchall()
+            _drop_documents(conn, [doc for (doc,) in docs])
             # The foreign keys cascade to its messages and their chunks.
             cursor = conn.execute(
                 "DELETE FROM conversations WHERE user_id = ? AND number = ?", (conv.user, conv.n)
@@ -719,7 +813,7 @@ class SqliteBackend:
             message = rebuild_message(str(mid), mid.seq, [record], writer_alive=False)
             conn.execute(
                 "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
-                "created_at, line) VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                "created_at, line, document) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?)",
                 (
                     mid.user,
                     mid.conversation,
@@ -728,6 +822,7 @@ class SqliteBackend:
                     message.status,
                     now,
                     line_of(message),
+                    _index_message(conn, mid, message),
                 ),
             )
             conn.execute(
@@ -872,13 +967,13 @@ class SqliteBackend:
             if row[0] is not None:
                 raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
             found = conn.execute(
-                "SELECT line, writer, deleted_at FROM messages "
+                "SELECT line, writer, deleted_at, document FROM messages "
                 "WHERE user_id = ? AND conversation = ? AND seq = ?",
                 (conv.user, conv.n, seq),
             ).fetchone()
             if found is None or found[2] is not None:
                 return False
-            line, writer, _ = found
+            line, writer, _, document = found
             # Not sealed: streaming while its writer's lease is held (a crashed writer's
             # message is interrupted, final, and can go).
             if line is None and self._writer_alive(writer):
@@ -886,12 +981,48 @@ class SqliteBackend:
                     f"message {MessageId(conv.user, conv.n, seq)} is still streaming: "
                     "it can be deleted once it ends"
                 )
+            _drop_documents(conn, [document])
             conn.execute(
-                "UPDATE messages SET deleted_at = ? "
+                "UPDATE messages SET deleted_at = ?, document = NULL "
                 "WHERE user_id = ? AND conversation = ? AND seq = ?",
                 (utc_now(), conv.user, conv.n, seq),
             )
         return True
+
+    # -- search -----------------------------------------------------------------------------
+
+    def search(
+        self,
+        user: UserId,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        offset: int,
+        include_deleted: bool,
+    ) -> list[SearchMatch]:
+        """One statement ranks (the FTS5 index, the user's rowid range only; the best
+        document per conversation; soft-deleted ones filtered out after the ranking, offset
+        and limit in SQL), then the page's matching messages are read for their text."""
+        low = user.n << _DOCUMENT_BITS
+        high = low + (1 << _DOCUMENT_BITS) - 1
+        with self._read(f"search the conversations of {user}") as conn:
+            rows = conn.execute(
+                _SEARCH,
+                (_match_expression(terms), low, high, user.n, include_deleted, limit, offset),
+            ).fetchall()
+            found: list[SearchMatch] = []
+            for _, seq, *columns in rows:
+                conversation = _conversation(user.n, tuple(columns))
+                text = conversation.title or ""
+                if seq is not None:
+                    line = conn.execute(
+                        "SELECT line FROM messages WHERE user_id = ? AND conversation = ? "
+                        "AND seq = ?",
+                        (user.n, columns[0], seq),
+                    ).fetchone()
+                    text = from_line(orjson.loads(line[0])).text if line and line[0] else ""
+                found.append(SearchMatch(conversation, seq, text))
+        return found
 
     # -- integrity --------------------------------------------------------------------------
 
@@ -1077,6 +1208,88 @@ def _conversation(user: int, row: tuple[Any, ...]) -> Conversation:
     return conversations(user, [row])[0]
 
 
+def _match_expression(terms: Sequence[str]) -> str:
+    """The FTS5 query of ``terms``: each a quoted string (nothing in it is syntax) and a
+    prefix (``*``), all of them required (FTS5's implicit AND). Both title and body are
+    searched: a row is one document, one of the two is empty."""
+    return " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+
+
+def _index_document(
+    conn: sqlite3.Connection, user: int, conversation: int, seq: int | None, text: str | None
+) -> int | None:
+    """Add a document (a title if ``seq`` is None, else a message's text) to the search
+    index in the caller's write transaction; its rowid, or None if it has no words."""
+    indexed = index_words(text)
+    if not indexed:
+        return None
+    n: int = conn.execute(_NEXT_DOCUMENT, (user,)).fetchone()[0]
+    if n >= 1 << _DOCUMENT_BITS:
+        raise StorageError(errno.EOVERFLOW, f"user {UserId(user)} has run out of search rows")
+    document = user << _DOCUMENT_BITS | n
+    conn.execute(
+        _INDEX_DOCUMENT,
+        (document, indexed, None, conversation, None)
+        if seq is None
+        else (document, None, indexed, conversation, seq),
+    )
+    return document
+
+
+def _index_message(conn: sqlite3.Connection, mid: MessageId, message: Message) -> int | None:
+    """Index a message if it is finished (``complete`` or ``error``); its rowid or None."""
+    if message.status not in TERMINAL:
+        return None
+    return _index_document(conn, mid.user, mid.conversation, mid.seq, message.text)
+
+
+def _drop_documents(conn: sqlite3.Connection, documents: Sequence[int | None]) -> None:
+    """Remove documents from the search index by rowid (None: nothing was indexed)."""
+    for document in documents:
+        if document is not None:
+            conn.execute("DELETE FROM search WHERE rowid = ?", (document,))
+
+
+def _add_search_index(conn: sqlite3.Connection) -> None:
+    """Migration 3: the search index, filled from the rows already there (in the migration's
+    transaction: a database opened after it always has a complete index)."""
+    for sql in (
+        "ALTER TABLE users ADD COLUMN last_document INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE conversations ADD COLUMN title_document INTEGER",
+        "ALTER TABLE messages ADD COLUMN document INTEGER",
+        _SEARCH_TABLE,
+    ):
+        conn.execute(sql)
+    titles = conn.execute(
+        "SELECT user_id, number, title FROM conversations WHERE title IS NOT NULL"
+    ).fetchall()
+    for user, number, title in titles:
+        conn.execute(
+            "UPDATE conversations SET title_document = ? WHERE user_id = ? AND number = ?",
+            (_index_document(conn, user, number, None, title), user, number),
+        )
+    # Keyset pages: memory stays bounded on a large database, and no cursor is open on
+    # ``messages`` while its rows are updated.
+    after: tuple[int, int, int] = (0, 0, 0)
+    while True:
+        rows = conn.execute(
+            "SELECT user_id, conversation, seq, line FROM messages "
+            "WHERE (user_id, conversation, seq) > (?, ?, ?) AND line IS NOT NULL "
+            "AND deleted_at IS NULL ORDER BY user_id, conversation, seq LIMIT 500",
+            after,
+        ).fetchall()
+        if not rows:
+            return
+        for user, number, seq, line in rows:
+            message = from_line(orjson.loads(line))
+            conn.execute(
+                "UPDATE messages SET document = ? "
+                "WHERE user_id = ? AND conversation = ? AND seq = ?",
+                (_index_message(conn, MessageId(user, number, seq), message), user, number, seq),
+            )
+        after = tuple(rows[-1][:3])
+
+
 class SqliteSink:
     """A streamed message of the SQLite backend: one ``chunks`` row per ``write_chunk``, then
     the seal. Its liveness is the backend's lease (the message row names the instance) until
@@ -1160,7 +1373,9 @@ class SqliteSink:
                     records = [orjson.loads(r) for (r,) in conn.execute(_SELECT_CHUNKS, key)]
                     message = rebuild_message(str(self._id), key[2], records, writer_alive=False)
                     line = line_of(message)
-                conn.execute(_SEAL_MESSAGE, (message.status, message.role, line, *key))
+                # Indexed in the seal's transaction: findable exactly when it is finished.
+                document = _index_message(conn, self._id, message)
+                conn.execute(_SEAL_MESSAGE, (message.status, message.role, line, document, *key))
                 conn.execute(_TOUCH_CONVERSATION, (utc_now(), key[0], key[1]))
                 conn.execute("COMMIT")
             except BaseException:
