@@ -231,9 +231,13 @@ _CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_COLUMNS_LIST)
 # conversation (``title_document``) or message (``document``), so a new title, a deleted
 # message or a hard delete removes it by rowid. The rows carry their conversation and seq
 # (UNINDEXED) so that a match needs no join to say where it is.
+# ``prefix``: postings of every 1-, 2- and 3-character prefix too. Every term is a prefix
+# query, and a short one ("the", "ka") otherwise merges the postings of every word it starts:
+# measured on 10,000 conversations (45,000 documents), 13-20 ms before any ranking, 1 ms with
+# the prefix index, for an index about 3x larger (still smaller than the messages' text).
 _SEARCH_TABLE = (
     "CREATE VIRTUAL TABLE search USING fts5(title, body, conversation UNINDEXED, "
-    "seq UNINDEXED, tokenize = 'ascii')"
+    "seq UNINDEXED, tokenize = 'ascii', prefix = '1 2 3')"
 )
 _DOCUMENT_BITS = 32
 # A function FTS5 registers: it fails ("no such function") where SQLite has no FTS5.
@@ -1042,6 +1046,7 @@ class SqliteBackend:
         """
         problems: list[Problem] = []
         fixes: list[tuple[str, tuple[Any, ...]]] = []
+        stale: dict[tuple[int, int, int | None], list[int]] = {}
         where = self.describe()
         with self._read("check the database") as conn:
             for (line,) in conn.execute("PRAGMA integrity_check").fetchall():
@@ -1057,11 +1062,19 @@ class SqliteBackend:
             problems += self._check_counters(conn, fixes)
             problems += self._check_gaps(conn)
             problems += self._check_lines(conn, fixes)
+            relined = {
+                (m.user, m.conversation, m.seq)
+                for m in (MessageId.parse(p.path) for p in problems if p.kind == "stale-line")
+            }
+            problems += self._check_index(conn, stale, relined)
         if fix:
-            if fixes:
+            if fixes or stale:
                 with self._write("repair the database") as conn:
                     for sql, params in fixes:
                         conn.execute(sql, params)
+                    # After the lines: a document is rebuilt from the repaired line.
+                    for key, rowids in stale.items():
+                        _reindex(conn, key, rowids)
             problems = [replace(p, fixed=True) if p.kind in FIXABLE else p for p in problems]
             self._tidy_leases()
         return problems
@@ -1176,6 +1189,61 @@ class SqliteBackend:
             problems.append(Problem(str(mid), "stale-line", detail))
         return problems
 
+    def _check_index(
+        self,
+        conn: sqlite3.Connection,
+        stale: dict[tuple[int, int, int | None], list[int]],
+        relined: set[tuple[int, int, int]],
+    ) -> list[Problem]:
+        """The search index against the rows: every title and finished message (not deleted)
+        with words has exactly one document, holding its words, at the rowid its row names;
+        nothing else is indexed. ``stale`` gets each document key that disagrees, with the
+        rowids found for it (``_reindex`` replaces them). A message whose line is stale
+        (``relined``) is not judged by that line: its document is rebuilt after the line is,
+        whatever it holds now, and only the line is reported."""
+        expected: dict[tuple[int, int, int | None], tuple[str, int | None]] = {}
+        for user, n, title, document in conn.execute(
+            "SELECT user_id, number, title, title_document FROM conversations"
+        ):
+            expected[(user, n, None)] = (index_words(title), document)
+        for user, n, seq, line, document in conn.execute(
+            "SELECT user_id, conversation, seq, line, document FROM messages "
+            "WHERE deleted_at IS NULL AND (line IS NOT NULL OR document IS NOT NULL)"
+        ):
+            try:
+                message = from_line(orjson.loads(line)) if line is not None else None
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                message = None  # _check_lines reports (and rebuilds) it
+            words = index_words(message.text) if message and message.status in TERMINAL else ""
+            expected[(user, n, seq)] = (words, document)
+        found: dict[tuple[int, int, int | None], list[tuple[int, str]]] = {}
+        for rowid, title, body, n, seq in conn.execute(
+            "SELECT rowid, title, body, conversation, seq FROM search"
+        ):
+            key = (rowid >> _DOCUMENT_BITS, n, seq)
+            found.setdefault(key, []).append((rowid, title if seq is None else body))
+        problems = []
+        for key in sorted(expected.keys() | found.keys(), key=_document_order):
+            if key in relined:
+                stale[key] = [rowid for rowid, _ in found.get(key, [])]
+                continue
+            words, document = expected.get(key, ("", None))
+            docs = found.get(key, [])
+            if words:
+                good = len(docs) == 1 and docs[0] == (document, words)
+            else:
+                good = not docs and document is None
+            if good:
+                continue
+            stale[key] = [rowid for rowid, _ in docs]
+            user, n, seq = key
+            where = ConversationId(user, n) if seq is None else MessageId(user, n, seq)
+            what = "title" if seq is None else "text"
+            problems.append(
+                Problem(str(where), "stale-index", f"the search index disagrees with its {what}")
+            )
+        return problems
+
     def _tidy_leases(self) -> None:
         """Forget the leases of processes that are gone (their files, rows and writers)."""
         with self._read("list the leases") as conn:
@@ -1248,6 +1316,49 @@ def _drop_documents(conn: sqlite3.Connection, documents: Sequence[int | None]) -
     for document in documents:
         if document is not None:
             conn.execute("DELETE FROM search WHERE rowid = ?", (document,))
+
+
+def _document_order(key: tuple[int, int, int | None]) -> tuple[int, int, int]:
+    user, n, seq = key
+    return (user, n, -1 if seq is None else seq)
+
+
+def _reindex(
+    conn: sqlite3.Connection, key: tuple[int, int, int | None], rowids: Sequence[int]
+) -> None:
+    """Rebuild one document from its row as it is now (``check(fix=True)``, in its write
+    transaction): the rows found for it and the one its row names go, the current title or
+    message text comes in. Read under the write lock, so a write made since the check is
+    kept, never undone."""
+    user, n, seq = key
+    if seq is None:
+        row = conn.execute(
+            "SELECT title, title_document FROM conversations WHERE user_id = ? AND number = ?",
+            (user, n),
+        ).fetchone()
+        _drop_documents(conn, [*rowids, row[1] if row else None])
+        if row is not None:
+            conn.execute(
+                "UPDATE conversations SET title_document = ? WHERE user_id = ? AND number = ?",
+                (_index_document(conn, user, n, None, row[0]), user, n),
+            )
+        return
+    row = conn.execute(
+        "SELECT line, document, deleted_at FROM messages "
+        "WHERE user_id = ? AND conversation = ? AND seq = ?",
+        (user, n, seq),
+    ).fetchone()
+    _drop_documents(conn, [*rowids, row[1] if row else None])
+    if row is None:
+        return
+    document = None
+    if row[0] is not None and row[2] is None:
+        message = from_line(orjson.loads(row[0]))
+        document = _index_message(conn, MessageId(user, n, seq), message)
+    conn.execute(
+        "UPDATE messages SET document = ? WHERE user_id = ? AND conversation = ? AND seq = ?",
+        (document, user, n, seq),
+    )
 
 
 def _add_search_index(conn: sqlite3.Connection) -> None:
