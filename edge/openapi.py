@@ -222,13 +222,48 @@ def _schemas() -> dict[str, Any]:
     return {
         "Error": error,
         "Conversation": _closed(_conversation_properties(), "A conversation's metadata."),
+        "ConversationMatch": _closed(
+            {
+                **_conversation_properties(),
+                "match": _closed(
+                    {
+                        "snippet": {
+                            "type": "string",
+                            "description": "About 160 characters of the matching text around "
+                            "its first match, on one line, with … where text was cut.",
+                        },
+                        "seq": {
+                            "type": ["integer", "null"],
+                            "minimum": 1,
+                            "description": "The matching message's seq (its best-ranked "
+                            "message when several match); null when the title matched.",
+                        },
+                        "message_id": {
+                            **_nullable(_MESSAGE_ID),
+                            "description": "The matching message's id; null for the title.",
+                        },
+                    },
+                    "Where the search matched.",
+                ),
+            },
+            "A conversation found by a search (q): its metadata and where it matched.",
+        ),
         "ConversationDetail": _closed(
             detail_properties, "A conversation with the first page of its messages."
         ),
         "ConversationList": _closed(
             {
                 "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref(_SCHEMAS, "Conversation")},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            _ref(_SCHEMAS, "Conversation"),
+                            _ref(_SCHEMAS, "ConversationMatch"),
+                        ]
+                    },
+                    "description": "Conversation objects; with q, ConversationMatch objects.",
+                },
                 "first_id": _nullable(_CONVERSATION_ID),
                 "last_id": {
                     **_nullable(_CONVERSATION_ID),
@@ -236,7 +271,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "has_more": {"type": "boolean"},
             },
-            "A page of conversations, newest first.",
+            "A page of conversations, newest first; with q, best match first.",
         ),
         "ConversationCreate": {
             "type": "object",
@@ -468,6 +503,16 @@ def _parameters() -> dict[str, Any]:
             "limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size."
         ),
         "After": query("after", _CONVERSATION_ID, "Cursor: the last_id of the previous page."),
+        "Query": query(
+            "q",
+            {"type": "string", "minLength": 1, "maxLength": 1000},
+            "Search instead of listing: the conversations whose title or one finished message "
+            "holds every word of q as the start of a word ('lis bon' finds \"Lisbon's "
+            'bonfires"; case and width folded, accents kept), best match first (title matches '
+            "above message matches, newest first among equals), each with its match. Nothing "
+            "in q is syntax; q without words (letters or digits) is a 400. A reply is found "
+            "once it has finished streaming.",
+        ),
         "Offset": query(
             "offset",
             {"type": "integer", "minimum": 0, "maximum": 1_000_000},
@@ -663,8 +708,9 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
             "get": {
                 "operationId": op("listConversations"),
                 "tags": tag,
-                "summary": "List the session's conversations, newest first",
+                "summary": "List the session's conversations, newest first, or search them (q)",
                 "parameters": [
+                    _ref(_PARAMS, "Query"),
                     _ref(_PARAMS, "Limit"),
                     _ref(_PARAMS, "After"),
                     _ref(_PARAMS, "Offset"),
