@@ -53,6 +53,18 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   read when that transaction commits (checked: after ``on`` the server's WAL flush position
   has passed the commit on return, after ``off`` it has not), ``lock_timeout`` when a lock
   wait begins, after the settings are set.
+* **Search** (version 3): ``search_documents`` holds one row per document (a title as seq 0,
+  or one finished message), its words as ``_sql.index_words`` folds them, and ``document``,
+  a stored generated ``tsvector`` under the ``'simple'`` configuration named explicitly (no
+  stemming or stop words, whatever ``default_text_search_config`` says: the same words as
+  the other engines), titles weighted A and messages D, with a GIN index. A query is
+  ``to_tsquery('simple', ...)`` of quoted ``term:*`` lexemes joined by ``&``; ranked by
+  ``ts_rank``, the best document per conversation (``DISTINCT ON``), ties newest first. The
+  planner cannot estimate a prefix tsquery and would read the user's every document, so the
+  search statement runs with sequential scans priced out (``SET LOCAL``). Every write keeps
+  the documents current in its own transaction (a reply in its seal's one statement); a
+  hard delete's go with the conversation's foreign key. ``check`` compares them with the
+  rows (``stale-index``; ``fix`` rebuilds them).
 * **The seal** merges the records its sink committed (kept up to ``KEEP_RECORDS_CHARS`` of
   JSON, so memory stays bounded; only this sink writes this message's chunk rows, its seq is
   its own) and writes the terminal chunk, the message's status and line and the

@@ -79,6 +79,20 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
   child closes its copy of the lease descriptor without unlocking it (a flock belongs to the
   open file description the parent still holds: unlocking would end the parent's lease) and
   takes its own when it streams. ``close()`` ends the lease.
+* **Search** (version 3): an FTS5 table ``search``, one row per document (a conversation's
+  title, or one finished message's text), holding ``_sql.index_words`` (the folded words
+  ``_search`` compares) under the ``ascii`` tokenizer, so it matches exactly what
+  ``_search.matches`` says; each term a quoted prefix query, all required. A row's rowid is
+  ``user << 32 | n`` (``users.last_document``): a search reads its user's rowid range only,
+  and the row that indexes a title or a message is named by ``conversations.title_document``
+  / ``messages.document``, so a new title, a deleted message or a hard delete removes it by
+  rowid. Every write that changes what is searchable updates the index in its own
+  transaction (a reply in its seal's): no search ever sees a finished reply unindexed, and
+  nothing drifts. Ranking: bm25 with the title column weighted 10 to the text's 1, the best
+  document per conversation, ties newest first, offset and limit in SQL; soft-deleted
+  conversations are filtered at query time. ``check`` compares the index with the rows
+  (``stale-index``; ``fix`` rebuilds those documents). FTS5 is required: a Python whose
+  SQLite lacks it is refused at open (``StorageError``, ``ENOSYS``), not at the first write.
 * **Errors** become the chunkstore tree (``_storage_error``): ``SQLITE_BUSY``/``LOCKED`` past
   ``busy_timeout`` is ``LockTimeout`` (a lock that could not be taken in time, like the file
   store's); a full disk or database ``StorageError(ENOSPC)``; I/O errors and corruption
