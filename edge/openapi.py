@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 from chunkstore import __version__
+from chunkstore._search import MAX_QUERY_CHARS
 from edge.page import openapi_paths as page_openapi_paths
 
 __all__ = ["openapi_document"]
@@ -505,7 +506,7 @@ def _parameters() -> dict[str, Any]:
         "After": query("after", _CONVERSATION_ID, "Cursor: the last_id of the previous page."),
         "Query": query(
             "q",
-            {"type": "string", "minLength": 1, "maxLength": 1000},
+            {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
             "Search instead of listing: the conversations whose title or one finished message "
             "holds every word of q as the start of a word ('lis bon' finds \"Lisbon's "
             'bonfires"; case and width folded, accents kept), best match first (title matches '
