@@ -1238,10 +1238,12 @@ class PostgresBackend:
         conversation, soft-deleted ones filtered, ranked, offset and limit; the page's
         matching messages' lines joined after the limit (only they are read)."""
         with self._read(f"search the conversations of {user}") as conn:
-            # The planner cannot estimate a prefix tsquery (``:*``): it assumes a fixed share
-            # of the rows match and prices GIN's partial-match scan high, so it reads a
-            # user's every document instead (measured on 10,000 conversations: 35 ms for a
-            # rare prefix, 6 ms from the GIN index). Sequential scans are priced out for
+            # The planner estimates a prefix tsquery (``:*``) poorly: without statistics
+            # that cover the prefix it assumes a fixed share of the rows match and prices
+            # GIN's partial-match scan high, and reads the user's every document (measured
+            # on 10,000 conversations: 35 ms for a rare prefix, 6 ms from the GIN index);
+            # with them it may still hash-join every conversation row (1.6 ms against 0.19
+            # ms by index lookups, benchmarks/README.md). Sequential scans are priced out for
             # this one statement (SET LOCAL: it ends with the transaction).
             conn.execute(b"BEGIN; SET LOCAL enable_seqscan = off")
             try:
