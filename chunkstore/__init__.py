@@ -17,6 +17,7 @@ from ._exceptions import (
     ReplyStreaming,
     StorageError,
     StoreFormatError,
+    TransferMismatch,
     UserNotFound,
     WriterClosed,
 )
@@ -24,6 +25,13 @@ from ._ids import ConversationId, MessageId, UserId
 from ._layout import FORMAT_VERSION
 from ._models import Conversation, ConversationPage, Message, Problem, SearchHit, SearchPage
 from ._store import DURABILITY_MODES, Store
+from ._transfer import (
+    ImportReport,
+    SkippedConversation,
+    copy_store,
+    export_lines,
+    import_lines,
+)
 from ._turns import Turn
 from ._url import parse_store_url, redact_url
 from ._writer import MessageWriter
@@ -41,6 +49,7 @@ __all__ = [
     "ConversationId",
     "ConversationNotFound",
     "ConversationPage",
+    "ImportReport",
     "InvalidArgument",
     "InvalidId",
     "LimitExceeded",
@@ -52,14 +61,19 @@ __all__ = [
     "ReplyStreaming",
     "SearchHit",
     "SearchPage",
+    "SkippedConversation",
     "StorageError",
     "Store",
     "StoreFormatError",
+    "TransferMismatch",
     "Turn",
     "UserId",
     "UserNotFound",
     "WriterClosed",
     "__version__",
+    "copy_store",
+    "export_lines",
+    "import_lines",
     "parse_store_url",
     "redact_url",
 ]

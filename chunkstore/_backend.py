@@ -29,6 +29,7 @@ Contract every backend keeps (the conformance suite, ``tests/conformance``, chec
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -36,7 +37,62 @@ from ._ids import ConversationId, MessageId, UserId
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._search import SearchMatch
 
-__all__ = ["Backend", "StreamSink"]
+__all__ = [
+    "Backend",
+    "ConversationDump",
+    "ConversationImport",
+    "MessageImport",
+    "StreamSink",
+    "UserRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """What a store knows of a user beyond its conversations (``Backend.user_records``)."""
+
+    id: str
+    created_at: str
+    # The SHA-256 hex digests of the user's principals, sorted: how a session finds its user.
+    sessions: list[str]
+    # The highest conversation number ever handed out (hard-deleted ones included): a copy
+    # keeps it, so no number is handed out twice in the destination either.
+    last_conversation: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationDump:
+    """A whole conversation as a backend holds it (``Backend.dump_conversation``): what an
+    export writes. Seqs from 1 to ``last_seq`` that no message in ``messages`` has are
+    deleted (or, in a damaged store, lost): either way claimed, never handed out again."""
+
+    conversation: Conversation
+    last_seq: int  # the highest seq ever claimed, deleted messages included
+    messages: list[Message]  # the live ones, rebuilt, in seq order
+
+
+@dataclass(frozen=True, slots=True)
+class MessageImport:
+    """One message of a ``ConversationImport``: its chunk records (``_rebuild.message_records``;
+    the backend sets each record's ``messageId``), ending in a terminal record if the message
+    is final (it is stored sealed) or not (it is stored unsealed, without a writer: it reads
+    back ``interrupted``). ``deleted``: stored as a deleted message (its seq claimed, the
+    records only a placeholder that never reads back)."""
+
+    seq: int
+    records: list[dict[str, Any]]
+    deleted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationImport:
+    """A whole conversation to store as it was (``Backend.import_conversation``): the
+    metadata of ``conversation`` (its ``id`` and ``user_id`` are the backend's to set),
+    ``last_seq``, and one ``MessageImport`` per seq 1..``last_seq``, in seq order."""
+
+    conversation: Conversation
+    last_seq: int
+    messages: list[MessageImport]
 
 
 class StreamSink(Protocol):
@@ -79,6 +135,26 @@ class Backend(Protocol):
     def users(self) -> list[str]:
         """Every user id, in numeric order."""
 
+    def user_records(self, users: Sequence[UserId]) -> list[UserRecord]:
+        """The record of each of ``users`` (``UserNotFound`` for a missing one), in order."""
+
+    def import_user(
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
+    ) -> str | None:
+        """Create user ``user`` (None: the next number) with ``created_at``, its conversation
+        counter at ``last_conversation``, and the principal digests ``sessions`` (a digest
+        already registered keeps its user), atomically; its id, or None if that number is
+        taken (nothing is written then)."""
+
+    def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:
+        """Register each digest of ``sessions`` not registered yet to ``user``; how many were.
+        ``UserNotFound`` if there is no such user."""
+
     # -- conversations ----------------------------------------------------------------------
 
     def create_conversation(
@@ -110,6 +186,19 @@ class Backend(Protocol):
     def update_conversation(self, conv: ConversationId, changes: Mapping[str, Any]) -> Conversation:
         """Apply ``changes`` (any of ``title``, ``pinned``, ``metadata``, ``deleted_at``) and
         set ``updated_at`` to now, atomically (no concurrent update lost)."""
+
+    def dump_conversation(self, conv: ConversationId) -> ConversationDump:
+        """The conversation whole: metadata, ``last_seq`` and its live messages rebuilt
+        (``ConversationNotFound`` if missing)."""
+
+    def import_conversation(
+        self, user: UserId, number: int | None, data: ConversationImport
+    ) -> str | None:
+        """Store ``data`` as conversation ``number`` of ``user`` (None: the next number) with
+        its exact times, flags, ``last_seq`` and messages, ATOMICALLY: whole or not at all,
+        even across a crash, so an interrupted copy resumes by skipping what is there. Its
+        id; None if that number is taken (nothing is written). The user's counter moves past
+        the number, so it is never handed out again. ``UserNotFound`` if there is no user."""
 
     def remove_conversation(self, conv: ConversationId) -> None:
         """Hard delete: the conversation and all its messages are gone."""

@@ -41,7 +41,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import _fsio, _locks, _records
-from ._exceptions import InvalidId
+from ._exceptions import ChunkstoreError, InvalidId
+from ._file_search import Digest, digest, searchable
 from ._ids import ConversationId, MessageId, UserId, scan_tombstones, tombstone_name
 from ._layout import Layout
 from ._metadata import (
@@ -62,11 +63,20 @@ __all__ = ["Problem", "check_store"]
 
 
 class _Checker:
-    def __init__(self, store: FileBackend, layout: Layout, fix: bool) -> None:
+    def __init__(
+        self,
+        store: FileBackend,
+        layout: Layout,
+        fix: bool,
+        documents: dict[ConversationId, Digest] | None = None,
+    ) -> None:
         self.store = store
         self.layout = layout
         self.fix = fix
         self.problems: list[Problem] = []
+        # What the search index should hold of each conversation walked (``_file_search``
+        # compares it with the index afterwards, without reading the conversation again).
+        self.documents = documents
 
     def report(self, path: str, kind: str, detail: str, fixed: bool = False) -> None:
         self.problems.append(Problem(path, kind, detail, fixed))
@@ -248,6 +258,14 @@ class _Checker:
             if message is not None:
                 finished.append(message)
         self.check_segment(conv, finished)
+        if self.documents is not None:
+            tombstones = scan_tombstones(names, conv)
+            try:
+                meta = self.store.get_conversation(conv)
+            except ChunkstoreError:
+                return  # the index check reads it again, and says what it finds
+            kept = [m for m in finished if m.seq not in tombstones]
+            self.documents[conv] = digest(meta, searchable(meta, kept))
 
     def check_tombstones(self, conv: ConversationId, names: list[str], files: Any) -> None:
         """``<messageId>.deleted``: a readable record naming its message, of a message whose
@@ -412,5 +430,12 @@ def _file_type(st: os.stat_result) -> str:
     return "a symbolic link" if stat.S_ISLNK(st.st_mode) else _fsio.file_type(st.st_mode)
 
 
-def check_store(store: FileBackend, layout: Layout, fix: bool) -> list[Problem]:
-    return _Checker(store, layout, fix).run()
+def check_store(
+    store: FileBackend,
+    layout: Layout,
+    fix: bool,
+    documents: dict[ConversationId, Digest] | None = None,
+) -> list[Problem]:
+    """Every problem of the store's files; ``documents``, if given, receives what the search
+    index should hold of each conversation walked."""
+    return _Checker(store, layout, fix, documents).run()

@@ -18,6 +18,8 @@ does not know about chunkstore::
     ├── WriterClosed (RuntimeError)             a MessageWriter used after finish()/fail()
     ├── ReplyStreaming (RuntimeError)           the conversation's last reply is still streaming
     │                                           (``append_turn(refuse_while_streaming=True)``)
+    ├── TransferMismatch (RuntimeError)         a copied conversation does not rebuild in the
+    │                                           destination as in the source (``copy_store``)
     └── StorageError (OSError)                  the disk failed (ENOSPC, EIO...); ``errno`` is
                                                 the underlying one
 """
@@ -35,6 +37,7 @@ __all__ = [
     "ReplyStreaming",
     "StorageError",
     "StoreFormatError",
+    "TransferMismatch",
     "UserNotFound",
     "WriterClosed",
 ]
@@ -103,3 +106,8 @@ class ReplyStreaming(ChunkstoreError, RuntimeError):
     def __init__(self, message: str = "a reply is still streaming", message_id: str = "") -> None:
         super().__init__(message)
         self.message_id = message_id
+
+
+class TransferMismatch(ChunkstoreError, RuntimeError):
+    """A conversation (or a user's sessions) copied or imported with verification does not
+    read back in the destination as in the source: the message names it and what differs."""

@@ -18,12 +18,13 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
 from . import _fsio, _locks, _records
+from ._backend import ConversationDump, ConversationImport, UserRecord
 from ._exceptions import (
     ConversationDeleted,
     ConversationNotFound,
@@ -35,11 +36,13 @@ from ._exceptions import (
     UserNotFound,
     WriterClosed,
 )
+from ._file_search import FileSearch
 from ._ids import (
     MAX_DIGITS,
     ConversationId,
     MessageId,
     UserId,
+    chunk_name,
     scan_conversation_numbers,
     scan_tombstones,
     tombstone_name,
@@ -48,7 +51,8 @@ from ._layout import FORMAT_VERSION, Layout
 from ._metadata import Damage, conversation_record, damaged_conversation, read_conversation_file
 from ._models import Conversation, ConversationPage, Message, Problem
 from ._reader import ConversationReader, conversation_io, list_message_files
-from ._rebuild import message_to_line, rebuild_message
+from ._rebuild import TERMINAL, message_to_line, rebuild_message
+from ._search import SearchMatch
 from ._writer import utc_now
 
 __all__ = ["FileBackend", "FileSink"]
@@ -58,6 +62,8 @@ _META_CACHE_SIZE = 8192
 # instead (~0.5 us per entry): a few hundred microseconds at most, against ~5 ms at 10,000.
 _PROBE_MISSES = 128
 _MAX_NUMBER = 10**MAX_DIGITS - 1
+# The conversation fields the search index holds (a title; a soft deletion filters).
+_SEARCHED = frozenset({"title", "deleted_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,12 +153,17 @@ class FileBackend:
             tuple[tuple[int, int, int, int] | None, tuple[int, int, int, int] | None, Conversation],
         ] = {}
         self._open_root()
+        # The derived search index (``_file_search``): each write below that changes what is
+        # searchable calls ``begin()`` before touching the files and a hook once they are written.
+        self._search = FileSearch(self)
 
     def describe(self) -> str:
         return self.root
 
     def close(self) -> None:
-        """Nothing to release: files are opened per call, locks per operation."""
+        """Files are opened per call, locks per operation: only the search index's databases
+        and its lease are held."""
+        self._search.close()
 
     def ping(self) -> None:
         # An empty file can be created on a full disk (it needs an inode, not a block): the
@@ -240,9 +251,13 @@ class FileBackend:
             raise StorageError(0, f"session registry entry {path} is unreadable: {exc}") from exc
         return str(UserId.parse(user_id))
 
-    def _create_user(self) -> UserId:
-        numbers = [u.n for u in self._user_ids()]
-        user = UserId(max(numbers, default=0) + 1)
+    def _create_user(
+        self, user: UserId | None = None, created_at: str | None = None, counter: int = 0
+    ) -> UserId:
+        """Create user ``user`` (default: one past the highest). Caller holds the registry
+        lock; ``user`` must not exist (its rename would fail if it did)."""
+        if user is None:
+            user = UserId(max((u.n for u in self._user_ids()), default=0) + 1)
         final = self._layout.user_dir(user)
         # Build the user directory under a temp name and rename it into place: a user either
         # exists whole (with user.json) or not at all.
@@ -250,8 +265,12 @@ class FileBackend:
         shutil.rmtree(tmp, ignore_errors=True)
         try:
             os.makedirs(os.path.join(tmp, "data", "conversations"))
-            now = utc_now()
-            record = {"v": 1, "id": str(user), "createdAt": now, "lastConversation": 0}
+            record = {
+                "v": 1,
+                "id": str(user),
+                "createdAt": created_at or utc_now(),
+                "lastConversation": counter,
+            }
             _fsio.create_exclusive(
                 os.path.join(tmp, "user.json"), _records.encode_line(record), durable=self._durable
             )
@@ -277,6 +296,89 @@ class FileBackend:
         """Every user id in the store, in numeric order."""
         return [str(u) for u in self._user_ids()]
 
+    def user_records(self, users: Sequence[UserId]) -> list[UserRecord]:
+        """One pass over the session registry (``sessions/<digest>.json``), then each user's
+        ``user.json``. An unreadable registry entry is an error, not skipped: it may be one of
+        these users' sessions, and a copy without it would lock that session out."""
+        for user in users:
+            self._require_user(user)
+        wanted = {str(u) for u in users}
+        sessions: dict[str, list[str]] = {name: [] for name in wanted}
+        try:
+            names = sorted(os.listdir(self._layout.sessions_dir))
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            digest, _, ext = name.partition(".")
+            if ext != "json" or not _is_digest(digest):
+                continue  # temp files, the registry's lock
+            found = self._read_session(os.path.join(self._layout.sessions_dir, name))
+            if found in wanted:
+                sessions[found].append(digest)
+        out = []
+        for user in users:
+            record = self._read_user(user)
+            created = record.get("createdAt")
+            counter = _counter_of(record, user) or 0
+            highest = max(self._conversation_numbers(user), default=0)
+            out.append(
+                UserRecord(
+                    str(user),
+                    created if isinstance(created, str) else "",
+                    sessions[str(user)],
+                    max(counter, highest),
+                )
+            )
+        return out
+
+    def import_user(
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
+    ) -> str | None:
+        """Under the registry lock: the session entries first, then the user directory,
+        renamed into place whole. A crash in between leaves entries naming a user that does
+        not exist (``check`` reports them as orphans); the next import of that user finds
+        the number free and creates it, and the entries name it again."""
+        os.makedirs(self._layout.sessions_dir, exist_ok=True)
+        with _locks.exclusive(self._layout.registry_lock, self.lock_timeout):
+            if user is None:
+                user = UserId(max((u.n for u in self._user_ids()), default=0) + 1)
+            elif os.path.lexists(self._layout.user_dir(user)):
+                return None
+            existing = set(self._user_ids())
+            for digest in sessions:
+                path = self._layout.session_file(digest)
+                if os.path.lexists(path):
+                    try:
+                        owner = self._read_session(path)
+                    except StorageError:
+                        owner = None  # a broken entry is no registration: replaced
+                    if owner is not None and UserId.parse(owner) in existing:
+                        continue  # a digest keeps its user
+                _fsio.replace_atomic(
+                    path, _records.encode_line({"userId": str(user)}), durable=self._durable
+                )
+            self._create_user(user, created_at, last_conversation)
+        return str(user)
+
+    def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:
+        self._require_user(user)
+        os.makedirs(self._layout.sessions_dir, exist_ok=True)
+        added = 0
+        with _locks.exclusive(self._layout.registry_lock, self.lock_timeout):
+            for digest in sessions:
+                path = self._layout.session_file(digest)
+                if self._read_session(path) is None:
+                    _fsio.replace_atomic(
+                        path, _records.encode_line({"userId": str(user)}), durable=self._durable
+                    )
+                    added += 1
+        return added
+
     def _require_user(self, user: UserId) -> UserId:
         user_dir = self._layout.user_dir(user)
         if self._layout.user_has_symlink(user) or not os.path.isdir(user_dir):
@@ -296,6 +398,7 @@ class FileBackend:
         max_conversations: int | None,
     ) -> Conversation:
         self._require_user(user)
+        self._search.begin()
         with _locks.exclusive(self._layout.user_lock(user), self.lock_timeout):
             limit = max_conversations
             if limit is not None and len(self._conversation_numbers(user)) >= limit:
@@ -321,6 +424,7 @@ class FileBackend:
                 participants=participants,
             )
             self._create_conversation_dir(conv, conversation)
+        self._search.conversation_changed(conv, searchable=title is not None)
         return conversation
 
     def _next_conversation_number(self, user: UserId, user_record: dict[str, Any]) -> int:
@@ -340,7 +444,14 @@ class FileBackend:
             return counter + 1
         return max(counter or 0, max(self._conversation_numbers(user), default=0)) + 1
 
-    def _create_conversation_dir(self, conv: ConversationId, conversation: Conversation) -> None:
+    def _create_conversation_dir(
+        self,
+        conv: ConversationId,
+        conversation: Conversation,
+        fill: Callable[[str], None] | None = None,
+    ) -> None:
+        """Build the conversation's directory under a temp name (``fill`` adds files to it)
+        and rename it into place whole."""
         final = self._layout.conversation_dir(conv)
         parent = os.path.dirname(final)
         tmp = os.path.join(parent, f".{conv}{_fsio.TEMP_MARKER}{os.getpid()}")
@@ -352,6 +463,8 @@ class FileBackend:
                 _records.encode_line(conversation_record(conversation)),
                 durable=self._durable,
             )
+            if fill is not None:
+                fill(tmp)
             # Renamed into place whole: a conversation never exists without its metadata.
             os.rename(tmp, final)
             if self._durable:
@@ -359,6 +472,9 @@ class FileBackend:
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StorageError.wrap(exc, f"cannot create conversation {conv}") from exc
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def _read_user(self, user: UserId) -> dict[str, Any]:
         try:
@@ -639,6 +755,7 @@ class FileBackend:
         # Read-modify-write under the conversation lock: no concurrent update is lost.
         # A damaged conversation's record (rebuilt, ``_metadata``) is written whole, so the
         # update repairs it: what the damaged file held beyond that is lost either way.
+        self._search.begin()
         with self._conversation_lock(conv):
             current = self._read_conversation(conv)
             updated = replace(current, updated_at=utc_now(), damaged=False, **changes)
@@ -647,6 +764,7 @@ class FileBackend:
                 _records.encode_line(conversation_record(updated)),
                 durable=self._durable,
             )
+        self._search.conversation_changed(conv, searchable=bool(_SEARCHED & changes.keys()))
         return updated
 
     def _conversation_lock(self, conv: ConversationId) -> Any:
@@ -654,11 +772,119 @@ class FileBackend:
             raise ConversationNotFound(f"no conversation {conv}")
         return _locks.exclusive(self._layout.conversation_lock(conv), self.lock_timeout)
 
+    def dump_conversation(self, conv: ConversationId) -> ConversationDump:
+        conversation = self._read_conversation(conv)
+        messages = self._reader.messages(conv, 0, None)
+        with conversation_io(conv, "list the messages"):
+            names = os.listdir(self._layout.messages_dir(conv))
+        # Every claimed seq has a file (users/README.md), a deleted one its tombstone too.
+        claimed = max(list_message_files(names, conv), default=0)
+        last_seq = max(claimed, max(scan_tombstones(names, conv), default=0))
+        if messages:
+            last_seq = max(last_seq, messages[-1].seq)
+        return ConversationDump(conversation, last_seq, messages)
+
+    def import_conversation(
+        self, user: UserId, number: int | None, data: ConversationImport
+    ) -> str | None:
+        """As ``create_conversation``: under the user lock, the counter moved up durably
+        first, then the conversation's directory built whole under a temp name (metadata,
+        every message file, tombstones, the segment) and renamed into place in one step, so
+        it is indistinguishable from one written message by message, and a crash leaves it
+        whole or absent (a temp directory ``check --fix`` removes)."""
+        self._require_user(user)
+        self._search.begin()
+        with _locks.exclusive(self._layout.user_lock(user), self.lock_timeout):
+            user_record = self._read_user(user)
+            if number is None:
+                number = self._next_conversation_number(user, user_record)
+            elif os.path.lexists(self._layout.conversation_dir(ConversationId(user.n, number))):
+                return None
+            conv = ConversationId(user.n, number)
+            counter = _counter_of(user_record, user)
+            if counter is None:
+                counter = max(self._conversation_numbers(user), default=0)
+            if counter < number or user_record.get("lastConversation") != counter:
+                user_record["lastConversation"] = max(counter, number)
+                _fsio.replace_atomic(
+                    self._layout.user_file(user),
+                    _records.encode_line(user_record),
+                    durable=self._durable,
+                )
+            conversation = replace(
+                data.conversation, id=str(conv), user_id=str(user), damaged=False
+            )
+            self._create_conversation_dir(
+                conv, conversation, lambda tmp: self._write_messages(tmp, conv, data)
+            )
+        self._reader.forget(conv)
+        self._next_seq_hint.pop(conv, None)
+        self._search.conversation_imported(conv)
+        return str(conv)
+
+    def _write_messages(self, tmp: str, conv: ConversationId, data: ConversationImport) -> None:
+        """The files of ``data``'s messages, into the conversation directory ``tmp`` that is
+        not in place yet: a final message as its sealed file, one that is not as its chunk
+        files (no writer lock: it reads back ``interrupted``), a deleted one with its
+        tombstone; and the segment of the sealed ones."""
+        mdir = os.path.join(tmp, "messages")
+        durable = self._durable
+        segment: list[bytes] = []
+        now = utc_now()
+        for item in data.messages:
+            mid = MessageId(conv.user, conv.n, item.seq)
+            records = [{**r, "messageId": str(mid)} for r in item.records]
+            if records[-1].get("status") in TERMINAL:
+                sealed = {"v": 1, "messageId": str(mid), "sealed": True, "records": records}
+                _fsio.create_exclusive(
+                    os.path.join(mdir, f"{mid}.json"), _records.encode_line(sealed), durable=durable
+                )
+                message = rebuild_message(str(mid), mid.seq, records, writer_alive=False)
+                segment.append(_records.encode_line(message_to_line(message)))
+            else:
+                for record in records:
+                    _fsio.create_exclusive(
+                        os.path.join(mdir, chunk_name(mid, record["seq"])),
+                        _records.encode_line(record),
+                        durable=durable,
+                    )
+            if item.deleted:
+                tombstone = {"v": 1, "messageId": str(mid), "deleted": True, "deletedAt": now}
+                _fsio.create_exclusive(
+                    os.path.join(mdir, tombstone_name(mid)),
+                    _records.encode_line(tombstone),
+                    durable=durable,
+                )
+        if segment:
+            # Derived (never synced when appended either): only what a reader would rebuild.
+            segment_name = os.path.basename(self._layout.segment_file(conv))
+            _fsio.create_exclusive(
+                os.path.join(tmp, segment_name), b"".join(segment), durable=False
+            )
+        # Retention reads a conversation's last message time from the mtime of ``messages/``
+        # (``expired``): it must say when the messages were written, not when they were
+        # imported, as the SQL backends' ``last_message_at`` does.
+        latest = max(
+            (
+                r["timestamp"]
+                for item in data.messages
+                for r in item.records
+                if isinstance(r.get("timestamp"), str) and r["timestamp"]
+            ),
+            default=data.conversation.created_at,
+        )
+        with contextlib.suppress(ValueError, OverflowError):
+            stamp = _parse_time(latest).timestamp()
+            os.utime(mdir, (stamp, stamp))
+        if durable:
+            _fsio.fsync_dir(mdir)
+
     def remove_conversation(self, conv: ConversationId) -> None:
         if self._layout.has_symlink(conv):
             raise ConversationNotFound(f"no conversation {conv}")
         final = self._layout.conversation_dir(conv)
         parent = os.path.dirname(final)
+        self._search.begin()
         trash = os.path.join(
             parent, f".trash-{conv}{_fsio.TEMP_MARKER}{os.getpid()}-{time.time_ns()}"
         )
@@ -682,6 +908,7 @@ class FileBackend:
                 # report the failure as the StorageError callers expect, not a bare OSError.
                 raise StorageError.wrap(exc, f"cannot sync the deletion of {conv}") from exc
         shutil.rmtree(trash, ignore_errors=True)
+        self._search.conversation_removed(conv)
 
     def expired(self, cutoff: datetime) -> list[str]:
         expired = []
@@ -711,6 +938,7 @@ class FileBackend:
     def append_message(
         self, conv: ConversationId, record: dict[str, Any], *, max_messages: int | None
     ) -> Message:
+        self._search.begin()
         with self._conversation_lock(conv):
             mid = self._claim_seq(conv, max_messages)
             record["messageId"] = str(mid)
@@ -723,6 +951,7 @@ class FileBackend:
             message = rebuild_message(str(mid), mid.seq, [record], writer_alive=False)
             self._append_segment(conv, message)
         self._reader.remember(conv, message)
+        self._search.message_finished(conv, message)
         return message
 
     def open_stream(self, conv: ConversationId, *, role: str, max_messages: int | None) -> FileSink:
@@ -743,6 +972,7 @@ class FileBackend:
         with self._conversation_lock(conv):
             self._append_segment(conv, message)
         self._reader.remember(conv, message)
+        self._search.message_finished(conv, message)
 
     def _claim_seq(self, conv: ConversationId, limit: int | None) -> MessageId:
         """The next free message seq. Caller holds the conversation lock.
@@ -805,6 +1035,7 @@ class FileBackend:
         with ``O_EXCL``, under the conversation's lock). Readers skip a tombstoned seq; its
         files stay (they keep the seq claimed) until the conversation is hard-deleted."""
         mid = MessageId(conv.user, conv.n, seq)
+        self._search.begin()
         with self._conversation_lock(conv):
             if self._read_conversation(conv).deleted:
                 raise ConversationDeleted(f"conversation {conv} is deleted: restore it to write")
@@ -831,7 +1062,24 @@ class FileBackend:
             except FileExistsError:
                 return False
         self._reader.forget(conv)
+        self._search.message_deleted(conv, seq)
         return True
+
+    # -- search -------------------------------------------------------------------------------
+
+    def search(
+        self,
+        user: UserId,
+        terms: Sequence[str],
+        *,
+        limit: int,
+        offset: int,
+        include_deleted: bool,
+    ) -> list[SearchMatch]:
+        """From the derived index (``_file_search``), caught up with the files first."""
+        return self._search.search(
+            user, terms, limit=limit, offset=offset, include_deleted=include_deleted
+        )
 
     # -- integrity ----------------------------------------------------------------------------
 
@@ -839,7 +1087,14 @@ class FileBackend:
         """Walk the store and report every broken invariant; ``fix`` repairs what is safe."""
         from ._check import check_store
 
-        return check_store(self, self._layout, fix=fix)
+        documents: dict[ConversationId, Any] = {}
+        problems = check_store(self, self._layout, fix=fix, documents=documents)
+        return problems + self._search.check(fix, documents)
+
+
+def _is_digest(text: str) -> bool:
+    """A session entry's name: a SHA-256 hex digest (what ``Store`` hashes principals to)."""
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def _parse_time(text: str) -> datetime:
@@ -879,6 +1134,7 @@ class FileSink:
 
     def seal(self, last: dict[str, Any], *, durable: bool) -> Message:
         self._check_open()
+        self._backend._search.begin()
         try:
             records = self._read_back() + [last]
             sealed = {"v": 1, "messageId": str(self._id), "sealed": True, "records": records}

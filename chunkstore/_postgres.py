@@ -144,6 +144,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
+from ._backend import ConversationDump, ConversationImport, UserRecord
 from ._exceptions import (
     ChunkstoreError,
     ConversationDeleted,
@@ -167,6 +168,7 @@ from ._sql import (
     dumps,
     first,
     from_line,
+    import_rows,
     index_words,
     line_of,
 )
@@ -897,6 +899,76 @@ class PostgresBackend:
             rows = conn.execute("SELECT id FROM users ORDER BY id").fetchall()
         return [str(UserId(n)) for (n,) in rows]
 
+    def user_records(self, users: Sequence[UserId]) -> list[UserRecord]:
+        out = []
+        with self._read("read users") as conn:
+            for user in users:
+                row = conn.execute(
+                    "SELECT created_at, ARRAY(SELECT digest FROM sessions "
+                    "WHERE user_id = users.id ORDER BY digest), last_conversation "
+                    "FROM users WHERE id = %s",
+                    (user.n,),
+                ).fetchone()
+                if row is None:
+                    raise UserNotFound(f"no user {user}")
+                out.append(UserRecord(str(user), row[0], list(row[1]), int(row[2])))
+        return out
+
+    def import_user(
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
+    ) -> str | None:
+        with self._write("import a user") as conn:
+            # The lock user_for takes: one creator of users at a time.
+            conn.execute("SELECT pg_advisory_xact_lock(%s::int8::bit(32)::int4, 0)", (self._space,))
+            if user is None:
+                row = conn.execute(
+                    "INSERT INTO users (created_at, last_conversation) VALUES (%s, %s) "
+                    "RETURNING id",
+                    (created_at, last_conversation),
+                ).fetchone()
+            else:
+                row = conn.execute(
+                    "INSERT INTO users (id, created_at, last_conversation) OVERRIDING SYSTEM "
+                    "VALUE VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (user.n, created_at, last_conversation),
+                ).fetchone()
+                if row is None:
+                    return None
+                # The identity must move past a number given here, or user_for would hand
+                # it out again (and fail on the key); never moved back.
+                conn.execute(
+                    "SELECT setval(s, greatest(%s, coalesce(pg_sequence_last_value(s), 0))) "
+                    "FROM (SELECT pg_get_serial_sequence('users', 'id')::regclass AS s) AS q",
+                    (user.n,),
+                )
+            assert row is not None
+            n: int = row[0]
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO sessions (digest, user_id) VALUES (%s, %s) "
+                    "ON CONFLICT (digest) DO NOTHING",
+                    [(digest, n) for digest in sessions],
+                )
+        return str(UserId(n))
+
+    def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:
+        with self._write("register sessions") as conn:
+            if conn.execute("SELECT 1 FROM users WHERE id = %s", (user.n,)).fetchone() is None:
+                raise UserNotFound(f"no user {user}")
+            added = 0
+            for digest in sessions:
+                added += conn.execute(
+                    "INSERT INTO sessions (digest, user_id) VALUES (%s, %s) "
+                    "ON CONFLICT (digest) DO NOTHING",
+                    (digest, user.n),
+                ).rowcount
+        return added
+
     # -- conversations ----------------------------------------------------------------------
 
     def create_conversation(
@@ -1004,6 +1076,86 @@ class PostgresBackend:
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
         return _conversation(row)
+
+    def dump_conversation(self, conv: ConversationId) -> ConversationDump:
+        with self._read(f"read {conv}") as conn:
+            row = conn.execute(
+                f"SELECT {_LISTED_COLUMNS}, last_seq FROM conversations "
+                "WHERE user_id = %s AND number = %s",
+                (conv.user, conv.n),
+            ).fetchone()
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        messages = self.messages(conv, 0, None)
+        last_seq = max(int(row[-1]), messages[-1].seq if messages else 0)
+        conversation = conversations(conv.user, [tuple(row[:-1])])[0]
+        return ConversationDump(conversation, last_seq, messages)
+
+    def import_conversation(
+        self, user: UserId, number: int | None, data: ConversationImport
+    ) -> str | None:
+        """One write transaction, under the user's row lock (as ``create_conversation``):
+        the counter, the conversation, its message and chunk rows commit together or not
+        at all."""
+        with self._write("import a conversation") as conn:
+            row = conn.execute(
+                "SELECT last_conversation, (SELECT max(number) FROM conversations "
+                "WHERE user_id = %s) FROM users WHERE id = %s FOR UPDATE",
+                (user.n, user.n),
+            ).fetchone()
+            if row is None:
+                raise UserNotFound(f"no user {user}")
+            if number is None:
+                number = max(int(row[0]), int(row[1] or 0)) + 1
+            elif (
+                conn.execute(
+                    "SELECT 1 FROM conversations WHERE user_id = %s AND number = %s",
+                    (user.n, number),
+                ).fetchone()
+                is not None
+            ):
+                return None
+            conn.execute(
+                "UPDATE users SET last_conversation = greatest(last_conversation, %s) "
+                "WHERE id = %s",
+                (number, user.n),
+            )
+            c = data.conversation
+            message_rows, chunk_rows, latest = import_rows(user.n, number, data, utc_now())
+            conn.execute(
+                f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}, last_seq, last_message_at) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    user.n,
+                    number,
+                    _json_text(c.title),
+                    c.created_at,
+                    c.updated_at,
+                    c.pinned,
+                    dumps(c.metadata),
+                    dumps(c.participants),
+                    c.deleted_at,
+                    data.last_seq,
+                    latest,
+                ),
+            )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                    "created_at, line, deleted_at) VALUES (%s, %s, %s, %s, %s, NULL, %s, %s, %s)",
+                    message_rows,
+                )
+                cursor.executemany(
+                    "INSERT INTO chunks (user_id, conversation, seq, chunk, record) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    chunk_rows,
+                )
+            # Indexed in the import's transaction, as every write keeps the index.
+            _index_document(conn, user.n, number, _TITLE, c.title)
+            for u, n, seq, _, _, _, line, deleted_at in message_rows:
+                if line is not None and deleted_at is None:
+                    _index_document(conn, u, n, seq, from_line(orjson.loads(line)))
+        return str(ConversationId(user.n, number))
 
     def remove_conversation(self, conv: ConversationId) -> None:
         with self._write(f"delete {conv}") as conn:

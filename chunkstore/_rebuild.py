@@ -11,7 +11,13 @@ from typing import Any
 
 from ._models import Message, MessageStatus
 
-__all__ = ["TERMINAL", "message_from_line", "message_to_line", "rebuild_message"]
+__all__ = [
+    "TERMINAL",
+    "message_from_line",
+    "message_records",
+    "message_to_line",
+    "rebuild_message",
+]
 
 TERMINAL = frozenset({"complete", "error"})
 
@@ -83,6 +89,70 @@ def rebuild_message(
         damaged=damaged,
         reply_to=_reply_to(first),
     )
+
+
+def message_records(message: Message) -> list[dict[str, Any]]:
+    """The chunk records ``rebuild_message`` turns back into ``message``: its exact inverse,
+    ``rebuild_message(m.id, m.seq, message_records(m), writer_alive=m.status == "streaming")
+    == m`` for every undamaged message it can return (a property test checks it).
+
+    An import writes a message it only knows rebuilt (an export line), so it needs records
+    that read back as that very value on every backend. One record when it can (a message
+    that is not final, or final with ``completed_at == created_at``), else two: the first
+    holds what ``rebuild_message`` takes from the first record (role, content, creation time,
+    agent, tool call id, name, ``replyTo``, the token count), the last what it takes from the
+    last (the final status and its time, finish reason, usage, tool calls, error). A
+    message that is not final ends on a ``streaming`` record, so it reads back
+    ``interrupted`` wherever no writer holds it. ``damaged`` is not a stored fact: an
+    imported message is whole.
+    """
+    mid = message.id
+    first: dict[str, Any] = {"v": 1, "messageId": mid, "seq": 1}
+    content = message.content
+    if isinstance(content, str):
+        first["tokens"] = content
+    else:
+        # Structured content (a list of parts, or None) kept verbatim; ``tokens`` holds its
+        # text for tools that only read text, as ``Store.append_message`` writes it.
+        parts = content if isinstance(content, list) else []
+        first["tokens"] = "".join(
+            p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)
+        )
+        first["content"] = content
+    first["tokenCount"] = message.token_count
+    first["timestamp"] = message.created_at
+    first["role"] = message.role
+    value: Any
+    for key, value in (
+        ("agentId", message.agent_id),
+        ("toolCallId", message.tool_call_id),
+        ("name", message.name),
+        ("replyTo", message.reply_to),
+    ):
+        if value is not None:
+            first[key] = value
+    final = message.status in TERMINAL
+    records = [first]
+    last = first
+    if final and message.completed_at != message.created_at:
+        first["status"] = "streaming"
+        last = {"v": 1, "messageId": mid, "seq": 2, "tokens": "", "tokenCount": 0}
+        if message.completed_at is not None:
+            last["timestamp"] = message.completed_at
+        last["role"] = message.role
+        if message.reply_to is not None:
+            last["replyTo"] = message.reply_to  # on every record of a reply (users/README.md)
+        records.append(last)
+    last["status"] = message.status if final else "streaming"
+    for key, value in (
+        ("finishReason", message.finish_reason),
+        ("usage", message.usage),
+        ("toolCalls", message.tool_calls),
+        ("error", message.error),
+    ):
+        if value is not None:
+            last[key] = value
+    return records
 
 
 def _reply_to(record: dict[str, Any]) -> int | None:

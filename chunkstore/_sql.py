@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-from ._ids import user_id_text
+from ._backend import ConversationImport
+from ._ids import MessageId, user_id_text
 from ._models import Conversation, Message
-from ._rebuild import message_from_line, message_to_line
+from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
 from ._search import words
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "dumps",
     "first",
     "from_line",
+    "import_rows",
     "index_words",
     "line_of",
 ]
@@ -94,3 +96,49 @@ def conversations(user: int, rows: list[tuple[Any, ...]]) -> list[Conversation]:
         )
         for n, title, created_at, updated_at, pinned, metadata, participants, deleted_at in rows
     ]
+
+
+#: A message row of ``import_rows``: (user_id, conversation, seq, role, status, created_at,
+#: line, deleted_at); a chunk row: (user_id, conversation, seq, chunk, record).
+MessageRow = tuple[int, int, int, str, str, str, str | None, str | None]
+ChunkRow = tuple[int, int, int, int, str]
+
+
+def import_rows(
+    user: int, number: int, data: ConversationImport, now: str
+) -> tuple[list[MessageRow], list[ChunkRow], str | None]:
+    """The rows that store ``data``'s messages as conversation ``number`` of ``user``, as
+    if written one by one: a final message sealed (its status, its merged ``line``), one
+    that is not left unsealed (status ``streaming``, no line, no writer: it reads back
+    ``interrupted``), a deleted one marked ``deleted_at`` ``now``; every record a chunk row.
+    Also the conversation's ``last_message_at``: its latest record time (None: none)."""
+    messages: list[MessageRow] = []
+    chunks: list[ChunkRow] = []
+    latest: str | None = None
+    for item in data.messages:
+        mid = str(MessageId(user, number, item.seq))
+        records = [{**r, "messageId": mid} for r in item.records]
+        if records[-1].get("status") in TERMINAL:
+            message = rebuild_message(mid, item.seq, records, writer_alive=False)
+            status, line = message.status, line_of(message)
+        else:
+            status, line = "streaming", None
+        created = records[0].get("timestamp")
+        messages.append(
+            (
+                user,
+                number,
+                item.seq,
+                str(records[0].get("role", "assistant")),
+                status,
+                created if isinstance(created, str) else "",
+                line,
+                now if item.deleted else None,
+            )
+        )
+        for record in records:
+            chunks.append((user, number, item.seq, record["seq"], dumps(record)))
+            stamp = record.get("timestamp")
+            if isinstance(stamp, str) and stamp and (latest is None or stamp > latest):
+                latest = stamp
+    return messages, chunks, latest

@@ -117,6 +117,7 @@ from typing import IO, Any
 import orjson
 
 from . import _fsio, _locks
+from ._backend import ConversationDump, ConversationImport, UserRecord
 from ._exceptions import (
     ChunkstoreError,
     ConversationDeleted,
@@ -141,6 +142,7 @@ from ._sql import (
     dumps,
     first,
     from_line,
+    import_rows,
     index_words,
     line_of,
 )
@@ -654,6 +656,66 @@ class SqliteBackend:
             rows = self._conn().execute("SELECT id FROM users ORDER BY id").fetchall()
         return [str(UserId(n)) for (n,) in rows]
 
+    def user_records(self, users: Sequence[UserId]) -> list[UserRecord]:
+        out = []
+        with self._read("read users") as conn:
+            for user in users:
+                row = conn.execute(
+                    "SELECT created_at, last_conversation FROM users WHERE id = ?", (user.n,)
+                ).fetchone()
+                if row is None:
+                    raise UserNotFound(f"no user {user}")
+                digests = conn.execute(
+                    "SELECT digest FROM sessions WHERE user_id = ? ORDER BY digest", (user.n,)
+                ).fetchall()
+                out.append(UserRecord(str(user), row[0], [d for (d,) in digests], row[1]))
+        return out
+
+    def import_user(
+        self,
+        user: UserId | None,
+        *,
+        created_at: str,
+        sessions: Sequence[str],
+        last_conversation: int = 0,
+    ) -> str | None:
+        with self._write("import a user") as conn:
+            if user is None:
+                n: int = conn.execute(
+                    "INSERT INTO users (created_at, last_conversation) VALUES (?, ?) RETURNING id",
+                    (created_at, last_conversation),
+                ).fetchone()[0]
+            else:
+                # AUTOINCREMENT keeps the highest id ever used: a number given here is never
+                # handed out again by user_for.
+                row = conn.execute(
+                    "INSERT INTO users (id, created_at, last_conversation) VALUES (?, ?, ?) "
+                    "ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (user.n, created_at, last_conversation),
+                ).fetchone()
+                if row is None:
+                    return None
+                n = row[0]
+            conn.executemany(
+                "INSERT INTO sessions (digest, user_id) VALUES (?, ?) "
+                "ON CONFLICT (digest) DO NOTHING",
+                [(digest, n) for digest in sessions],
+            )
+        return str(UserId(n))
+
+    def add_sessions(self, user: UserId, sessions: Sequence[str]) -> int:
+        with self._write("register sessions") as conn:
+            if conn.execute("SELECT 1 FROM users WHERE id = ?", (user.n,)).fetchone() is None:
+                raise UserNotFound(f"no user {user}")
+            added = 0
+            for digest in sessions:
+                added += conn.execute(
+                    "INSERT INTO sessions (digest, user_id) VALUES (?, ?) "
+                    "ON CONFLICT (digest) DO NOTHING",
+                    (digest, user.n),
+                ).rowcount
+        return added
+
     # -- conversations ----------------------------------------------------------------------
 
     def create_conversation(
@@ -762,6 +824,88 @@ class SqliteBackend:
         if row is None:
             raise ConversationNotFound(f"no conversation {conv}")
         return _conversation(conv.user, row)
+
+    def dump_conversation(self, conv: ConversationId) -> ConversationDump:
+        # Two reads: the metadata and counter, then the messages. A message written between
+        # them (a live store) only makes the counter look behind, which the messages say.
+        with self._errors(f"read {conv}"):
+            row = (
+                self._conn()
+                .execute(
+                    f"SELECT {_CONVERSATION_COLUMNS}, last_seq FROM conversations "
+                    "WHERE user_id = ? AND number = ?",
+                    (conv.user, conv.n),
+                )
+                .fetchone()
+            )
+        if row is None:
+            raise ConversationNotFound(f"no conversation {conv}")
+        messages = self.messages(conv, 0, None)
+        last_seq = max(row[-1], messages[-1].seq if messages else 0)
+        return ConversationDump(_conversation(conv.user, row[:-1]), last_seq, messages)
+
+    def import_conversation(
+        self, user: UserId, number: int | None, data: ConversationImport
+    ) -> str | None:
+        """One write transaction: the user's counter, the conversation row, its message
+        and chunk rows all commit together or not at all."""
+        with self._write("import a conversation") as conn:
+            row = conn.execute(
+                "SELECT last_conversation, (SELECT max(number) FROM conversations "
+                "WHERE user_id = ?) FROM users WHERE id = ?",
+                (user.n, user.n),
+            ).fetchone()
+            if row is None:
+                raise UserNotFound(f"no user {user}")
+            if number is None:
+                number = max(row[0], row[1] or 0) + 1
+            elif (
+                conn.execute(
+                    "SELECT 1 FROM conversations WHERE user_id = ? AND number = ?",
+                    (user.n, number),
+                ).fetchone()
+                is not None
+            ):
+                return None
+            conn.execute(
+                "UPDATE users SET last_conversation = max(last_conversation, ?) WHERE id = ?",
+                (number, user.n),
+            )
+            c = data.conversation
+            message_rows, chunk_rows, latest = import_rows(user.n, number, data, utc_now())
+            # Indexed in the import's transaction, as every write keeps the index.
+            documents = [
+                _index_message(conn, MessageId(u, n, seq), from_line(orjson.loads(line)))
+                if line is not None and deleted_at is None
+                else None
+                for u, n, seq, _, _, _, line, deleted_at in message_rows
+            ]
+            conn.execute(
+                "INSERT INTO conversations (user_id, number, title, created_at, updated_at, "
+                "pinned, metadata, participants, deleted_at, last_seq, last_message_at, "
+                "title_document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    user.n,
+                    number,
+                    c.title,
+                    c.created_at,
+                    c.updated_at,
+                    int(c.pinned),
+                    dumps(c.metadata),
+                    dumps(c.participants),
+                    c.deleted_at,
+                    data.last_seq,
+                    latest,
+                    _index_document(conn, user.n, number, None, c.title),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO messages (user_id, conversation, seq, role, status, writer, "
+                "created_at, line, deleted_at, document) VALUES (?, ?, ?, ?, ?, NULL, ?, ?, ?, ?)",
+                [(*row, document) for row, document in zip(message_rows, documents, strict=True)],
+            )
+            conn.executemany(_INSERT_CHUNK, chunk_rows)
+        return str(ConversationId(user.n, number))
 
     def remove_conversation(self, conv: ConversationId) -> None:
         with self._write(f"delete {conv}") as conn:

@@ -1,7 +1,8 @@
 """The ``chunkstore`` command line (also ``python -m chunkstore``): inspect and maintain a store.
 
 Commands: ``ls``, ``show``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``, ``sweep``,
-``export``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help`` for their options.
+``export``, ``import``, ``copy``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help``
+for their options.
 
 Conventions:
 
@@ -11,14 +12,29 @@ Conventions:
 * The store is ``--db-url`` (or ``$CHUNKSTORE_URL``): any URL ``Store`` takes (``file:DIR``,
   ``sqlite:FILE``, or a bare path); ``--root PATH`` (or ``$CHUNKSTORE_ROOT``) is the file store
   at PATH. The CLI never creates a store: a directory without a ``FORMAT`` file, or a missing
-  database file, is an error.
+  database file, is an error. Two exceptions, because creating the destination is what a
+  user restoring a backup or moving to another backend asks for: ``import`` creates its store,
+  and ``copy`` its DST_URL, if plainly absent (a missing or empty directory, a missing SQLite
+  file in an existing directory; never a directory holding other files, and never a
+  PostgreSQL database, which is the operator's to create). It is created before the first
+  line is read: an import that fails on its first line leaves an empty store behind.
 * Exit codes: 0 success; 1 a chunkstore error (unknown id, storage failure...) or, for
   ``check``, problems that remain; 2 a usage error, or a root that is not a chunkstore store of a
   version this chunkstore reads. Errors are one line on stderr, never a traceback.
 * Nothing is removed for good without ``--yes`` (``rm --hard``, ``sweep``): the CLI never
   prompts, so it behaves the same in a terminal, a script and CI.
-* ``show --json`` and ``export`` write the same lines: a ``{"type": "conversation", ...}`` line
-  with the metadata, then a ``{"type": "message", "conversation_id": ..., ...}`` line per message.
+* ``export`` writes the chunkstore export format (``_transfer``: JSON Lines, version 1): a
+  header line, a ``{"type": "user", ...}`` line per user (its sessions as SHA-256 digests and
+  its conversation counter), then its conversations, soft-deleted ones included, each a
+  ``{"type": "conversation", ..., "last_seq"}`` line and a ``{"type": "message", ...}`` line
+  per seq (a deleted message as ``{..., "deleted": true}``). ``show --json`` writes a
+  conversation line and its messages' lines with every field of ``Conversation`` and
+  ``Message`` (``damaged`` included); ``import`` reads both.
+* ``import`` and ``copy`` are idempotent (what is there already is skipped; a conversation
+  is written whole or not at all, so an interrupted run simply runs again), print every id
+  they had to change (``old -> new``) as a note, every foreign conversation they skipped
+  (always, even with ``--quiet``: never silently), and a summary line on stderr. A skipped
+  conversation is not an error: the exit code stays 0.
 * ``check`` also lists the messages that read back ``interrupted`` (their writer died before
   sealing them: a crash, a killed process). They are a valid state, not corruption: they are
   reported as information and never change the exit code.
@@ -29,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +58,7 @@ from ._exceptions import ChunkstoreError, InvalidArgument, StoreFormatError
 from ._layout import FORMAT_VERSION
 from ._models import Conversation, Message
 from ._store import Store
+from ._transfer import ImportReport, copy_store, export_lines, foreign_lines, import_lines
 from ._url import parse_store_url
 from ._validate import MAX_PAGE
 
@@ -132,7 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
             "  chunkstore search -u us01 lisbon   a user's conversations that mention it\n"
             "  chunkstore check --fix             verify the store, repair what is safe\n"
             "  chunkstore sweep --days 30         conversations a sweep would remove\n"
-            "  chunkstore export -o backup.jsonl  every conversation as JSON Lines"
+            "  chunkstore export -o backup.jsonl  everything, losslessly, as JSON Lines\n"
+            "  chunkstore --db-url sqlite:new.db import backup.jsonl   ...and back (idempotent)\n"
+            "  chunkstore import --chatgpt conversations.json --principal my-session\n"
+            "  chunkstore copy file:./users sqlite:./chat.db           move to another backend"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -311,15 +332,28 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export",
         parents=[common],
-        help="export conversations as JSON Lines",
+        help="export users and conversations, losslessly, as JSON Lines",
         description=(
-            'Export conversations as JSON Lines: a {"type": "conversation", ...} line with '
-            'the metadata, then a {"type": "message", "conversation_id": ..., ...} line per '
-            "message. Without CONV_ID, every conversation of every user."
+            "Export to the chunkstore export format (JSON Lines, version 1): a header line, "
+            'then per user a {"type": "user", ...} line (with its sessions: the SHA-256 '
+            "digests of its principals, never the principals) and its conversations, each a "
+            '{"type": "conversation", ...} line and one {"type": "message", ...} line per '
+            'message in seq order (a deleted one as {..., "deleted": true}). Everything '
+            "is kept: ids, seqs, statuses, times, tool calls, agent ids, usage, metadata, "
+            "pins, soft-deleted conversations. 'chunkstore import' reads it back. Without "
+            "CONV_ID or --user, every user."
         ),
     )
     export.add_argument(
         "conversations", nargs="*", metavar="CONV_ID", help="conversations to export (default: all)"
+    )
+    export.add_argument(
+        "-u",
+        "--user",
+        dest="users",
+        action="append",
+        metavar="USER_ID",
+        help="export this user's conversations (repeatable; not with CONV_ID)",
     )
     export.add_argument(
         "--jsonl",
@@ -333,12 +367,72 @@ def build_parser() -> argparse.ArgumentParser:
         "-a",
         "--all",
         action="store_true",
-        help="with no CONV_ID: include soft-deleted conversations",
+        help="kept for old scripts: soft-deleted conversations are always exported now",
     )
     export.add_argument(
         "-o", "--output", default="-", metavar="FILE", help="write to FILE ('-': stdout, default)"
     )
     export.set_defaults(handler=_cmd_export)
+
+    import_ = commands.add_parser(
+        "import",
+        parents=[common],
+        help="import an export (or a ChatGPT / Open WebUI export); idempotent",
+        description=(
+            "Import FILE (the chunkstore export format; '-' reads stdin) into the store, "
+            "creating the store if it does not exist yet (a file store directory that is "
+            "missing or empty, a SQLite file that is missing; a PostgreSQL database must "
+            "exist). Ids are kept; an id already taken by different content is imported "
+            "under the next free number and the mapping is printed. Importing the same file "
+            "twice changes nothing: what is there already is skipped. A user whose session "
+            "is already known in the store is that user. With --chatgpt or --openwebui, "
+            "FILE is that app's export (conversations.json): its conversations go to --user "
+            "or --principal, each once (one already imported is skipped); any it cannot read "
+            "is reported on stderr with the reason, and counted. Exit code 0 unless an "
+            "error (a conversation skipped is not an error); 1 on an error, 2 for bad input."
+        ),
+    )
+    import_.add_argument("file", nargs="?", metavar="FILE", help="the export to read ('-': stdin)")
+    source = import_.add_mutually_exclusive_group()
+    source.add_argument(
+        "--chatgpt", metavar="FILE", help="a ChatGPT export's conversations.json to convert"
+    )
+    source.add_argument(
+        "--openwebui", metavar="FILE", help="an Open WebUI export (JSON) to convert"
+    )
+    target = import_.add_mutually_exclusive_group()
+    target.add_argument(
+        "--user", metavar="USER_ID", help="the user that receives converted conversations"
+    )
+    target.add_argument(
+        "--principal",
+        metavar="P",
+        help="the user of this principal (a session id; created if new) receives them",
+    )
+    import_.add_argument(
+        "--verify",
+        action="store_true",
+        help="read every imported conversation back and compare it with the file",
+    )
+    import_.set_defaults(handler=_cmd_import, creates_store=True)
+
+    copy = commands.add_parser(
+        "copy",
+        parents=[common],
+        help="copy every user and conversation from one store to another (any backends)",
+        description=(
+            "Copy SRC_URL into DST_URL: file:DIR, sqlite:FILE, postgresql://... or a path, in "
+            "any combination. DST_URL is created if it does not exist yet (as for import); "
+            "SRC_URL must exist and is only read. Each conversation is copied whole (one "
+            "atomic step), then read back from both stores and compared: a difference is an "
+            "error naming it. An interrupted copy resumes: run it again and what is already "
+            "there is skipped. Ids are kept unless taken by other data in DST_URL (then "
+            "mapped, and printed). The global --db-url / --root are not used."
+        ),
+    )
+    copy.add_argument("source", metavar="SRC_URL", help="the store to copy from")
+    copy.add_argument("destination", metavar="DST_URL", help="the store to copy into")
+    copy.set_defaults(handler=_cmd_copy, opens_urls=True)
     return parser
 
 
@@ -364,10 +458,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         or os.environ.get(URL_ENV)
         or f"file:{os.environ.get(ROOT_ENV) or DEFAULT_ROOT}"
     )
-    handler: Callable[[Store, argparse.Namespace], int] = args.handler
     try:
-        store = open_store(target)
-        return handler(store, args)
+        if getattr(args, "opens_urls", False):
+            copy_handler: Callable[[argparse.Namespace], int] = args.handler
+            return copy_handler(args)
+        handler: Callable[[Store, argparse.Namespace], int] = args.handler
+        if getattr(args, "creates_store", False):
+            store = open_or_create_store(target, args)
+        else:
+            store = open_store(target)
+        with contextlib.closing(store):
+            return handler(store, args)
     except (NotAStore, StoreFormatError, InvalidArgument) as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -402,6 +503,28 @@ def open_store(target: str) -> Store:
     if not os.path.isfile(os.path.join(path, "FORMAT")):
         raise NotAStore(f"{path} is not a chunkstore store: it has no FORMAT file (see --root)")
     return Store(path)
+
+
+def open_or_create_store(target: str, args: argparse.Namespace) -> Store:
+    """The store at ``target``, created if it does not exist yet: what a user restoring a
+    backup or moving to another backend expects (``import``, and ``copy``'s destination).
+    Only a store that is plainly absent is created (a missing or empty directory, a missing
+    SQLite file whose directory exists); a directory holding other files is still refused,
+    and a PostgreSQL database must exist (creating databases is the operator's job)."""
+    try:
+        return open_store(target)
+    except NotAStore:
+        pass
+    kind, location = parse_store_url(target)
+    path = os.path.abspath(location)
+    if kind == "sqlite":
+        if not os.path.isdir(os.path.dirname(path)):
+            raise NotAStore(f"cannot create {path}: no such directory {os.path.dirname(path)}")
+    elif os.path.isdir(path) and any(not n.startswith(".") for n in os.listdir(path)):
+        raise NotAStore(f"{path} is not a chunkstore store: it has no FORMAT file (see --root)")
+    store = Store(target)
+    _note(args, f"created a new store at {path}")
+    return store
 
 
 def _error(message: str) -> None:
@@ -795,23 +918,20 @@ def _cmd_sweep(store: Store, args: argparse.Namespace) -> int:
 
 
 def _cmd_export(store: Store, args: argparse.Namespace) -> int:
-    if args.conversations:
-        # Resolve every id before writing anything: a typo fails the export, not its tail.
-        conversations = [store.get_conversation(c) for c in args.conversations]
-    else:
-        conversations = []
-        for user in store.users():
-            # Oldest first reads naturally in an archive; listings are newest first.
-            conversations.extend(reversed(_all_conversations(store, user, args.all)))
+    if args.conversations and args.users:
+        raise InvalidArgument("give conversation ids or --user, not both")
+    # Every id is resolved before anything is written: a typo fails the export, not its tail.
+    lines = export_lines(store, users=args.users, conversations=args.conversations or None)
     to_stdout = args.output == "-"
     out = _open_output(args.output)
-    messages = 0
+    conversations = messages = 0
     try:
-        for conv in _progress(args, conversations, desc="export", unit="conv"):
-            out.write(orjson.dumps(_conversation_record(conv), option=orjson.OPT_APPEND_NEWLINE))
-            for message in store.messages(conv.id, limit=None):
-                line = _message_record(conv.id, message)
-                out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+        bar = _progress(args, lines, desc="export", unit="line")
+        for line in bar:
+            out.write(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
+            if line["type"] == "conversation":
+                conversations += 1
+            elif line["type"] == "message" and not line.get("deleted"):
                 messages += 1
     except BaseException:
         out.close()
@@ -822,5 +942,140 @@ def _cmd_export(store: Store, args: argparse.Namespace) -> int:
         raise
     out.close()
     where = "stdout" if to_stdout else args.output
-    _note(args, f"exported {len(conversations)} conversation(s), {messages} message(s) to {where}")
+    _note(args, f"exported {conversations} conversation(s), {messages} message(s) to {where}")
     return EXIT_OK
+
+
+def _cmd_import(store: Store, args: argparse.Namespace) -> int:
+    foreign = args.chatgpt or args.openwebui
+    if foreign and args.file is not None:
+        raise InvalidArgument("give FILE or --chatgpt/--openwebui FILE, not both")
+    if not foreign and args.file is None:
+        raise InvalidArgument("nothing to import: give FILE ('-' for stdin)")
+    user = args.user
+    if args.principal is not None:
+        user = store.user_for(args.principal)
+    report = ImportReport()
+    bar = tqdm(
+        file=sys.stderr,
+        disable=args.quiet or not sys.stderr.isatty(),
+        leave=False,
+        desc="import",
+        unit="conv",
+    )
+    try:
+        if foreign:
+            if user is None:
+                raise InvalidArgument("--chatgpt/--openwebui need --user or --principal")
+            items = _read_foreign(args)
+            import_lines(
+                store,
+                foreign_lines(items, report),
+                user=user,
+                verify=args.verify,
+                report=report,
+                progress=lambda _: bar.update(),
+            )
+        else:
+            with _open_input(args.file) as stream:
+                import_lines(
+                    store,
+                    stream,
+                    user=user,
+                    verify=args.verify,
+                    report=report,
+                    progress=lambda _: bar.update(),
+                )
+    finally:
+        bar.close()
+        _report_transfer(args, report)
+    _note(args, f"import: {report.summary()}")
+    return EXIT_OK
+
+
+def _read_foreign(args: argparse.Namespace) -> Iterable[Any]:
+    """The conversations of another app's export, through ``chunkstore._foreign``."""
+    from . import _foreign  # imported when used: most commands never convert
+
+    path = args.chatgpt or args.openwebui
+    with _open_input(path) as stream:
+        raw = stream.read()
+    try:
+        # The stdlib parser, not orjson: it reads what the apps really write (lone surrogate
+        # escapes, integers past 64 bits), which the converters then repair and note.
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidArgument(f"{path} is not JSON: {exc}") from None
+    reader = _foreign.read_chatgpt if args.chatgpt else _foreign.read_openwebui
+    items: Iterable[Any] = reader(data)
+    return items
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes] | _BytesOf]:
+    if path == "-":
+        yield sys.stdin.buffer if hasattr(sys.stdin, "buffer") else _BytesOf(sys.stdin)
+        return
+    with open(path, "rb") as stream:
+        yield stream
+
+
+class _BytesOf:
+    """A text stdin (replaced by a StringIO in tests) read as bytes lines."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (line.encode() for line in self.stream)
+
+    def read(self) -> bytes:
+        return self.stream.read().encode()
+
+
+def _report_transfer(args: argparse.Namespace, report: ImportReport) -> None:
+    """What an import or copy did that a person must know: every conversation skipped (always,
+    even with --quiet: never silently) and every id mapped."""
+    for skipped in report.skipped:
+        print(f"{PROG}: {skipped}", file=sys.stderr)
+    for old, new in report.mapped.items():
+        _note(args, f"{old} -> {new} (its id was taken in the destination)")
+
+
+def _cmd_copy(args: argparse.Namespace) -> int:
+    source = open_store(args.source)
+    with contextlib.closing(source):
+        if _same_store(args.source, args.destination):
+            raise InvalidArgument("SRC_URL and DST_URL are the same store")
+        destination = open_or_create_store(args.destination, args)
+        with contextlib.closing(destination):
+            bar = tqdm(
+                file=sys.stderr,
+                disable=args.quiet or not sys.stderr.isatty(),
+                leave=False,
+                desc="copy",
+                unit="conv",
+            )
+
+            def progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            try:
+                report = copy_store(source, destination, progress=progress)
+            finally:
+                bar.close()
+            _report_transfer(args, report)
+    _note(args, f"copy: {report.summary()}")
+    return EXIT_OK
+
+
+def _same_store(a: str, b: str) -> bool:
+    kind_a, where_a = parse_store_url(a)
+    kind_b, where_b = parse_store_url(b)
+    if kind_a != kind_b:
+        return False
+    if kind_a == "postgresql":
+        return where_a == where_b
+    return os.path.realpath(where_a) == os.path.realpath(where_b)

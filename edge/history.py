@@ -77,6 +77,7 @@ from edge.conversations import (
     parse_order,
 )
 from edge.errors import ApiError, conversation_not_found, parse_json_object
+from edge.export import export_conversations
 from edge.keys import METRICS, PENDING_REPLIES
 from edge.logs import elapsed_ms, log_event
 from edge.persist import SETTLE_TIMEOUT_S
@@ -124,6 +125,8 @@ def add_history_routes(app: web.Application) -> None:
         item = f"{prefix}/{{conversation_id}}"
         routes: dict[str, dict[str, Handler]] = {
             prefix: {"GET": list_conversations, "POST": create_conversation},
+            # Before the item: "export" is not a conversation id (routes match in order).
+            f"{prefix}/export": {"GET": export_conversations},
             item: {
                 "GET": get_conversation,
                 "PATCH": update_conversation,

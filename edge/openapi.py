@@ -723,6 +723,39 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
                 },
             },
         },
+        f"{prefix}/export": {
+            "parameters": session,
+            "get": {
+                "operationId": op("exportConversations"),
+                "tags": tag,
+                "summary": "Download the session's data: every conversation and message",
+                "description": "The chunkstore export format (JSON Lines, version 1): a header "
+                'line ({"type": "export", "format": "chunkstore-export", "version": 1, ...}), '
+                "the session's user line (with its sessions as SHA-256 digests), then each "
+                "conversation (soft-deleted ones included) and one line per message in seq "
+                'order; a deleted message is {..., "deleted": true}. Streamed; saved as a '
+                "file (Content-Disposition: attachment) that `chunkstore import` reads back. "
+                "A session the store has never seen gets the header line alone.",
+                "responses": {
+                    "200": {
+                        "description": "The export, one JSON object per line.",
+                        "headers": {
+                            "Content-Disposition": {
+                                "description": 'attachment; filename="chunkstore-export-'
+                                '<user>-<YYYYMMDD>.jsonl"',
+                                "schema": {"type": "string"},
+                            }
+                        },
+                        "content": {
+                            "application/x-ndjson": {
+                                "schema": {"type": "string", "description": "JSON Lines"}
+                            }
+                        },
+                    },
+                    **_errors("501", "503"),
+                },
+            },
+        },
         f"{prefix}/{{conversation_id}}": {
             "parameters": item,
             "get": {

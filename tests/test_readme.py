@@ -174,5 +174,14 @@ def test_the_edge_examples_in_order(
     assert (tmp_path / "backup.jsonl").stat().st_size > 0
     from chunkstore import Store
 
+    # The export, imported into a new database, and the store copied to another: the same.
+    files = Store(tmp_path / "users")
+    for url in (f"sqlite:{tmp_path / 'restored.db'}", f"sqlite:{tmp_path / 'chat.db'}"):
+        with Store(url) as other:
+            assert other.find_user("my-session") == "us01"
+            assert other.messages("us01-co01", limit=None) == files.messages(
+                "us01-co01", limit=None
+            )
+
     conv = Store(tmp_path / "users").get_conversation("us01-co02")
     assert (conv.title, conv.deleted) == ("Lisbon", False)

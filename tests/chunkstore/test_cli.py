@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 import subprocess
@@ -213,8 +214,11 @@ def test_show_json_is_the_metadata_then_every_message(store: Store, cli: Run) ->
     assert [line["seq"] for line in messages] == [1, 2, 3, 4]
     assert messages[1]["agent_id"] == "guide"
     assert messages[1]["usage"] == {"total_tokens": 3}
-    # The same lines as export's, so one reader parses both.
-    assert r.out == cli("-q", "export", "us01-co01").out
+    # Export writes these lines plus what a lossless copy needs (a header, the user line,
+    # last_seq); import reads both: show --json's lines are an export without a header.
+    exported = cli("-q", "export", "us01-co01").json_lines()
+    assert [line["type"] for line in exported][:3] == ["export", "user", "conversation"]
+    assert exported[3:] == [{k: v for k, v in m.items() if k != "damaged"} for m in messages]
 
 
 def test_show_says_when_a_conversation_has_no_messages(store: Store, cli: Run) -> None:
@@ -505,25 +509,36 @@ def test_sweep_usage_errors(store: Store, cli: Run, args: list[str]) -> None:
 
 
 def _expected_export(store: Store, conversation_ids: list[str]) -> list[dict[str, Any]]:
+    """The lines of the conversations (without the header and user lines)."""
     lines: list[dict[str, Any]] = []
     for cid in conversation_ids:
-        lines.append({"type": "conversation", **dataclasses.asdict(store.get_conversation(cid))})
-        for m in store.messages(cid, limit=None):
-            lines.append({"type": "message", "conversation_id": cid, **dataclasses.asdict(m)})
+        conv = dataclasses.asdict(store.get_conversation(cid))
+        del conv["damaged"]
+        messages = store.messages(cid, limit=None)
+        lines.append({"type": "conversation", **conv, "last_seq": messages[-1].seq})
+        for m in messages:
+            message = dataclasses.asdict(m)
+            del message["damaged"]
+            lines.append({"type": "message", "conversation_id": cid, **message})
     return lines
 
 
 def test_export_all_to_stdout(store: Store, cli: Run) -> None:
     r = cli("export", "--jsonl")
     assert r.code == 0
-    assert r.json_lines() == _expected_export(store, ["us01-co01", "us01-co02"])
-    assert "exported 2 conversation(s), 5 message(s) to stdout" in r.err
-    r = cli("export", "--all", "-o", "-")
-    assert [line["id"] for line in r.json_lines() if line["type"] == "conversation"] == [
-        "us01-co01",
-        "us01-co02",
-        "us01-co03",
-    ]
+    header, user_a, *conversations, user_b = r.json_lines()
+    assert (header["type"], header["format"], header["version"]) == (
+        "export",
+        "chunkstore-export",
+        1,
+    )
+    assert (user_a["id"], user_b["id"]) == ("us01", "us02")
+    assert user_a["sessions"] == [hashlib.sha256(b"session-a").hexdigest()]
+    # Soft-deleted conversations too: an export loses nothing (--all is kept for old scripts).
+    assert conversations[:-1] == _expected_export(store, ["us01-co01", "us01-co02"])
+    assert conversations[-1]["id"] == "us01-co03" and conversations[-1]["deleted_at"]
+    assert "exported 3 conversation(s), 5 message(s) to stdout" in r.err
+    assert cli("export", "--all", "-o", "-").json_lines()[1:] == r.json_lines()[1:]
 
 
 def test_export_ids_to_file(store: Store, cli: Run, tmp_path: Path) -> None:
@@ -533,8 +548,22 @@ def test_export_ids_to_file(store: Store, cli: Run, tmp_path: Path) -> None:
     assert r.out == ""
     assert str(target) in r.err
     lines = [orjson.loads(line) for line in target.read_bytes().splitlines()]
-    assert lines == _expected_export(store, ["us01-co02", "us01-co03"])
-    assert lines[1]["content"] == "keep me"
+    assert lines[2:4] == _expected_export(store, ["us01-co02"])
+    assert lines[3]["content"] == "keep me"
+    assert [line["type"] for line in lines] == [
+        "export",
+        "user",
+        "conversation",
+        "message",
+        "conversation",
+    ]
+
+
+def test_export_one_user(store: Store, cli: Run) -> None:
+    lines = cli("export", "--user", "us02").json_lines()
+    assert [line["type"] for line in lines] == ["export", "user"]
+    r = cli("export", "us01-co01", "--user", "us02")
+    assert r.code == 2 and "not both" in r.err
 
 
 def test_export_stdout_without_a_binary_buffer(
@@ -544,7 +573,7 @@ def test_export_stdout_without_a_binary_buffer(
     monkeypatch.setattr(sys, "stdout", text)
     assert main(["--root", str(root), "-q", "export", "us01-co02"]) == 0
     lines = [orjson.loads(line) for line in text.getvalue().splitlines()]
-    assert lines == _expected_export(store, ["us01-co02"])
+    assert lines[2:] == _expected_export(store, ["us01-co02"])
 
 
 def test_export_bad_id_writes_nothing(store: Store, cli: Run, tmp_path: Path) -> None:
@@ -569,7 +598,7 @@ def test_export_failure_leaves_no_partial_file(
     def broken(self: Store, *args: Any, **kwargs: Any) -> Any:
         raise StorageError(5, "disk on fire")
 
-    monkeypatch.setattr(Store, "messages", broken)
+    monkeypatch.setattr(type(store.backend), "dump_conversation", broken)
     target = tmp_path / "out.jsonl"
     r = cli("export", "-o", str(target))
     assert r.code == 1
@@ -579,7 +608,7 @@ def test_export_failure_leaves_no_partial_file(
 
 def test_progress_bar_only_on_a_terminal(store: Store, cli: Run, monkeypatch: Any) -> None:
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert "conv" in cli("export").err  # tqdm's bar: "export: ... 2/2 [..., conv/s]"
+    assert "line" in cli("export").err  # tqdm's bar: "export: ... 11 [..., line/s]"
     assert "user" in cli("ls").err
     assert cli("--quiet", "export").err == ""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
@@ -649,7 +678,19 @@ def test_help_version_and_usage_errors(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: chunkstore")
-    for command in ("ls", "show", "rename", "rm", "restore", "whoami", "check", "sweep", "export"):
+    for command in (
+        "ls",
+        "show",
+        "rename",
+        "rm",
+        "restore",
+        "whoami",
+        "check",
+        "sweep",
+        "export",
+        "import",
+        "copy",
+    ):
         assert command in out
     assert main(["--version"]) == 0
     assert "store format version 1" in capsys.readouterr().out

@@ -20,6 +20,7 @@ from chunkstore import (
     ReplyStreaming,
     StorageError,
     StoreFormatError,
+    TransferMismatch,
     UserNotFound,
     WriterClosed,
 )
@@ -38,6 +39,7 @@ MODULES = [
     "_records",
     "_segment",
     "_store",
+    "_transfer",
     "_writer",
 ]
 
@@ -92,6 +94,7 @@ def test_typed_marker_and_version() -> None:
         (WriterClosed, RuntimeError),
         (ReplyStreaming, RuntimeError),
         (StorageError, OSError),
+        (TransferMismatch, RuntimeError),
     ],
 )
 def test_error_tree(error: type[Exception], builtin: type[Exception]) -> None:
@@ -108,7 +111,7 @@ def test_every_exported_error_is_in_the_tree() -> None:
         for n in chunkstore.__all__
         if isinstance(getattr(chunkstore, n), type) and issubclass(getattr(chunkstore, n), Exception)
     ]
-    assert len(errors) == 12
+    assert len(errors) == 13
     assert all(issubclass(e, ChunkstoreError) for e in errors)
 
 
