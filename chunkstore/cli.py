@@ -1,8 +1,8 @@
 """The ``chunkstore`` command line (also ``python -m chunkstore``): inspect and maintain a store.
 
-Commands: ``ls``, ``show``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``, ``sweep``,
-``export``, ``import``, ``copy``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help``
-for their options.
+Commands: ``ls``, ``show``, ``search``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``,
+``sweep``, ``export``, ``import``, ``copy``. Run ``chunkstore --help`` or ``chunkstore COMMAND
+--help`` for their options.
 
 Conventions:
 
