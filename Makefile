@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[edge,postgresql,test,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[edge,postgresql,speedups,test,dev]'
 	touch $(STAMP)
 
 ## run: the edge server on the embedded file store (./users), persistence on, background

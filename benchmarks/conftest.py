@@ -37,6 +37,8 @@ class Sizes:
     # test_rebuild: messages per conversation, and rounds for each size.
     rebuild_messages: tuple[int, ...]
     rebuild_rounds: dict[int, int]
+    # test_rebuild_fresh_process: rounds (a process per side per round) for each size
+    rebuild_fresh_rounds: dict[int, int]
     # test_write
     write_rounds: int
     reply_rounds: int
@@ -64,6 +66,7 @@ class Sizes:
 FULL = Sizes(
     rebuild_messages=(10, 50, 500, 5000),
     rebuild_rounds={10: 300, 50: 200, 500: 40, 5000: 10},
+    rebuild_fresh_rounds={10: 15, 50: 25, 500: 25, 5000: 11},
     write_rounds=300,
     reply_rounds=60,
     listing_conversations=10_000,
@@ -84,6 +87,7 @@ FULL = Sizes(
 TINY = Sizes(
     rebuild_messages=(10,),
     rebuild_rounds={10: 2},
+    rebuild_fresh_rounds={10: 1},
     write_rounds=2,
     reply_rounds=2,
     listing_conversations=1_000,

@@ -1,7 +1,20 @@
-"""Rebuilding a whole conversation: ``store.messages(conv, limit=None)`` against its baselines.
+"""Rebuilding a conversation: ``store.messages(conv, ...)`` against its baselines.
 
-SPEC §6: 50 and 500 messages, files in page cache, a fresh process: at most 1.0x SQLite; with the
-in-process cache at most 0.1x; 5000 messages under 50 ms.
+SPEC §6: 50 and 500 messages, files in page cache, a fresh process: at most 0.5x SQLite; with the
+in-process cache at most 0.05x; 5000 messages under 30 ms cold.
+
+Two comparisons with SQLite are judged on that target, each in alternating rounds:
+
+* **fresh process, plain SQLite** (``test_rebuild_fresh_process``): a process of its own per
+  measurement (``benchmarks/_fresh.py``), the conversation read **paged** (``messages(after_seq,
+  limit=100)`` until a short page, as the history API reads it) and **whole** (``limit=None``),
+  against a plain indexed SQLite table returning the same chunks' text in order (``SELECT
+  message_id, tokens ... ORDER BY message_seq, chunk_seq``, joined per message; paged by seq
+  range). Nothing either side learned in an earlier round helps it.
+* **fresh Store, SQLite building message dicts** (``test_rebuild_paired``): a fresh ``Store`` in
+  this process per round (cold) or one reused (warm), the whole conversation, against the
+  ``chunks`` table read whole into full message dicts (every field a client uses), a fresh
+  connection per round (cold) / one reused (warm).
 
 Variants, side by side for each conversation size:
 
@@ -49,8 +62,11 @@ round, opened in the untimed setup) and warm. An absolute bound: no baseline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +74,10 @@ from typing import Any
 import pytest
 
 from benchmarks import _data, _handwritten, _handwritten_pg
-from benchmarks.conftest import SIZES, Results, paired, postgres_settings
+from benchmarks._fresh import digest
+from benchmarks.conftest import ROOT, SIZES, Results, paired, postgres_settings
 from chunkstore import Store
-from chunkstore._ids import ConversationId
+from chunkstore._ids import ConversationId, MessageId
 from chunkstore._layout import Layout
 
 SUITE = "rebuild"
@@ -200,8 +217,8 @@ def test_rebuild(benchmark: Any, results: Results, corpus: Corpus, n: int, varia
     results.ratio(SUITE, case, "naive files", "sqlite cold", target="SPEC: about 9x today")
     results.ratio(SUITE, case, "jsonl", "sqlite cold")
     if n == 5000:
-        results.limit(SUITE, case, "chunkstore cold", op="<", limit=0.050, target="< 50 ms")
-        results.limit(SUITE, case, "chunkstore warm", op="<", limit=0.050, target="< 50 ms")
+        results.limit(SUITE, case, "chunkstore cold", op="<", limit=0.030, target="< 30 ms")
+        results.limit(SUITE, case, "chunkstore warm", op="<", limit=0.030, target="< 30 ms")
 
 
 @pytest.mark.parametrize(
@@ -210,7 +227,8 @@ def test_rebuild(benchmark: Any, results: Results, corpus: Corpus, n: int, varia
 def test_rebuild_paired(
     benchmark: Any, results: Results, corpus: Corpus, n: int, temperature: str
 ) -> None:
-    """chunkstore against SQLite in alternating rounds (see ``conftest.paired``)."""
+    """chunkstore against SQLite building message dicts, in alternating rounds (see
+    ``conftest.paired``): a fresh ``Store`` in this process (cold) or one reused (warm)."""
     conv_id = corpus.conversations[n]
     benchmark.group = f"rebuild {n} msgs, interleaved"
     subject: tuple[Callable[[], Any], Callable[[Any], Any]]
@@ -239,7 +257,7 @@ def test_rebuild_paired(
     variant = f"chunkstore {temperature} vs sqlite {temperature}"
     results.record(benchmark, SUITE, f"{n} msgs", variant, **figures)
     spec = n in (50, 500)
-    limit = 1.0 if temperature == "cold" else 0.1
+    limit = 0.5 if temperature == "cold" else 0.05
     results.limit(
         SUITE,
         f"{n} msgs",
@@ -249,6 +267,82 @@ def test_rebuild_paired(
         limit=limit if spec else None,
         target=f"≤ {limit}x SQLite" if spec else "",
     )
+
+
+FRESH_PAGE = 100  # the history API's page in the issue's measurement
+
+
+@pytest.mark.parametrize(
+    ("n", "mode"), [(n, m) for n in SIZES.rebuild_messages for m in ("paged", "whole")]
+)
+def test_rebuild_fresh_process(
+    benchmark: Any, results: Results, corpus: Corpus, n: int, mode: str
+) -> None:
+    """chunkstore against a plain indexed SQLite table, each side in a process of its own per
+    measurement (``benchmarks/_fresh.py``), in alternating rounds: the SPEC's fresh process."""
+    conv_id = corpus.conversations[n]
+    conv = ConversationId.parse(conv_id)
+    expected = digest(
+        [
+            (str(MessageId(conv.user, conv.n, seq)), content)
+            for seq, content in enumerate(corpus.expected[n], start=1)
+        ]
+    )
+    benchmark.group = f"rebuild {n} msgs, fresh process, interleaved"
+    benchmark.extra_info["page"] = FRESH_PAGE
+
+    def measure(side: str) -> float:
+        target = corpus.root if side == "chunkstore" else corpus.sqlite_path
+        command = [sys.executable, "-m", "benchmarks._fresh", side, mode, target, conv_id]
+        proc = subprocess.run(
+            [*command, "--page", str(FRESH_PAGE)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        out = json.loads(proc.stdout)
+        # Both sides return the same messages' text, or the comparison means nothing.
+        assert (out["messages"], out["digest"]) == (n, expected), (side, out)
+        seconds: float = out["seconds"]
+        return seconds
+
+    def rounds() -> dict[str, float]:
+        # conftest.paired's method, with a process per side per round instead of a setup call.
+        times: tuple[list[float], list[float]] = ([], [])
+        for _ in range(SIZES.rebuild_fresh_rounds[n]):
+            times[0].append(measure("chunkstore"))
+            times[1].append(measure("sqlite"))
+        a, b = (sorted(t)[len(t) // 2] for t in times)
+        # The fastest round of each side too: on a shared machine a burst of load shows as a
+        # median far above it (benchmark.extra_info; the target is judged on the medians).
+        return {
+            "paired_subject_s": a,
+            "paired_baseline_s": b,
+            "paired_ratio": a / b,
+            "fresh_subject_min_s": min(times[0]),
+            "fresh_baseline_min_s": min(times[1]),
+        }
+
+    figures = benchmark.pedantic(rounds, rounds=1, iterations=1)
+    case = f"{n} msgs"
+    subject = f"chunkstore fresh process {mode}"
+    spec = n in (50, 500)
+    results.record_pair(
+        benchmark,
+        SUITE,
+        case,
+        subject,
+        f"plain sqlite text, fresh process {mode}",
+        figures,
+        op="<=" if spec else None,
+        limit=0.5 if spec else None,
+        target="≤ 0.5x SQLite" if spec else "",
+    )
+    if n == 5000:
+        results.limit(
+            SUITE, case, subject, metric="paired_median_s", op="<", limit=0.030, target="< 30 ms"
+        )
 
 
 # -- the SQLite backend against hand-written SQL on its own database ------------------------------

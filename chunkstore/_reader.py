@@ -29,20 +29,26 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from . import _fsio, _locks, _records
 from ._exceptions import ConversationNotFound, StorageError
-from ._ids import ConversationId, MessageId, scan_message_files, scan_tombstones
+from ._ids import SEALED_NAMES, ConversationId, MessageId, rebase_listing, scan_rebased
 from ._layout import Layout
 from ._models import Message
 from ._rebuild import TERMINAL, rebuild_message
 from ._segment import SegmentIndex
 
-__all__ = ["ConversationReader", "MessageFiles", "conversation_io", "list_message_files"]
+__all__ = [
+    "ConversationReader",
+    "MessageFiles",
+    "conversation_io",
+    "list_message_files",
+    "scan_listing",
+]
 
 
 @contextmanager
@@ -70,7 +76,20 @@ _SEALED = MessageFiles(sealed=True)  # what nearly every message has
 
 def list_message_files(names: list[str], conv: ConversationId) -> dict[int, MessageFiles]:
     """Group the names of a ``messages/`` directory by message seq (strangers are skipped)."""
-    scanned = scan_message_files(names, conv)
+    return scan_listing(names, conv)[0]
+
+
+def scan_listing(
+    names: list[str], conv: ConversationId
+) -> tuple[dict[int, MessageFiles], set[int]]:
+    """A ``messages/`` listing: seq -> the message's files, and the seqs with a tombstone."""
+    rebased = rebase_listing(names, conv)
+    sealed = SEALED_NAMES.findall(rebased)
+    if len(sealed) == len(names):
+        # Every name is a sealed file of this conversation (a quiet conversation): one regex
+        # pass and one shared entry, no per-name Python work at all.
+        return dict.fromkeys(map(int, sealed), _SEALED), set()
+    scanned, tombstones = scan_rebased(rebased)
     # Nearly every message is one sealed file: those share one entry, found in one
     # comprehension (a Python loop building an entry per name was a tenth of a cold rebuild).
     files = {seq: _SEALED for seq, chunk, is_lock in scanned if not chunk and not is_lock}
@@ -83,7 +102,7 @@ def list_message_files(names: list[str], conv: ConversationId) -> dict[int, Mess
             chunks.setdefault(seq, []).append(chunk)
     for seq in chunks.keys() | locks:
         files[seq] = MessageFiles(seq in files, tuple(chunks.get(seq, ())), seq in locks)
-    return files
+    return files, tombstones
 
 
 class ConversationCache:
@@ -160,13 +179,25 @@ class ConversationReader:
                 seqs = seqs[:limit]
             listing = cache.listing
             finished = cache.finished
+            segment = cache.segment
+            parsed: Mapping[int, Message]
             from_segment: Callable[[int], Message | None]
             if 2 * len(seqs) >= len(cache.seqs):
                 # Most of the conversation: one pass over the segment beats indexing it by seq
                 # first (a page of a long conversation still parses only its own lines).
-                from_segment = cache.segment.parse_all().get
+                parsed = segment.parse_all()
+                from_segment = parsed.get
             else:
-                from_segment = cache.segment.get
+                if seqs:
+                    # A page: its lines usually follow each other in the segment.
+                    segment.read_ahead(seqs[0], len(seqs))
+                parsed = segment.parsed()
+                from_segment = segment.get
+            if all(map(parsed.__contains__, seqs)):
+                # Every message asked for is in the segment (the usual case): no Python per
+                # message. The segment's line and ``finished`` (sealed files, this process's
+                # own writes) hold the same finished message, so either may answer.
+                return list(map(parsed.__getitem__, seqs))
             out: list[Message] = []
             for seq in seqs:
                 message = finished.get(seq) or from_segment(seq)
@@ -194,13 +225,14 @@ class ConversationReader:
         with conversation_io(conv, "list messages"):
             names = os.listdir(mdir)
         if names != cache.names:
-            listing = cache.listing = list_message_files(names, conv)
+            listing, deleted = scan_listing(names, conv)
+            cache.listing = listing
             # Seqs are claimed gap-free, so the listing is nearly always exactly 1..n (n distinct
             # positive seqs whose largest is n): no need to sort what the directory order shuffled.
             n = len(listing)
             seqs = list(range(1, n + 1)) if n and max(listing) == n else sorted(listing)
             # A deleted message keeps its files; its tombstone hides it from every read.
-            deleted = cache.deleted = scan_tombstones(names, conv)
+            cache.deleted = deleted
             cache.seqs = [seq for seq in seqs if seq not in deleted] if deleted else seqs
             cache.names = names
         cache.dir_identity = identity

@@ -19,8 +19,8 @@ from chunkstore_support import (
 )
 
 from chunkstore import Conversation, ConversationNotFound, Message, Store
-from chunkstore._ids import ConversationId
-from chunkstore._reader import MessageFiles, list_message_files
+from chunkstore._ids import ConversationId, scan_message_files, scan_tombstones
+from chunkstore._reader import MessageFiles, list_message_files, scan_listing
 
 
 def fresh(root: str) -> Store:
@@ -323,6 +323,52 @@ def test_message_files_are_grouped_by_seq() -> None:
     }
     with pytest.raises(AttributeError):  # entries are shared between messages: immutable
         files[1].lock = True  # type: ignore[misc]
+
+
+def test_a_listing_of_sealed_files_only_and_one_with_tombstones() -> None:
+    conv = ConversationId.parse("us01-co01")
+    sealed = ["us01-co01-ms02.json", "us01-co01-ms01.json", "us01-co01-ms100.json"]
+    assert scan_listing(sealed, conv) == (
+        dict.fromkeys([2, 1, 100], MessageFiles(sealed=True)),
+        set(),
+    )
+    assert scan_listing([], conv) == ({}, set())
+    names = [
+        *sealed,
+        "us01-co01-ms02.deleted",
+        "us01-co01-ms03-001.deleted",  # not a name the store makes
+        "us01-co01-ms4.deleted",  # not canonical
+        "us01-co02-ms05.deleted",  # another conversation's
+    ]
+    files, tombstones = scan_listing(names, conv)
+    assert files == dict.fromkeys([2, 1, 100], MessageFiles(sealed=True)) and tombstones == {2}
+    assert scan_tombstones(names, conv) == {2} and scan_tombstones(sealed, conv) == set()
+
+
+@pytest.mark.parametrize(
+    "stranger",
+    [
+        "05.json",  # what is left of a name once its conversation's prefix is taken away
+        "x-ms05.json",
+        "us01-co01-ms05.json.tmp",
+        "us01-co01-ms05.jsonx",
+        "us01-co01-us01-co01-ms05.json",
+        "us01-co01-ms05-1.json",
+        "us01-co01-ms00.json",
+        "us01-co01-ms5.json",
+        "us01-co010-ms05.json",
+        "us01-co1-ms05.json",
+    ],
+)
+def test_no_stranger_passes_for_a_message_file(stranger: str) -> None:
+    # (No file name holds "/" or NUL: ``rebase_listing`` relies on that.)
+    conv = ConversationId.parse("us01-co01")
+    for names in ([stranger], [stranger, "us01-co01-ms01.json"], ["us01-co01-ms01.json", stranger]):
+        assert scan_listing(names, conv) == (
+            {1: MessageFiles(sealed=True)} if len(names) > 1 else {},
+            set(),
+        )
+        assert all(seq == 1 for seq, _, _ in scan_message_files(names, conv))
 
 
 def test_strangers_in_the_messages_directory_are_ignored(

@@ -138,3 +138,32 @@ def test_decode_lines_agrees_with_decode_on_every_bit_flip() -> None:
 )
 def test_decode_lines_round_trip(records: list[dict[str, object]]) -> None:
     assert list(decode_lines(b"".join(map(encode_line, records)))) == records
+
+
+def test_the_standard_zlib_reads_what_zlib_ng_wrote_and_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The ``speedups`` extra only changes how fast the checksum is computed, never its value:
+    a store written with zlib-ng is read without it, and the other way round."""
+    import importlib.util
+    import sys
+    import zlib
+
+    from chunkstore import _records
+
+    record = {"seq": 1, "tokens": "héllo " * 50, "n": [1, 2]}
+    written = encode_line(record)
+    assert written.endswith(
+        b',"crc":"%08x"}\n' % zlib.crc32(written[: -len(b',"crc":"00000000"}\n')])
+    )
+    # A second copy of the module, loaded while zlib-ng cannot be imported (chunkstore's own
+    # stays as it is: reloading it would replace CorruptRecord under every other module).
+    monkeypatch.setitem(sys.modules, "zlib_ng.zlib_ng", None)
+    spec = importlib.util.spec_from_file_location("records_without_zlib_ng", _records.__file__)
+    assert spec is not None and spec.loader is not None
+    fallback = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fallback)
+    assert fallback.crc32 is zlib.crc32
+    assert fallback.decode(written) == record
+    assert list(fallback.decode_lines(written * 2)) == [record, record]
+    assert decode(fallback.encode_line(record)) == record
