@@ -15,6 +15,7 @@ from ._backend import ConversationImport
 from ._ids import MessageId, user_id_text
 from ._models import Conversation, Message
 from ._rebuild import TERMINAL, message_from_line, message_to_line, rebuild_message
+from ._search import words
 
 __all__ = [
     "FIXABLE",
@@ -24,11 +25,12 @@ __all__ = [
     "first",
     "from_line",
     "import_rows",
+    "index_words",
     "line_of",
 ]
 
-#: The kinds of problem ``check(fix=True)`` repairs: both derived, rebuildable from the rows.
-FIXABLE = frozenset({"counter-behind", "stale-line"})
+#: The kinds of problem ``check(fix=True)`` repairs: all derived, rebuildable from the rows.
+FIXABLE = frozenset({"counter-behind", "stale-line", "stale-index"})
 
 #: How much of a stream's records (as JSON) a sink keeps in memory to merge the message at its
 #: seal without reading the rows back; past it (a very long reply) the seal reads them back,
@@ -38,6 +40,15 @@ KEEP_RECORDS_CHARS = 32 * 1024
 
 def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def index_words(text: str | None) -> str:
+    """A search document as the SQL engines index it: its folded words (``_search.words``),
+    joined by single spaces. Both engines then only cut at the spaces (SQLite's ``ascii``
+    tokenizer keeps every non-ASCII character in a token; PostgreSQL's parser sees words of
+    letters and digits only) and fold nothing more, so they match exactly the words
+    ``_search.matches`` sees, accents and all."""
+    return " ".join(words(text)) if text else ""
 
 
 def first(row: tuple[Any, ...]) -> Any:

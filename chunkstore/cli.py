@@ -1,8 +1,8 @@
 """The ``chunkstore`` command line (also ``python -m chunkstore``): inspect and maintain a store.
 
-Commands: ``ls``, ``show``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``, ``sweep``,
-``export``, ``import``, ``copy``. Run ``chunkstore --help`` or ``chunkstore COMMAND --help``
-for their options.
+Commands: ``ls``, ``show``, ``search``, ``rename``, ``rm``, ``restore``, ``whoami``, ``check``,
+``sweep``, ``export``, ``import``, ``copy``. Run ``chunkstore --help`` or ``chunkstore COMMAND
+--help`` for their options.
 
 Conventions:
 
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  chunkstore rm us01-co02            soft delete (chunkstore restore undoes it)\n"
             "  chunkstore rm us01-co02 --hard -y  remove it for good\n"
             "  chunkstore whoami my-session       the user id of a session (x-session-id)\n"
+            "  chunkstore search -u us01 lisbon   a user's conversations that mention it\n"
             "  chunkstore check --fix             verify the store, repair what is safe\n"
             "  chunkstore sweep --days 30         conversations a sweep would remove\n"
             "  chunkstore export -o backup.jsonl  everything, losslessly, as JSON Lines\n"
@@ -260,6 +261,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     whoami.add_argument("session", metavar="SESSION", help="a session id, or '-' for stdin")
     whoami.set_defaults(handler=_cmd_whoami)
+
+    search = commands.add_parser(
+        "search",
+        parents=[common],
+        help="search a user's conversations",
+        description=(
+            "The user's conversations whose title or a finished message holds every word of "
+            "QUERY (each as the start of a word: 'lis' finds Lisbon), best match first, each "
+            "with the matching message's seq (empty when the title matched) and a snippet. "
+            "Nothing in QUERY is syntax. The user is --user, or the user of a session id "
+            "(--principal; '-' reads it from stdin, as whoami does; nothing is created)."
+        ),
+    )
+    who = search.add_mutually_exclusive_group(required=True)
+    who.add_argument("-u", "--user", metavar="USER", help="a user id, e.g. us01")
+    who.add_argument("-p", "--principal", metavar="P", help="a session id, or '-' for stdin")
+    search.add_argument("query", metavar="QUERY", help="the words to find")
+    search.add_argument(
+        "-n", "--limit", type=_positive_int, default=20, metavar="N", help="at most N rows (20)"
+    )
+    search.add_argument(
+        "-a", "--deleted", action="store_true", help="include soft-deleted conversations"
+    )
+    search.add_argument("--json", action="store_true", help="JSON Lines instead of a table")
+    search.set_defaults(handler=_cmd_search)
 
     check = commands.add_parser(
         "check",
@@ -783,6 +809,50 @@ def _cmd_whoami(store: Store, args: argparse.Namespace) -> int:
         _error(f"no user for this session id in {store.backend.describe()} (nothing created)")
         return EXIT_FAILURE
     print(user)
+    return EXIT_OK
+
+
+def _cmd_search(store: Store, args: argparse.Namespace) -> int:
+    user = args.user
+    if user is None:
+        principal = sys.stdin.readline().strip() if args.principal == "-" else args.principal
+        user = store.find_user(principal) if principal else None
+        if user is None:
+            # A session id is a credential of sorts: never echoed back.
+            _error(f"no user for this session id in {store.backend.describe()} (nothing created)")
+            return EXIT_FAILURE
+    rows = []
+    found = 0
+    cursor = None
+    while found < args.limit:
+        page = store.search(
+            user,
+            args.query,
+            limit=min(MAX_PAGE, args.limit - found),
+            cursor=cursor,
+            include_deleted=args.deleted,
+        )
+        for hit in page:
+            conv = hit.conversation
+            if args.json:
+                record = {"id": conv.id, "title": conv.title, "seq": hit.seq}
+                record.update(snippet=hit.snippet, deleted=conv.deleted)
+                sys.stdout.write(_json_line(record))
+            else:
+                seq = "" if hit.seq is None else str(hit.seq)
+                rows.append([conv.id, seq, _one_line(conv.title), hit.snippet])
+        found += len(page)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    if not args.json:
+        if rows:
+            print(_table(["ID", "SEQ", "TITLE", "SNIPPET"], rows))
+        else:
+            _note(
+                args,
+                f"no conversation of {user} matches" + ("" if args.deleted else " (see --deleted)"),
+            )
     return EXIT_OK
 
 

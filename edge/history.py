@@ -23,6 +23,13 @@ The contract:
 * OpenAI's Conversations API works on the same paths: ``POST /v1/conversations`` takes up to
   20 initial ``items``, and ``/{id}/items[/{item_id}]`` serves ``client.conversations.items``
   (the mapping between items and stored messages is ``edge.conversations``).
+* ``GET /v1/conversations?q=...`` searches instead of listing (``Store.search``: every word of
+  ``q`` starts a word of the title or of one finished message; nothing in ``q`` is syntax):
+  the same envelope, best match first, each conversation object with a ``match``
+  (``snippet``, and the matching message's ``seq`` and ``message_id``, null for a title).
+  ``after`` (a previous page's ``last_id``) continues after that conversation in the ranking,
+  ``offset`` skips that many; a ``q`` without words or longer than 1000 characters is a 400.
+  A reply is found once it is finished: its stream ended and it is stored.
 * A soft-deleted conversation answers 404 to ``GET /{id}`` and to an update, as OpenAI's
   deleted ones do, unless ``include_deleted=1`` is given; the listing (``include_deleted=1``),
   ``DELETE`` (idempotent) and ``POST /{id}/restore`` still reach it. Its items answer 404.
@@ -48,7 +55,13 @@ from chunkstore import (
     InvalidArgument,
     InvalidId,
     Message,
+    MessageId,
+    SearchHit,
 )
+
+# The store's own query rule, so that a session with no user yet gets the same 400 for a
+# query without words as one with conversations.
+from chunkstore._search import search_terms
 from edge.conversations import (
     append_items,
     find_message,
@@ -324,6 +337,9 @@ async def list_conversations(request: web.Request) -> web.Response:
     if after is not None and "offset" in request.query:
         raise _bad("offset", "Use either 'after' or 'offset', not both.")
     user = await session_user(request, create=False)
+    query = request.query.get("q")
+    if query is not None:
+        return await _search(store, user, query, limit, offset, after, include_deleted)
     cursor = None if after is None else _cursor(user, after)
     data: list[dict[str, Any]] = []
     has_more = False
@@ -346,6 +362,82 @@ async def list_conversations(request: web.Request) -> web.Response:
             "has_more": has_more,
         }
     )
+
+
+async def _search(
+    store: AsyncStore,
+    user: str | None,
+    query: str,
+    limit: int,
+    offset: int,
+    after: str | None,
+    include_deleted: bool,
+) -> web.Response:
+    """``GET /v1/conversations?q=``: a page of the session's conversations that match."""
+    try:
+        search_terms(query)  # a 400 naming q, before anything is read
+    except InvalidArgument as exc:
+        raise _bad("q", f"'q': {exc}.") from None
+    data: list[dict[str, Any]] = []
+    has_more = False
+    if after is not None:
+        after = _cursor(user, after)
+    if user is not None:
+        position: int | None = offset
+        if after is not None:
+            position = await _search_position(store, user, query, include_deleted, after)
+        if position is not None:
+            page = await store.search(
+                user,
+                query,
+                limit=limit,
+                cursor=str(position) if position else None,
+                include_deleted=include_deleted,
+            )
+            data = [_hit_object(hit) for hit in page.items]
+            has_more = page.has_more
+    return json_response(
+        {
+            "object": "list",
+            "data": data,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+            "has_more": has_more,
+        }
+    )
+
+
+async def _search_position(
+    store: AsyncStore, user: str, query: str, include_deleted: bool, after: str
+) -> int | None:
+    """Where the results continue after conversation ``after`` (the ranking read again from
+    the top, a page of ``MAX_PAGE`` at a time); None when it is no longer among them (the
+    matches changed between two pages: the search has nothing more to add)."""
+    position = 0
+    cursor: str | None = None
+    while True:
+        page = await store.search(
+            user, query, limit=MAX_PAGE, cursor=cursor, include_deleted=include_deleted
+        )
+        for index, hit in enumerate(page.items):
+            if hit.conversation.id == after:
+                return position + index + 1
+        position += len(page.items)
+        cursor = page.next_cursor
+        if cursor is None:
+            return None
+
+
+def _hit_object(hit: SearchHit) -> dict[str, Any]:
+    conversation = hit.conversation
+    message_id = None
+    if hit.seq is not None:
+        conv = ConversationId.parse(conversation.id)
+        message_id = str(MessageId(conv.user, conv.n, hit.seq))
+    return {
+        **conversation_object(conversation),
+        "match": {"snippet": hit.snippet, "seq": hit.seq, "message_id": message_id},
+    }
 
 
 def _cursor(user: str | None, after: str) -> str:

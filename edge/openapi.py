@@ -14,6 +14,7 @@ import functools
 from typing import Any
 
 from chunkstore import __version__
+from chunkstore._search import MAX_QUERY_CHARS
 from edge.page import openapi_paths as page_openapi_paths
 
 __all__ = ["openapi_document"]
@@ -222,13 +223,48 @@ def _schemas() -> dict[str, Any]:
     return {
         "Error": error,
         "Conversation": _closed(_conversation_properties(), "A conversation's metadata."),
+        "ConversationMatch": _closed(
+            {
+                **_conversation_properties(),
+                "match": _closed(
+                    {
+                        "snippet": {
+                            "type": "string",
+                            "description": "About 160 characters of the matching text around "
+                            "its first match, on one line, with … where text was cut.",
+                        },
+                        "seq": {
+                            "type": ["integer", "null"],
+                            "minimum": 1,
+                            "description": "The matching message's seq (its best-ranked "
+                            "message when several match); null when the title matched.",
+                        },
+                        "message_id": {
+                            **_nullable(_MESSAGE_ID),
+                            "description": "The matching message's id; null for the title.",
+                        },
+                    },
+                    "Where the search matched.",
+                ),
+            },
+            "A conversation found by a search (q): its metadata and where it matched.",
+        ),
         "ConversationDetail": _closed(
             detail_properties, "A conversation with the first page of its messages."
         ),
         "ConversationList": _closed(
             {
                 "object": {"const": "list"},
-                "data": {"type": "array", "items": _ref(_SCHEMAS, "Conversation")},
+                "data": {
+                    "type": "array",
+                    "items": {
+                        "anyOf": [
+                            _ref(_SCHEMAS, "Conversation"),
+                            _ref(_SCHEMAS, "ConversationMatch"),
+                        ]
+                    },
+                    "description": "Conversation objects; with q, ConversationMatch objects.",
+                },
                 "first_id": _nullable(_CONVERSATION_ID),
                 "last_id": {
                     **_nullable(_CONVERSATION_ID),
@@ -236,7 +272,7 @@ def _schemas() -> dict[str, Any]:
                 },
                 "has_more": {"type": "boolean"},
             },
-            "A page of conversations, newest first.",
+            "A page of conversations, newest first; with q, best match first.",
         ),
         "ConversationCreate": {
             "type": "object",
@@ -468,6 +504,16 @@ def _parameters() -> dict[str, Any]:
             "limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}, "Page size."
         ),
         "After": query("after", _CONVERSATION_ID, "Cursor: the last_id of the previous page."),
+        "Query": query(
+            "q",
+            {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+            "Search instead of listing: the conversations whose title or one finished message "
+            "holds every word of q as the start of a word ('lis bon' finds \"Lisbon's "
+            'bonfires"; case and width folded, accents kept), best match first (title matches '
+            "above message matches, newest first among equals), each with its match. Nothing "
+            "in q is syntax; q without words (letters or digits) is a 400. A reply is found "
+            "once it has finished streaming.",
+        ),
         "Offset": query(
             "offset",
             {"type": "integer", "minimum": 0, "maximum": 1_000_000},
@@ -663,8 +709,9 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
             "get": {
                 "operationId": op("listConversations"),
                 "tags": tag,
-                "summary": "List the session's conversations, newest first",
+                "summary": "List the session's conversations, newest first, or search them (q)",
                 "parameters": [
+                    _ref(_PARAMS, "Query"),
                     _ref(_PARAMS, "Limit"),
                     _ref(_PARAMS, "After"),
                     _ref(_PARAMS, "Offset"),

@@ -634,6 +634,7 @@ def test_tables_are_in_the_current_schema(backend: PostgresBackend, pg_url: str)
             "chunks",
             "instances",
             "health",
+            "search_documents",
         }
         versions = conn.execute("SELECT version FROM _migrations ORDER BY 1").fetchall()
     assert versions == [(n,) for n in range(1, len(MIGRATIONS) + 1)]
