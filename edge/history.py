@@ -353,6 +353,11 @@ async def list_conversations(request: web.Request) -> web.Response:
             )
             data = [conversation_object(c) for c in page.items]
             has_more = page.has_more
+    return _list_response(data, has_more)
+
+
+def _list_response(data: list[dict[str, Any]], has_more: bool) -> web.Response:
+    """A page of conversation objects in OpenAI's list envelope."""
     return json_response(
         {
             "object": "list",
@@ -396,15 +401,7 @@ async def _search(
             )
             data = [_hit_object(hit) for hit in page.items]
             has_more = page.has_more
-    return json_response(
-        {
-            "object": "list",
-            "data": data,
-            "first_id": data[0]["id"] if data else None,
-            "last_id": data[-1]["id"] if data else None,
-            "has_more": has_more,
-        }
-    )
+    return _list_response(data, has_more)
 
 
 async def _search_position(
