@@ -185,6 +185,7 @@ def export_lines(
     users: Sequence[str] | None = None,
     conversations: Sequence[str] | None = None,
     source: str | None = None,
+    sessions: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """The export of ``store``: the header line, then each user's line and its
     conversations (oldest first, soft-deleted ones included) with their messages.
@@ -192,7 +193,10 @@ def export_lines(
     ``users`` limits it to those users, ``conversations`` to those conversations (and the
     lines of their users). Every id is checked now, before the first line is made: a typo
     fails the export, not its tail. ``source``: the header's ``source`` (default: the
-    store's location, any password hidden).
+    store's location, any password hidden). ``sessions=False`` leaves each user's
+    ``sessions`` empty: the digests of its principals (API keys, session ids) are how a store
+    finds the user, not the user's data; an export handed to a client leaves them out (an
+    import then matches the user by number, or makes a new one).
     """
     backend = store.backend
     if conversations is not None:
@@ -212,11 +216,16 @@ def export_lines(
                 if str(user) not in known:
                     raise UserNotFound(f"no user {user}")
         plan = [(user, None) for user in chosen]
-    return _export(store, plan, redact_url(backend.describe()) if source is None else source)
+    return _export(
+        store, plan, redact_url(backend.describe()) if source is None else source, sessions
+    )
 
 
 def _export(
-    store: Store, plan: list[tuple[UserId, list[ConversationId] | None]], source: str
+    store: Store,
+    plan: list[tuple[UserId, list[ConversationId] | None]],
+    source: str,
+    sessions: bool,
 ) -> Iterator[dict[str, Any]]:
     backend = store.backend
     yield {
@@ -233,7 +242,7 @@ def _export(
             "type": "user",
             "id": record.id,
             "created_at": record.created_at,
-            "sessions": list(record.sessions),
+            "sessions": list(record.sessions) if sessions else [],
             "last_conversation": record.last_conversation,
         }
         for conv in chosen if chosen is not None else conversation_ids(store, str(user)):

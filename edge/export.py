@@ -1,7 +1,7 @@
 """``GET /v1/conversations/export``: the session's data, for "download my data".
 
 The body is the chunkstore export format (``chunkstore._transfer``: JSON Lines, a header line,
-the session's user line with its sessions, then every conversation, soft-deleted ones
+the session's user line, then every conversation, soft-deleted ones
 included, with every message), streamed as ``application/x-ndjson`` with a
 ``Content-Disposition`` attachment filename, so a browser or a desktop app saves it as a file
 that ``chunkstore import`` reads back. It is scoped to the session like every history route:
@@ -12,7 +12,9 @@ The export is produced on the store's threads a batch of lines at a time (a conv
 rebuild reads many files: one thread hop per line would cost more than the reads), and
 written as it is made: memory stays bounded by a batch, whatever the user holds. The
 header's ``source`` says ``chunkstore edge``, never the store's path or URL (a client has no
-business knowing where the server keeps its data).
+business knowing where the server keeps its data), and the user line's ``sessions`` is empty:
+the digests of the user's principals (its API keys, session ids) are the server's means of
+finding the user, not the user's data, and a file a client keeps must not carry them.
 """
 
 from __future__ import annotations
@@ -42,11 +44,13 @@ async def export_conversations(request: web.Request) -> web.StreamResponse:
     name = f"chunkstore-export-{user or 'empty'}-{day}.jsonl"
     if user is None:
         lines: Iterator[dict[str, Any]] = export_lines(
-            store.store, users=[], source="chunkstore edge"
+            store.store, users=[], source="chunkstore edge", sessions=False
         )
     else:
         # Ids resolved on a thread: a listing reads the disk.
-        lines = await store.run(export_lines, store.store, users=[user], source="chunkstore edge")
+        lines = await store.run(
+            export_lines, store.store, users=[user], source="chunkstore edge", sessions=False
+        )
     response = web.StreamResponse(
         headers={
             "Content-Type": EXPORT_CONTENT_TYPE,

@@ -731,7 +731,8 @@ def _history_paths(prefix: str, suffix: str) -> dict[str, Any]:
                 "summary": "Download the session's data: every conversation and message",
                 "description": "The chunkstore export format (JSON Lines, version 1): a header "
                 'line ({"type": "export", "format": "chunkstore-export", "version": 1, ...}), '
-                "the session's user line (with its sessions as SHA-256 digests), then each "
+                "the session's user line (its sessions left out: the server's, not the user's "
+                "data), then each "
                 "conversation (soft-deleted ones included) and one line per message in seq "
                 'order; a deleted message is {..., "deleted": true}. Streamed; saved as a '
                 "file (Content-Disposition: attachment) that `chunkstore import` reads back. "
