@@ -57,11 +57,14 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   or one finished message), its words as ``_sql.index_words`` folds them, and ``document``,
   a stored generated ``tsvector`` under the ``'simple'`` configuration named explicitly (no
   stemming or stop words, whatever ``default_text_search_config`` says: the same words as
-  the other engines), titles weighted A and messages D, with a GIN index. A query is
-  ``to_tsquery('simple', ...)`` of quoted ``term:*`` lexemes joined by ``&``; ranked by
-  ``ts_rank``, the best document per conversation (``DISTINCT ON``), ties newest first. The
-  planner cannot estimate a prefix tsquery and would read the user's every document, so the
-  search statement runs with sequential scans priced out (``SET LOCAL``). Every write keeps
+  the other engines), titles weighted A and messages D (weights no search reads any more),
+  with a GIN index. A query is ``to_tsquery('simple', ...)`` of quoted ``term:*`` lexemes
+  joined by ``&``, ranked by ``_search``'s rule (title hits, then message hits, each newest
+  conversation first, a message hit with its latest matching message): per kind, the primary
+  key walked backward over the user's newest documents until the page is full (a common
+  word), then, if it is not, the GIN index for the older conversations (a rare one), each
+  step's plan pinned by ``SET LOCAL`` settings since the planner cannot tell a common prefix
+  from a rare one (``_SEARCH_STEPS``, ``_ranked``). Every write keeps
   the documents current in its own transaction (a reply in its seal's one statement); a
   hard delete's go with the conversation's foreign key. ``check`` compares them with the
   rows (``stale-index``; ``fix`` rebuilds them).
@@ -261,9 +264,11 @@ MIGRATIONS: list[Migration] = [
         # space-separated); ``document`` is its tsvector under the 'simple' configuration,
         # named explicitly (no stemming, no stop words: the other engines have neither, and a
         # query must mean the same whatever ``default_text_search_config`` says), titles
-        # weighted A and messages D (``ts_rank`` weighs A ten times D). A generated column: it
-        # can never disagree with ``words``. The GIN index is what a search reads; the
-        # conversation's foreign key takes a hard delete's documents with it.
+        # weighted A and messages D (for ``ts_rank``, which ranked searches until the ranking
+        # became ``_search``'s kind-then-recency rule; kept: a migration is never edited).
+        # A generated column: it can never disagree with ``words``. The GIN index is what a
+        # search reads for a rare word; the conversation's foreign key takes a hard delete's
+        # documents with it.
         "search index",
         (
             """CREATE TABLE search_documents (
@@ -1477,6 +1482,8 @@ class PostgresBackend:
         (``_SEARCH_STEPS``), in one read-only snapshot; then the page's conversations and
         matching messages by their keys."""
         with self._read(f"search the conversations of {user}") as conn:
+            # One snapshot for the steps and the page (the reads are autocommit otherwise);
+            # sequential scans priced out for all of them: a step reads an index, always.
             conn.execute(
                 b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = off"
             )

@@ -88,11 +88,16 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
   / ``messages.document``, so a new title, a deleted message or a hard delete removes it by
   rowid. Every write that changes what is searchable updates the index in its own
   transaction (a reply in its seal's): no search ever sees a finished reply unindexed, and
-  nothing drifts. Ranking: bm25 with the title column weighted 10 to the text's 1, the best
-  document per conversation, ties newest first, offset and limit in SQL; soft-deleted
-  conversations are filtered at query time. ``check`` compares the index with the rows
-  (``stale-index``; ``fix`` rebuilds those documents). FTS5 is required: a Python whose
-  SQLite lacks it is refused at open (``StorageError``, ``ENOSYS``), not at the first write.
+  nothing drifts. Ranking is ``_search``'s (title hits, then message hits, each newest
+  conversation first, a message hit with its latest matching message): two walks of the
+  index, the title column then the body column, in rowid order newest first, each stopping
+  at the *floor* of the page's conversations (the lowest rowid any document of a
+  conversation at least as new as the page's oldest has: rows below it are older
+  conversations'), so a word in every conversation reads about a page's worth of rows
+  (``_ranked``); soft-deleted conversations are filtered as they are met. ``check``
+  compares the index with the rows (``stale-index``; ``fix`` rebuilds those documents). FTS5
+  is required: a Python whose SQLite lacks it is refused at open (``StorageError``,
+  ``ENOSYS``), not at the first write.
 * **Errors** become the chunkstore tree (``_storage_error``): ``SQLITE_BUSY``/``LOCKED`` past
   ``busy_timeout`` is ``LockTimeout`` (a lock that could not be taken in time, like the file
   store's); a full disk or database ``StorageError(ENOSPC)``; I/O errors and corruption
@@ -239,7 +244,7 @@ _CONVERSATION_COLUMNS_LIST = (
 _CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_COLUMNS_LIST)
 # The search index (``search``): one FTS5 row per document, a conversation's title or one
 # finished message's text, stored as ``_sql.index_words`` (its folded words, space-separated)
-# in the ``title`` or the ``body`` column (two columns so that bm25 weighs titles above text).
+# in the ``title`` or the ``body`` column (two columns: a search walks title matches first).
 # The ``ascii`` tokenizer cuts at those spaces only (every non-ASCII character is part of a
 # token; unicode61 would strip accents, which ``_search`` keeps). A rowid is
 # ``user_id << 32 | n``, ``n`` from the user's ``last_document`` counter: a user's documents
