@@ -170,6 +170,9 @@ def test_check_finds_and_repairs_a_stale_index(backend: SqliteBackend, db_path: 
         ("stale-index", str(other), False),
     ]
     assert hits(backend, "nata") == []
+    # The document of a conversation that is not there is never a hit (deleted ones asked
+    # for or not), until check repairs the index.
+    assert hits(backend, "x") == hits(backend, "x", include_deleted=True) == []
     assert all(p.fixed for p in backend.check(True))
     assert backend.check(False) == []
     assert hits(backend, "nata") == [(str(conv), 1)]
