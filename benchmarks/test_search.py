@@ -10,9 +10,10 @@ assistant 120 words, user 20, assistant 120) of realistic text: half the words f
 commonest English words, half from a 5,000-word made-up vocabulary drawn with a Zipf-like
 (Pareto) law. The rare term ``zanzibar`` is planted in one assistant message of every
 1,000th conversation (10 matches); the common term ``the`` (a prefix: the, they, their,
-then...) is in most messages and almost every conversation (the worst case for a ranked
-search: every match is ranked). A third query, ``zanzi ka``, is two prefixes in one
-message (``ka`` starts hundreds of words).
+then...) is in most messages and almost every conversation (the worst case for a search
+that must look at every match; the ranking, ``_search``'s title hits then message hits, each
+newest first, lets every backend stop with the page instead). A third query, ``zanzi ka``,
+is two prefixes in one message (``ka`` starts hundreds of words).
 
 Timed: the first page (limit 20) of each query, warm (one ``Store`` reused: the database's or
 the file index's pages cached), ``ROUNDS`` rounds; p50 and max reported, p50 judged against

@@ -250,8 +250,9 @@ class Backend(Protocol):
         include_deleted: bool,
     ) -> list[SearchMatch]:
         """The user's conversations that match ``terms`` (``_search``: every term starts a word
-        of one document, the title or one finished message), best first, newest first among
-        equal ranks, one match per conversation; skip ``offset`` of them, return at most
+        of one document, the title or one finished message), in ``_search``'s ranking (title
+        hits newest first, then message hits newest first with the latest matching message),
+        one match per conversation; skip ``offset`` of them, return at most
         ``limit``. Soft-deleted conversations only with ``include_deleted``. An unknown user
         has no matches. The index is kept current by every write: a finished message, a new
         title, a deleted message or conversation shows in the next search."""

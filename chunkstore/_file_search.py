@@ -13,11 +13,12 @@ per user, ``<root>/.search/usNN.sqlite3`` (WAL), holds:
 * ``conversations``: ``(n, deleted)``, the soft-deletion flag searches filter on;
 * ``meta``: the index version and whether the build finished.
 
-**Ranking** (this index's score, ``_search``): conversations whose title matches come first,
-then those where only a message does; within each, the newest conversation first; a message
-match shows the conversation's latest matching message. Both FTS tables are walked in rowid
-order, newest first, and the walk stops once the page is full: a search costs about a page's
-worth of rows whatever the number of matches (``_ranked``, ``_match_expression``).
+**Ranking** (``_search``'s rule, the same on every backend): conversations whose title
+matches come first, then those where only a message does; within each, the newest
+conversation first; a message match shows the conversation's latest matching message. Both
+FTS tables are walked in rowid order, newest first, and the walk stops once the page is full:
+a search costs about a page's worth of rows whatever the number of matches (``_ranked``,
+``_match_expression``).
 
 **Kept current.** ``FileBackend`` calls a hook right after each write that changes what is
 searchable (a finished message, a seal, a deleted message, a title, a soft or hard delete, a

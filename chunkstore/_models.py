@@ -116,9 +116,10 @@ class ConversationPage:
 class SearchHit:
     """One conversation that matches a search, with where and why.
 
-    ``seq`` is the matching message (the best-ranked one when several match), or None when only
-    the title matches; ``snippet`` is the text around the first match in that message (or the
-    title), on one line, at most about 160 characters, ``…`` where it was cut.
+    ``seq`` is the matching message (the latest one when several match), or None when the
+    title matches (whether or not a message does too); ``snippet`` is the text around the
+    first match in that message (or the title), on one line, at most about 160 characters,
+    ``…`` where it was cut.
     """
 
     conversation: Conversation
@@ -128,7 +129,8 @@ class SearchHit:
 
 @dataclass(frozen=True, slots=True)
 class SearchPage:
-    """One page of ``search`` results, best first; pass ``next_cursor`` back for the next."""
+    """One page of ``search`` results in ``_search``'s ranking (title matches, then message
+    matches, each newest first); pass ``next_cursor`` back for the next."""
 
     items: list[SearchHit]
     next_cursor: str | None

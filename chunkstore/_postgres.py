@@ -57,11 +57,14 @@ It mirrors the SQLite backend's design (``_sqlite.py``); where the engines diffe
   or one finished message), its words as ``_sql.index_words`` folds them, and ``document``,
   a stored generated ``tsvector`` under the ``'simple'`` configuration named explicitly (no
   stemming or stop words, whatever ``default_text_search_config`` says: the same words as
-  the other engines), titles weighted A and messages D, with a GIN index. A query is
-  ``to_tsquery('simple', ...)`` of quoted ``term:*`` lexemes joined by ``&``; ranked by
-  ``ts_rank``, the best document per conversation (``DISTINCT ON``), ties newest first. The
-  planner cannot estimate a prefix tsquery and would read the user's every document, so the
-  search statement runs with sequential scans priced out (``SET LOCAL``). Every write keeps
+  the other engines), titles weighted A and messages D (weights no search reads any more),
+  with a GIN index. A query is ``to_tsquery('simple', ...)`` of quoted ``term:*`` lexemes
+  joined by ``&``, ranked by ``_search``'s rule (title hits, then message hits, each newest
+  conversation first, a message hit with its latest matching message): per kind, the primary
+  key walked backward over the user's newest documents until the page is full (a common
+  word), then, if it is not, the GIN index for the older conversations (a rare one), each
+  step's plan pinned by ``SET LOCAL`` settings since the planner cannot tell a common prefix
+  from a rare one (``_SEARCH_STEPS``, ``_ranked``). Every write keeps
   the documents current in its own transaction (a reply in its seal's one statement); a
   hard delete's go with the conversation's foreign key. ``check`` compares them with the
   rows (``stale-index``; ``fix`` rebuilds them).
@@ -261,9 +264,11 @@ MIGRATIONS: list[Migration] = [
         # space-separated); ``document`` is its tsvector under the 'simple' configuration,
         # named explicitly (no stemming, no stop words: the other engines have neither, and a
         # query must mean the same whatever ``default_text_search_config`` says), titles
-        # weighted A and messages D (``ts_rank`` weighs A ten times D). A generated column: it
-        # can never disagree with ``words``. The GIN index is what a search reads; the
-        # conversation's foreign key takes a hard delete's documents with it.
+        # weighted A and messages D (for ``ts_rank``, which ranked searches until the ranking
+        # became ``_search``'s kind-then-recency rule; kept: a migration is never edited).
+        # A generated column: it can never disagree with ``words``. The GIN index is what a
+        # search reads for a rare word; the conversation's foreign key takes a hard delete's
+        # documents with it.
         "search index",
         (
             """CREATE TABLE search_documents (
@@ -309,26 +314,78 @@ _TITLE = 0
 # at most 1 MB (a longer one is an error that would fail the write). Past it, a message's
 # text is still stored whole; only its end is not searchable.
 _MAX_INDEXED_CHARS = 200_000
-# A search (%s: the tsquery text, the user, include_deleted, limit, offset). The tsquery is
-# built from quoted prefix lexemes (``_tsquery``), parsed by the same 'simple' configuration
-# as the documents. ``DISTINCT ON`` keeps each conversation's best document (a title before
-# a message of equal rank, then the lowest seq); the page is ordered by rank, then newest.
-_SEARCH = (
-    "WITH q AS (SELECT to_tsquery('simple'::regconfig, %s) AS q), "
-    "best AS (SELECT DISTINCT ON (d.conversation) d.user_id, d.conversation, d.seq, "
-    "ts_rank(d.document, q.q) AS score FROM search_documents AS d, q "
-    "WHERE d.user_id = %s AND d.document @@ q.q "
-    "ORDER BY d.conversation, score DESC, d.seq), "
-    "page AS (SELECT b.seq, b.score, c.user_id, "
-    + ", ".join(f"c.{c.strip()}" for c in _LISTED_COLUMNS.split(","))
-    + " FROM best AS b JOIN conversations AS c "
-    "ON c.user_id = b.user_id AND c.number = b.conversation "
-    "WHERE c.deleted_at IS NULL OR %s ORDER BY b.score DESC, c.number DESC LIMIT %s OFFSET %s) "
+# A search: ``_search``'s ranking, the conversations whose title matches, newest first, then
+# those where only a message does, newest first, each with its latest matching message
+# (``_ranked``). Each kind is read in up to two steps, each with its plan pinned (the
+# planner cannot tell a common prefix from a rare one: it estimates a ``:*`` tsquery from
+# statistics that may not cover it, and a wrong guess costs either way; measured on 10,000
+# conversations, 99 ms when it chose the GIN index for ``the`` and read its 35,000 matches):
+#
+# * the *walk*: the primary key backward (``user_id, conversation DESC, seq DESC``) over the
+#   user's newest ``_WINDOWS`` documents of the kind (their lowest conversation is the
+#   statement's first subquery), each document tested, stopping at ``LIMIT``: a common word
+#   fills the page after about a page's worth of rows. Bitmap scans are off (``SET LOCAL``),
+#   so the GIN index cannot be chosen for it.
+# * the *rest*, only when the walk's window held fewer matches than the page needs (so the
+#   word is rare among the newest documents): the GIN index for the conversations below the
+#   window, then a sort of those few matches. Plain index scans are off, so the primary key
+#   cannot be walked for it.
+#
+# ``%(q)s`` is the tsquery text (``_tsquery``: quoted prefix lexemes), parsed by the same
+# 'simple' configuration as the documents. Soft deletion is a lookup of the conversation by its
+# key for each matching document (a correlated subquery: never a join that would read every
+# conversation of the user); a message hit leaves out the conversations whose title matches
+# (all known by then: the title steps found fewer than the page).
+# The walks' windows, titles and messages: about the newest 500 conversations each (a
+# conversation has one title and a few messages). A word the page's conversations do not
+# find in them holds at most ~4% of the documents (a few hundred or thousand for 10,000
+# conversations): few enough for the GIN index and a sort.
+_WINDOWS = (500, 2000)
+_VISIBLE = (
+    "(%(deleted)s OR (SELECT c.deleted_at FROM conversations AS c "
+    "WHERE c.user_id = d.user_id AND c.number = d.conversation) IS NULL)"
+)
+_MATCHING = (
+    "FROM search_documents AS d WHERE d.user_id = %(user)s AND {kind} "
+    "AND d.document @@ to_tsquery('simple'::regconfig, %(q)s) "
+    f"AND {_VISIBLE} AND d.conversation <> ALL(%(titled)s) AND {{range}} "
+)
+# Per kind (a title is the seq-0 document): where the window starts (the conversation of the
+# user's ``_WINDOWS``-th newest document of the kind; None: the window is all of them), the
+# walk (the window's conversations) and the rest (those below it), each a page of
+# (conversation, seq): a message hit's seq is its conversation's latest matching one.
+_SEARCH_STEPS = tuple(
+    (
+        (
+            "SELECT d.conversation FROM search_documents AS d "
+            f"WHERE d.user_id = %(user)s AND {kind} "
+            f"ORDER BY d.conversation DESC, d.seq DESC OFFSET {window - 1} LIMIT 1"
+        ).encode(),
+        *(
+            (
+                "SELECT DISTINCT ON (d.conversation) d.conversation, d.seq "
+                + _MATCHING.format(kind=kind, range=range_)
+                + "ORDER BY d.conversation DESC, d.seq DESC LIMIT %(need)s"
+            ).encode()
+            for range_ in ("d.conversation >= %(start)s", "d.conversation < %(start)s")
+        ),
+    )
+    for kind, window in zip(("d.seq = 0", "d.seq > 0"), _WINDOWS, strict=True)
+)
+# The plan settings of the walk and of the rest (sequential scans are priced out for both).
+_STEP_SETTINGS = (
+    b"SET LOCAL enable_bitmapscan = off; SET LOCAL enable_indexscan = on",
+    b"SET LOCAL enable_bitmapscan = on; SET LOCAL enable_indexscan = off",
+)
+# The page's hits in order (%s: the conversations' numbers, their seqs: 0 for a title; the
+# user): each conversation and, for a message hit, its line, by their primary keys.
+_SEARCH_HITS = (
     "SELECT p.seq, m.line, "
-    + ", ".join(f"p.{c.strip()}" for c in _LISTED_COLUMNS.split(","))
-    + " FROM page AS p LEFT JOIN messages AS m ON m.user_id = p.user_id "
-    "AND m.conversation = p.number AND m.seq = p.seq "
-    "ORDER BY p.score DESC, p.number DESC"
+    + ", ".join(f"c.{c.strip()}" for c in _LISTED_COLUMNS.split(","))
+    + " FROM unnest(%s::bigint[], %s::bigint[]) WITH ORDINALITY AS p (number, seq, i) "
+    "JOIN conversations AS c ON c.user_id = %s AND c.number = p.number "
+    "LEFT JOIN messages AS m ON m.user_id = c.user_id AND m.conversation = c.number "
+    "AND m.seq = p.seq ORDER BY p.i"
 ).encode()
 _SELECT_CONVERSATION = (
     f"SELECT {_LISTED_COLUMNS} FROM conversations WHERE user_id = %s AND number = %s"
@@ -464,6 +521,40 @@ def _tsquery(terms: Sequence[str]) -> str:
     (``:*``), all of them required (``&``)."""
     quoted = ("'" + term.replace("\\", "\\\\").replace("'", "''") + "':*" for term in terms)
     return " & ".join(quoted)
+
+
+def _ranked(
+    conn: Conn, user: int, terms: Sequence[str], limit: int, offset: int, include_deleted: bool
+) -> list[tuple[int, int | None]]:
+    """(conversation, seq: None for a title) of the page ``offset``, ``limit``: each kind's
+    walk, then, if the page is still short, its rest (``_SEARCH_STEPS``), in the caller's
+    transaction. The walk's and the rest's conversations do not overlap (the window's first
+    conversation divides them), and every match of a conversation in the window is in the
+    walk's range: the result is the exact ranking, whichever step found it."""
+    need = offset + limit
+    params: dict[str, Any] = {
+        "q": _tsquery(terms),
+        "user": user,
+        "deleted": include_deleted,
+        "titled": [],
+    }
+    page: list[tuple[int, int | None]] = []
+    for title, (window, walk, rest) in zip((True, False), _SEARCH_STEPS, strict=True):
+        params["need"] = need - len(page)
+        if params["need"] <= 0:
+            break
+        conn.execute(_STEP_SETTINGS[0])
+        start = conn.execute(window, params).fetchone()
+        params["start"] = 0 if start is None else start[0]
+        found = conn.execute(walk, params).fetchall()
+        if len(found) < params["need"] and start is not None:
+            conn.execute(_STEP_SETTINGS[1])
+            params["need"] -= len(found)
+            found += conn.execute(rest, params).fetchall()
+        page += [(number, None if title else seq) for number, seq in found]
+        if title:
+            params["titled"] = [number for number, _ in found]
+    return page[offset:need]
 
 
 def _reindex(conn: Conn, key: tuple[int, int, int]) -> None:
@@ -1386,21 +1477,21 @@ class PostgresBackend:
         offset: int,
         include_deleted: bool,
     ) -> list[SearchMatch]:
-        """One statement: the user's matching documents (the GIN index), the best per
-        conversation, soft-deleted ones filtered, ranked, offset and limit; the page's
-        matching messages' lines joined after the limit (only they are read)."""
+        """The page of ``_search``'s ranking: titles, then messages, each kind walked newest
+        first from the primary key and, if the word is rare, found by the GIN index
+        (``_SEARCH_STEPS``), in one read-only snapshot; then the page's conversations and
+        matching messages by their keys."""
         with self._read(f"search the conversations of {user}") as conn:
-            # The planner estimates a prefix tsquery (``:*``) poorly: without statistics
-            # that cover the prefix it assumes a fixed share of the rows match and prices
-            # GIN's partial-match scan high, and reads the user's every document (measured
-            # on 10,000 conversations: 35 ms for a rare prefix, 6 ms from the GIN index);
-            # with them it may still hash-join every conversation row (1.6 ms against 0.19
-            # ms by index lookups, benchmarks/README.md). Sequential scans are priced out for
-            # this one statement (SET LOCAL: it ends with the transaction).
-            conn.execute(b"BEGIN; SET LOCAL enable_seqscan = off")
+            # One snapshot for the steps and the page (the reads are autocommit otherwise);
+            # sequential scans priced out for all of them: a step reads an index, always.
+            conn.execute(
+                b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL enable_seqscan = off"
+            )
             try:
+                page = _ranked(conn, user.n, terms, limit, offset, include_deleted)
                 rows = conn.execute(
-                    _SEARCH, (_tsquery(terms), user.n, include_deleted, limit, offset)
+                    _SEARCH_HITS,
+                    ([n for n, _ in page], [seq or _TITLE for _, seq in page], user.n),
                 ).fetchall()
             finally:
                 conn.execute(b"COMMIT")

@@ -12,10 +12,17 @@ Messages still streaming or ``interrupted`` are not searchable (a reply becomes 
 is finished); deleted messages and hard-deleted conversations are gone from the results;
 soft-deleted conversations are left out unless asked for. Results are scoped to one user.
 
-Ranking is the engine's (SQLite: FTS5's bm25; PostgreSQL: ``ts_rank`` over a stored
-``tsvector``; the file store: its derived index's score), with title matches weighted above
-message matches; among equal ranks the newest conversation (highest number) comes first. Each
-conversation appears once, with its best-ranked document.
+Ranking is one rule on every backend, not an engine's relevance score: the conversations
+whose title matches come first, newest (highest conversation number) first; then those where
+only a message matches, newest first. Each conversation appears once: a title hit (``seq``
+None) if its title matches, whether or not a message does too, else its latest (highest seq)
+matching message. How often, or how densely, a document holds the terms counts for nothing;
+soft-deleted conversations, when asked for, keep their place. Why this rule: the same query
+answers in the same order on every backend (a ``copy`` to another backend does not reorder
+a user's results); recency is what a chat history's reader expects; and every engine can
+walk its index newest first and stop once the page is full, so a word that nearly every
+conversation holds costs about a page's worth of rows (SPEC §6's 50 ms over 10,000
+conversations), where a relevance score must first be computed for every match.
 
 Backends implement ``Backend.search`` over the terms this module produces and return
 ``SearchMatch``es; the front turns them into ``SearchHit``s with the one snippet rule below, so

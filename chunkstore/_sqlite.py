@@ -88,11 +88,16 @@ Storage design (a contract, like ``users/README.md`` is for the file store):
   / ``messages.document``, so a new title, a deleted message or a hard delete removes it by
   rowid. Every write that changes what is searchable updates the index in its own
   transaction (a reply in its seal's): no search ever sees a finished reply unindexed, and
-  nothing drifts. Ranking: bm25 with the title column weighted 10 to the text's 1, the best
-  document per conversation, ties newest first, offset and limit in SQL; soft-deleted
-  conversations are filtered at query time. ``check`` compares the index with the rows
-  (``stale-index``; ``fix`` rebuilds those documents). FTS5 is required: a Python whose
-  SQLite lacks it is refused at open (``StorageError``, ``ENOSYS``), not at the first write.
+  nothing drifts. Ranking is ``_search``'s (title hits, then message hits, each newest
+  conversation first, a message hit with its latest matching message): two walks of the
+  index, the title column then the body column, in rowid order newest first, each stopping
+  at the *floor* of the page's conversations (the lowest rowid any document of a
+  conversation at least as new as the page's oldest has: rows below it are older
+  conversations'), so a word in every conversation reads about a page's worth of rows
+  (``_ranked``); soft-deleted conversations are filtered as they are met. ``check``
+  compares the index with the rows (``stale-index``; ``fix`` rebuilds those documents). FTS5
+  is required: a Python whose SQLite lacks it is refused at open (``StorageError``,
+  ``ENOSYS``), not at the first write.
 * **Errors** become the chunkstore tree (``_storage_error``): ``SQLITE_BUSY``/``LOCKED`` past
   ``busy_timeout`` is ``LockTimeout`` (a lock that could not be taken in time, like the file
   store's); a full disk or database ``StorageError(ENOSPC)``; I/O errors and corruption
@@ -103,6 +108,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
 import itertools
 import os
 import sqlite3
@@ -238,7 +244,7 @@ _CONVERSATION_COLUMNS_LIST = (
 _CONVERSATION_COLUMNS = ", ".join(_CONVERSATION_COLUMNS_LIST)
 # The search index (``search``): one FTS5 row per document, a conversation's title or one
 # finished message's text, stored as ``_sql.index_words`` (its folded words, space-separated)
-# in the ``title`` or the ``body`` column (two columns so that bm25 weighs titles above text).
+# in the ``title`` or the ``body`` column (two columns: a search walks title matches first).
 # The ``ascii`` tokenizer cuts at those spaces only (every non-ASCII character is part of a
 # token; unicode61 would strip accents, which ``_search`` keeps). A rowid is
 # ``user_id << 32 | n``, ``n`` from the user's ``last_document`` counter: a user's documents
@@ -256,20 +262,22 @@ _SEARCH_TABLE = (
     "seq UNINDEXED, tokenize = 'ascii', prefix = '1 2 3')"
 )
 _DOCUMENT_BITS = 32
+# How many rows a search walk reads between two computations of its floor (``_ranked``).
+_FLOOR_EVERY = 16
 # A function FTS5 registers: it fails ("no such function") where SQLite has no FTS5.
 _FTS5_PROBE = "SELECT fts5_source_id()"
-# bm25 weights of (title, body): a title match ranks above a text match.
-_SEARCH_RANK = "bm25(search, 10.0, 1.0)"
-# The ranked documents are MATERIALIZED: an auxiliary function like bm25 only works on the
-# FTS5 cursor itself, not inside the aggregate that picks each conversation's best document
-# (SQLite's bare-column rule: ``seq`` comes from the row with the ``min``).
-_SEARCH = (
-    f"WITH ranked AS MATERIALIZED (SELECT conversation, seq, {_SEARCH_RANK} AS score "
-    "FROM search WHERE search MATCH ? AND rowid BETWEEN ? AND ?), "
-    "best AS (SELECT conversation, seq, min(score) AS score FROM ranked GROUP BY conversation) "
-    f"SELECT b.score, b.seq, {', '.join('c.' + c for c in _CONVERSATION_COLUMNS_LIST)} "
-    "FROM best AS b JOIN conversations AS c ON c.user_id = ? AND c.number = b.conversation "
-    "WHERE c.deleted_at IS NULL OR ? ORDER BY b.score, c.number DESC LIMIT ? OFFSET ?"
+# A search walks the index twice, titles then texts (a column filter on one MATCH each), in
+# rowid order newest first within the user's range, and stops once the page is known
+# (``_ranked``): it reads each row's conversation and seq, never the whole match list.
+_WALK = (
+    "SELECT rowid, conversation, seq FROM search WHERE search MATCH ? "
+    "AND rowid BETWEEN ? AND ? ORDER BY rowid DESC"
+)
+# The lowest rowid of the documents of conversations numbered at least ``?`` (titles, then
+# messages): the walk's stop. Rows below it belong to older conversations only.
+_LOWEST_DOCUMENT = (
+    "SELECT min(title_document) FROM conversations WHERE user_id = ? AND number >= ?",
+    "SELECT min(document) FROM messages WHERE user_id = ? AND conversation >= ?",
 )
 _INDEX_DOCUMENT = (
     "INSERT INTO search (rowid, title, body, conversation, seq) VALUES (?, ?, ?, ?, ?)"
@@ -1162,25 +1170,22 @@ class SqliteBackend:
         offset: int,
         include_deleted: bool,
     ) -> list[SearchMatch]:
-        """One statement ranks (the FTS5 index, the user's rowid range only; the best
-        document per conversation; soft-deleted ones filtered out after the ranking, offset
-        and limit in SQL), then the page's matching messages are read for their text."""
-        low = user.n << _DOCUMENT_BITS
-        high = low + (1 << _DOCUMENT_BITS) - 1
+        """The page of ``_search``'s ranking (``_ranked``: two walks of the FTS5 index in the
+        user's rowid range, newest first, that stop with the page), then the page's
+        conversations and matching messages read by their keys."""
         with self._read(f"search the conversations of {user}") as conn:
-            rows = conn.execute(
-                _SEARCH,
-                (_match_expression(terms), low, high, user.n, include_deleted, limit, offset),
-            ).fetchall()
             found: list[SearchMatch] = []
-            for _, seq, *columns in rows:
-                conversation = _conversation(user.n, tuple(columns))
+            for number, seq in _ranked(conn, user.n, terms, limit, offset, include_deleted):
+                row = conn.execute(_GET_CONVERSATION, (user.n, number)).fetchone()
+                if row is None:  # the index names a conversation gone: check() reports it
+                    continue
+                conversation = _conversation(user.n, row)
                 text = conversation.title or ""
                 if seq is not None:
                     line = conn.execute(
                         "SELECT line FROM messages WHERE user_id = ? AND conversation = ? "
                         "AND seq = ?",
-                        (user.n, columns[0], seq),
+                        (user.n, number, seq),
                     ).fetchone()
                     text = from_line(orjson.loads(line[0])).text if line and line[0] else ""
                 found.append(SearchMatch(conversation, seq, text))
@@ -1434,11 +1439,89 @@ def _conversation(user: int, row: tuple[Any, ...]) -> Conversation:
     return conversations(user, [row])[0]
 
 
-def _match_expression(terms: Sequence[str]) -> str:
-    """The FTS5 query of ``terms``: each a quoted string (nothing in it is syntax) and a
-    prefix (``*``), all of them required (FTS5's implicit AND). Both title and body are
-    searched: a row is one document, one of the two is empty."""
-    return " ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+def _match_expression(terms: Sequence[str], column: str) -> str:
+    """The FTS5 query of ``terms`` in ``column``: each a quoted string (nothing in it is
+    syntax) and a prefix (``*``), all of them required, in that column only (a row is one
+    document: a title has an empty body, a message an empty title)."""
+    required = " AND ".join('"' + term.replace('"', '""') + '"*' for term in terms)
+    return f"{{{column}}} : ({required})"
+
+
+def _ranked(
+    conn: sqlite3.Connection,
+    user: int,
+    terms: Sequence[str],
+    limit: int,
+    offset: int,
+    include_deleted: bool,
+) -> list[tuple[int, int | None]]:
+    """(conversation, seq) of the page ``offset``, ``limit`` of ``_search``'s ranking: the
+    conversations whose title matches, newest (highest number) first, then those where only
+    a message matches, newest first, each with its latest (highest seq) matching message.
+
+    Each walk (titles, then message texts) reads the user's matching rows in rowid order,
+    newest first. A rowid is the order a document was indexed in, not its conversation's
+    number (a new message in an old conversation is a new, high rowid), so the walk keeps
+    every conversation it meets and stops at the *floor* of the ``k`` newest it holds (``k``
+    what the page still needs): the lowest rowid any document of a conversation numbered at
+    least the ``k``-th has (``_LOWEST_DOCUMENT``, a range of primary-key rows). Every row
+    below it belongs to an older conversation, which cannot enter the page, so the ranking
+    is exact; and since conversations are mostly written in order, a common word stops after
+    about a page's worth of rows instead of reading its every match. A rare word ends with
+    its matches. The floor is recomputed when the ``k``-th conversation changes, at most
+    once per ``_FLOOR_EVERY`` rows read (an older floor is lower, so still a valid stop)."""
+    need = offset + limit
+    low = user << _DOCUMENT_BITS
+    high = low + (1 << _DOCUMENT_BITS) - 1
+    deleted: dict[int, bool] = {}
+
+    def hidden(number: int) -> bool:
+        if include_deleted:
+            return False
+        if number not in deleted:
+            row = conn.execute(
+                "SELECT deleted_at IS NOT NULL FROM conversations WHERE user_id = ? AND number = ?",
+                (user, number),
+            ).fetchone()
+            deleted[number] = row is None or bool(row[0])
+        return deleted[number]
+
+    page: list[tuple[int, int | None]] = []
+    titled: set[int] = set()
+    for column, lowest in zip(("title", "body"), _LOWEST_DOCUMENT, strict=True):
+        wanted = need - len(page)
+        if wanted <= 0:
+            break
+        latest: dict[int, int] = {}  # conversation -> its highest matching seq (0: title)
+        floor = low  # nothing below: the walk ends with the user's rows
+        floor_of = None  # the k-th conversation ``floor`` was computed for
+        since = _FLOOR_EVERY
+        cursor = conn.execute(_WALK, (_match_expression(terms, column), low, high))
+        try:
+            for rowid, number, seq in cursor:
+                if rowid < floor:
+                    break
+                if number in titled or hidden(number):
+                    continue
+                seq = seq or 0
+                if latest.get(number, -1) < seq:
+                    latest[number] = seq
+                since += 1
+                if len(latest) < wanted or since < _FLOOR_EVERY:
+                    continue
+                since = 0
+                kth = heapq.nlargest(wanted, latest)[-1]
+                if kth != floor_of:
+                    floor_of = kth
+                    lowest_row = conn.execute(lowest, (user, kth)).fetchone()[0]
+                    floor = floor if lowest_row is None else lowest_row
+        finally:
+            cursor.close()
+        for number in heapq.nlargest(wanted, latest):
+            page.append((number, None if column == "title" else latest[number]))
+        if column == "title":
+            titled.update(latest)
+    return page[offset:need]
 
 
 def _index_document(

@@ -209,8 +209,9 @@ class Store:
         cursor: str | None = None,
         include_deleted: bool = False,
     ) -> SearchPage:
-        """The user's conversations whose title or finished messages match ``query``, best
-        first (``_search`` says what matches and how results rank), each with the matching
+        """The user's conversations whose title or finished messages match ``query``: title
+        matches newest first, then message matches newest first (``_search`` says what
+        matches and how results rank, the same on every backend), each with the matching
         message's seq and a snippet around the match. ``cursor`` is the ``next_cursor`` of
         the previous page: a position in the ranking, so a page may repeat or miss a
         conversation when matches change between pages (as with any ranked search)."""

@@ -268,8 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="search a user's conversations",
         description=(
             "The user's conversations whose title or a finished message holds every word of "
-            "QUERY (each as the start of a word: 'lis' finds Lisbon), best match first, each "
-            "with the matching message's seq (empty when the title matched) and a snippet. "
+            "QUERY (each as the start of a word: 'lis' finds Lisbon): title matches newest "
+            "first, then message matches newest first, each with the matching message's seq "
+            "(the latest; empty when the title matched) and a snippet. "
             "Nothing in QUERY is syntax. The user is --user, or the user of a session id "
             "(--principal; '-' reads it from stdin, as whoami does; nothing is created)."
         ),

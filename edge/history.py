@@ -25,8 +25,9 @@ The contract:
   (the mapping between items and stored messages is ``edge.conversations``).
 * ``GET /v1/conversations?q=...`` searches instead of listing (``Store.search``: every word of
   ``q`` starts a word of the title or of one finished message; nothing in ``q`` is syntax):
-  the same envelope, best match first, each conversation object with a ``match``
-  (``snippet``, and the matching message's ``seq`` and ``message_id``, null for a title).
+  the same envelope, title matches newest first then message matches newest first, each
+  conversation object with a ``match`` (``snippet``, and the matching message's ``seq`` and
+  ``message_id``: its latest matching message; null for a title).
   ``after`` (a previous page's ``last_id``) continues after that conversation in the ranking,
   ``offset`` skips that many; a ``q`` without words or longer than 1000 characters is a 400.
   A reply is found once it is finished: its stream ended and it is stored.

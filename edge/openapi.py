@@ -236,8 +236,9 @@ def _schemas() -> dict[str, Any]:
                         "seq": {
                             "type": ["integer", "null"],
                             "minimum": 1,
-                            "description": "The matching message's seq (its best-ranked "
-                            "message when several match); null when the title matched.",
+                            "description": "The matching message's seq (its latest "
+                            "matching message when several match); null when the title "
+                            "matched.",
                         },
                         "message_id": {
                             **_nullable(_MESSAGE_ID),
@@ -272,7 +273,8 @@ def _schemas() -> dict[str, Any]:
                 },
                 "has_more": {"type": "boolean"},
             },
-            "A page of conversations, newest first; with q, best match first.",
+            "A page of conversations, newest first; with q, title matches newest first, "
+            "then message matches newest first.",
         ),
         "ConversationCreate": {
             "type": "object",
@@ -509,8 +511,10 @@ def _parameters() -> dict[str, Any]:
             {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
             "Search instead of listing: the conversations whose title or one finished message "
             "holds every word of q as the start of a word ('lis bon' finds \"Lisbon's "
-            'bonfires"; case and width folded, accents kept), best match first (title matches '
-            "above message matches, newest first among equals), each with its match. Nothing "
+            'bonfires"; case and width folded, accents kept): the conversations whose title '
+            "matches, newest first, then those where only a message matches, newest first "
+            "(recency, not relevance: the same order on every backend), each with its match "
+            "(a message match: the latest matching message). Nothing "
             "in q is syntax; q without words (letters or digits) is a 400. A reply is found "
             "once it has finished streaming.",
         ),

@@ -4,6 +4,7 @@ rule), what does not, ranking, paging, scoping, and an index kept current by eve
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 from conformance_support import open_store
@@ -96,6 +97,116 @@ def test_one_hit_per_conversation(store: Store, user: str) -> None:
     assert ids(store.search(user, "lisbon")) == [conv.id]
 
 
+def test_recency_not_relevance(store: Store, user: str) -> None:
+    # _search's one ranking on every backend: kind (title, then message), then newest; how
+    # often or how densely a document holds the word counts for nothing.
+    dense = store.create_conversation(user, title="Lisbon, Lisbon, Lisbon")
+    store.append_message(dense.id, "user", "lisbon lisbon lisbon lisbon lisbon")
+    for _ in range(4):
+        store.append_message(dense.id, "assistant", "Lisbon! Lisbon, lisbon.")
+    sparse = store.create_conversation(user, title="a long title that mentions lisbon once")
+    older = store.create_conversation(user)
+    store.append_message(older.id, "user", "lisbon " * 5)
+    newer = store.create_conversation(user)
+    store.append_message(newer.id, "user", "words, words, words and one lisbon among many words")
+    assert ids(store.search(user, "lisbon")) == [sparse.id, dense.id, newer.id, older.id]
+
+
+def test_a_title_and_message_match_is_a_title_hit(store: Store, user: str) -> None:
+    both = store.create_conversation(user, title="Lisbon")
+    store.append_message(both.id, "user", "lisbon in the message too")
+    text_only = store.create_conversation(user)  # newer
+    store.append_message(text_only.id, "user", "lisbon")
+    page = store.search(user, "lisbon")
+    assert [(hit.conversation.id, hit.seq) for hit in page] == [(both.id, None), (text_only.id, 1)]
+    assert page.items[0].snippet == "Lisbon"
+
+
+def test_a_message_hit_reports_the_latest_matching_message(store: Store, user: str) -> None:
+    conv = store.create_conversation(user, title="Holidays")
+    store.append_message(conv.id, "user", "lisbon or porto?")
+    store.append_message(conv.id, "assistant", "Lisbon, in May.")
+    store.append_message(conv.id, "user", "thanks!")
+    hit = store.search(user, "lisbon").items[0]
+    assert (hit.seq, hit.snippet) == (2, "Lisbon, in May.")
+    last = store.append_message(conv.id, "user", "lisbon it is")
+    assert store.search(user, "lisbon").items[0].seq == 4
+    store.delete_message(conv.id, last.id)
+    assert store.search(user, "lisbon").items[0].seq == 2
+    assert store.search(user, "porto").items[0].seq == 1
+
+
+def test_soft_deleted_conversations_keep_their_place(store: Store, user: str) -> None:
+    convs = []
+    for title in ("Lisbon", None, "Lisbon", None):
+        conv = store.create_conversation(user, title=title)
+        store.append_message(conv.id, "user", "lisbon")
+        convs.append(conv.id)
+    for deleted in (convs[1], convs[2]):
+        store.delete_conversation(deleted)
+    everything = store.search(user, "lisbon", include_deleted=True)
+    assert ids(everything) == [convs[2], convs[0], convs[3], convs[1]]
+    assert [hit.conversation.deleted for hit in everything] == [True, False, False, True]
+    assert ids(store.search(user, "lisbon")) == [convs[0], convs[3]]
+
+
+def expected_ranking(
+    titles: dict[str, bool], latest: dict[str, int | None], order: list[str]
+) -> list[tuple[str, int | None]]:
+    """_search's rule, from what a test wrote: title hits newest first, then message hits
+    newest first with their latest matching seq (``order``: the conversations, oldest first)."""
+    newest = order[::-1]
+    ranked: list[tuple[str, int | None]] = [(c, None) for c in newest if titles.get(c)]
+    ranked += [(c, latest[c]) for c in newest if not titles.get(c) and latest.get(c)]
+    return ranked
+
+
+def test_the_order_is_the_conversations_not_the_writes(store: Store, user: str) -> None:
+    # Writes in a shuffled order (old conversations written last, titles set late, some
+    # messages deleted, some conversations soft-deleted): an index that keeps documents in
+    # write order must still rank by conversation number, on every page.
+    rng = random.Random(7)
+    order = [store.create_conversation(user).id for _ in range(40)]
+    titles: dict[str, bool] = {}
+    latest: dict[str, int | None] = {}
+    seqs: dict[str, int] = dict.fromkeys(order, 0)
+    writes = [(c, kind) for c in order for kind in ("text", "text", "other", "title")]
+    rng.shuffle(writes)
+    for conv, kind in writes:
+        if kind == "title":
+            match = rng.random() < 0.3
+            store.update_conversation(conv, title="Lisbon days" if match else "Porto days")
+            titles[conv] = match
+            continue
+        match = kind == "text" and rng.random() < 0.6
+        message = store.append_message(conv, "user", "lisbon trip" if match else "a day off")
+        seqs[conv] += 1
+        if match and rng.random() < 0.2:
+            store.delete_message(conv, message.id)
+        elif match:
+            latest[conv] = seqs[conv]
+    hidden = set(rng.sample(order, 5))
+    for conv in hidden:
+        store.delete_conversation(conv)
+    shown = [c for c in order if c not in hidden]
+    for include_deleted, among in ((False, shown), (True, order)):
+        expected = expected_ranking(titles, latest, among)
+        assert len(expected) > 12
+        found: list[tuple[str, int | None]] = []
+        cursor = None
+        while True:
+            page = store.search(
+                user, "lisbon", limit=4, cursor=cursor, include_deleted=include_deleted
+            )
+            found += [(hit.conversation.id, hit.seq) for hit in page]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        assert found == expected
+        whole = store.search(user, "lisbon", limit=100, include_deleted=include_deleted)
+        assert [(hit.conversation.id, hit.seq) for hit in whole] == expected
+
+
 def test_paging_walks_every_match_once(store: Store, user: str) -> None:
     expected = set()
     for i in range(7):
@@ -123,7 +234,16 @@ def test_bad_queries_are_rejected(store: Store, user: str, query: object) -> Non
 
 @pytest.mark.parametrize(
     "query",
-    ['"lisbon', "lisbon*", "-lisbon", "lisbon AND", "NEAR(lisbon)", "title:lisbon", "c++", "^%'lisbon"],
+    [
+        '"lisbon',
+        "lisbon*",
+        "-lisbon",
+        "lisbon AND",
+        "NEAR(lisbon)",
+        "title:lisbon",
+        "c++",
+        "^%'lisbon",
+    ],
 )
 def test_engine_syntax_is_just_words(store: Store, user: str, query: str) -> None:
     conv = store.create_conversation(user)
@@ -290,3 +410,18 @@ def test_imported_conversations_are_found(store: Store, user: str, make_url: obj
         assert ids(destination.search(twin, "nata")) == [conv.id]
         assert destination.search(twin, "lisbon").items[0].seq is None
         assert ids(destination.search(twin, "porto")) == []
+
+
+def test_a_copy_ranks_as_its_source(store: Store, user: str, make_url: object) -> None:
+    # One ranking on every backend: a copy (to any backend) answers in the same order.
+    for i in range(6):
+        conv = store.create_conversation(user, title="Lisbon notes" if i % 3 == 0 else None)
+        store.append_message(conv.id, "user", "lisbon " * (6 - i))
+        store.append_message(conv.id, "assistant", "porto" if i % 2 else "lisbon again")
+    source = [(hit.conversation.id, hit.seq) for hit in store.search(user, "lisbon")]
+    with open_store(make_url()) as destination:  # type: ignore[operator]
+        copy_store(store, destination)
+        twin = destination.find_user("session-test")
+        assert twin is not None
+        copied = [(hit.conversation.id, hit.seq) for hit in destination.search(twin, "lisbon")]
+    assert copied == source

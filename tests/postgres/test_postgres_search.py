@@ -1,6 +1,7 @@
 """The PostgreSQL search index (``search_documents``: a stored tsvector under the explicit
 'simple' configuration, a GIN index): filled by its migration, kept current by every write,
-checked and repaired by ``check``, and a query the planner can answer from the GIN index.
+checked and repaired by ``check``, and a search's two plans: the primary key walked newest first
+(common words), the GIN index (rare ones).
 What a search finds is the conformance suite's (``test_conformance_search.py``)."""
 
 from __future__ import annotations
@@ -94,31 +95,49 @@ def test_a_very_long_message_is_indexed_up_to_the_bound(backend: PostgresBackend
     assert backend.check(False) == []
 
 
-def test_the_gin_index_answers_a_users_search(backend: PostgresBackend, pg_url: str) -> None:
+def plan(conn: object, statement: bytes, settings: bytes, **params: object) -> str:
+    """The plan of one search step as ``_ranked`` runs it (its settings in its transaction)."""
+    conn.execute(b"BEGIN; SET LOCAL enable_seqscan = off; " + settings)  # type: ignore[attr-defined]
+    try:
+        rows = conn.execute(b"EXPLAIN " + statement, params).fetchall()  # type: ignore[attr-defined]
+    finally:
+        conn.execute(b"COMMIT")  # type: ignore[attr-defined]
+    return "\n".join(row[0] for row in rows)
+
+
+def test_common_words_walk_the_primary_key_rare_ones_the_gin_index(
+    backend: PostgresBackend, pg_url: str
+) -> None:
     new_conversation(backend, title="Lisbon")
     with raw(pg_url) as conn:
-        # One user with 2,000 conversations (rows made in SQL, for speed), then statistics.
+        # One user with 3,000 more conversations (rows made in SQL, for speed), each with a
+        # message holding "porto"; "zanzibar" in one old conversation (below the messages'
+        # walk window of 2,000 documents) and one new one (inside it). Then statistics.
         conn.execute(
             "INSERT INTO conversations (user_id, number, title, created_at, updated_at) "
-            "SELECT 1, n, NULL, '', '' FROM generate_series(2, 2001) AS n"
+            "SELECT 1, n, NULL, '', '' FROM generate_series(2, 3001) AS n"
         )
         conn.execute(
             "INSERT INTO search_documents (user_id, conversation, seq, words) "
             "SELECT 1, n, 1, 'the same words about porto number ' || n "
-            "FROM generate_series(2, 2001) AS n"
+            "|| CASE WHEN n IN (10, 2990) THEN ' zanzibar' ELSE '' END "
+            "FROM generate_series(2, 3001) AS n"
         )
         conn.execute("ANALYZE")
-        # As PostgresBackend.search runs it (sequential scans priced out).
-        conn.execute(b"BEGIN; SET LOCAL enable_seqscan = off")
-        plan = "\n".join(
-            row[0]
-            for row in conn.execute(
-                b"EXPLAIN " + pg_module._SEARCH, (pg_module._tsquery(["lis"]), 1, False, 20, 0)
-            )
-        )
-        conn.execute(b"COMMIT")
-    assert "Bitmap Index Scan on search_documents_document" in plan, plan
+        _, walk, rest = pg_module._SEARCH_STEPS[1]
+        params = {"user": 1, "deleted": False, "titled": [], "need": 20, "start": 1002}
+        for query in ("porto", "zanzibar", "lis"):
+            walked = plan(conn, walk, pg_module._STEP_SETTINGS[0], q=query + ":*", **params)
+            assert "Index Scan Backward using search_documents_pkey" in walked, walked
+            assert "Bitmap" not in walked, walked
+            found = plan(conn, rest, pg_module._STEP_SETTINGS[1], q=query + ":*", **params)
+            assert "Bitmap Index Scan on search_documents_document" in found, found
+            # (The planner may AND it with the primary key's bitmap of the range: still no walk.)
+            assert "Index Scan Backward" not in found, found
     assert hits(backend, "lis") == [("us01-co01", None)]
+    assert hits(backend, "zanzibar") == [("us01-co2990", 1), ("us01-co10", 1)]
+    porto = hits(backend, "porto")
+    assert porto == [(f"us01-co{n}", 1) for n in range(3001, 2951, -1)]
 
 
 @pytest.mark.parametrize("term", ["a'b", "a\\b", "a:b", "a&b|c!"])

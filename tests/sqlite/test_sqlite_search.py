@@ -108,11 +108,44 @@ def test_a_search_reads_only_its_users_rowids(backend: SqliteBackend) -> None:
     plan = " ".join(
         str(row)
         for row in backend._conn().execute(
-            f"EXPLAIN QUERY PLAN {sqlite_module._SEARCH}", ('"l"*', 0, 1, 1, 0, 1, 0)
+            f"EXPLAIN QUERY PLAN {sqlite_module._WALK}", ('{title} : ("l"*)', 0, 1)
         )
     )
-    # The FTS5 index answers MATCH and both rowid bounds (no scan of other users' postings).
-    assert "VIRTUAL TABLE INDEX 0:M" in plan and "><" in plan
+    # The FTS5 index answers MATCH and both rowid bounds (no scan of other users' postings),
+    # and yields the rows in the ORDER BY's order (rowid, newest first): no sort, so the walk
+    # can stop with the page.
+    assert "VIRTUAL TABLE INDEX" in plan and ":M" in plan and "><" in plan, plan
+    assert "TEMP B-TREE" not in plan, plan
+
+
+def test_the_walk_stops_with_the_page(backend: SqliteBackend) -> None:
+    # 200 conversations whose messages all match: a page of 3 needs the newest 3, and the
+    # walk reads a few rows past them (up to its floor), not all 200 matches.
+    for i in range(200):
+        conv = new_conversation(backend, title=f"chat {i}")
+        backend.append_message(conv, message_record("user", "lisbon again"), max_messages=None)
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0  # go on
+
+    def work(limit: int) -> tuple[list[tuple[str, int | None]], int]:
+        conn = backend._conn()
+        steps[0] = 0
+        conn.set_progress_handler(count, 50)
+        try:
+            found = backend.search(ME, ["lisbon"], limit=limit, offset=0, include_deleted=False)
+        finally:
+            conn.set_progress_handler(None, 50)
+        return [(m.conversation.id, m.seq) for m in found], steps[0]
+
+    every, all_work = work(200)
+    page, page_work = work(3)
+    assert every[:3] == page == [(f"us01-co{n:02d}", 1) for n in (200, 199, 198)]
+    assert len(every) == 200
+    # The engine's virtual-machine steps as the measure of work (no clock).
+    assert page_work * 5 < all_work, (page_work, all_work)
 
 
 def test_check_finds_and_repairs_a_stale_index(backend: SqliteBackend, db_path: str) -> None:
@@ -137,6 +170,9 @@ def test_check_finds_and_repairs_a_stale_index(backend: SqliteBackend, db_path: 
         ("stale-index", str(other), False),
     ]
     assert hits(backend, "nata") == []
+    # The document of a conversation that is not there is never a hit (deleted ones asked
+    # for or not), until check repairs the index.
+    assert hits(backend, "x") == hits(backend, "x", include_deleted=True) == []
     assert all(p.fixed for p in backend.check(True))
     assert backend.check(False) == []
     assert hits(backend, "nata") == [(str(conv), 1)]
