@@ -39,11 +39,14 @@ def statements(*sql: str) -> Callable[[sqlite3.Connection], None]:
 
 def version_of(conn: sqlite3.Connection, *, what: str = "the database") -> int:
     """The schema version of the database (0: no chunkstore schema yet)."""
-    exists = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_migrations'"
+    # One statement, so one snapshot: read as two, another connection's first migration
+    # could commit in between, and its tables would be taken for a stranger's.
+    tables, ours = conn.execute(
+        "SELECT count(*), coalesce(sum(name = '_migrations'), 0) FROM sqlite_master "
+        "WHERE type = 'table'"
     ).fetchone()
-    if exists is None:
-        if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+    if not ours:
+        if tables:
             raise StoreFormatError(
                 f"{what} has tables but no _migrations table: not a chunkstore database"
             )

@@ -147,3 +147,44 @@ def test_runner_from_two_connections_applies_each_step_once(db_path: str) -> Non
         t.join()
     assert results == [2, 2, 2]
     assert len(calls) == 1
+
+
+def test_a_first_migration_committed_while_the_version_is_read(db_path: str) -> None:
+    """Another connection's first migration commits right after this one's first read of the
+    schema (the race a CI run hit: two reads, two snapshots, and our own tables were taken
+    for a stranger's). The version is read in one snapshot, so the runner simply finds the
+    work done."""
+    steps: list[Migration] = [STEP_1]
+
+    class Racing(sqlite3.Connection):
+        raced = False
+
+        def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+            cursor = super().execute(sql, *args)
+            if "sqlite_master" in sql and not Racing.raced:
+                Racing.raced = True
+                rows = cursor.fetchall()  # this read is done: now the other one commits
+                other = sqlite3.connect(db_path, isolation_level=None)
+                try:
+                    migrate(other, steps, what="test")
+                finally:
+                    other.close()
+                return _Rows(rows)  # type: ignore[return-value]
+            return cursor
+
+    conn = sqlite3.connect(db_path, isolation_level=None, factory=Racing)
+    try:
+        assert migrate(conn, steps, what="test") == 1
+    finally:
+        conn.close()
+    assert Racing.raced
+
+
+class _Rows:
+    """A cursor's rows, already fetched."""
+
+    def __init__(self, rows: list[object]) -> None:
+        self.rows = rows
+
+    def fetchone(self) -> object:
+        return self.rows[0] if self.rows else None
