@@ -181,11 +181,19 @@ class MessageWriter:
         sink = self._sink
         assert sink is not None
         try:
-            # The tail beyond one chunk (a huge flush) goes out as streaming chunks first.
+            # The tail beyond one chunk (a huge flush) goes out as streaming chunks first,
+            # unsynced: the seal makes them durable.
             while len(self._pending) > self._chunk_tokens:
                 batch = self._pending[: self._chunk_tokens]
                 self._write_chunk(self._record(batch, status="streaming"), durable=False)
                 del self._pending[: len(batch)]
+        except BaseException:
+            # The seal was never reached, so the sink is still open: release it, or its
+            # liveness (the writer's lock) would say ``streaming`` for the life of the process.
+            self._sink = None
+            sink.release()
+            raise
+        try:
             last = self._record(self._pending, status=status)
             last.update(extra)
             message = sink.seal(last, durable=self._sync_seal)

@@ -265,3 +265,34 @@ def test_sealing_path_is_a_plain_file(store: Store, conv: Conversation, root: st
     with store.stream_message(conv.id) as w:
         w.append("x")
     assert Path(messages_dir(root, conv.id) / f"{w.message_id}.json").is_file()
+
+
+def test_a_failed_tail_at_the_seal_releases_the_message(
+    store: Store, conv: Conversation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A seal with more than a chunk buffered writes the tail as chunks first; when one of
+    those writes fails, the seal is never reached, and the message must still be released
+    (read ``interrupted``, not ``streaming`` for the life of the process)."""
+    import chunkstore._fsio as fsio
+
+    w = store.stream_message(conv.id, chunk_tokens=2)
+    for token in "abcde":
+        w.add(token)  # buffered, never flushed: all five go to the seal
+    real = fsio.create_exclusive
+
+    def failing(path: str, data: bytes, *, durable: bool) -> None:
+        if "-ms01-" in path:
+            raise StorageError(28, "No space left on device", path)
+        real(path, data, durable=durable)
+
+    monkeypatch.setattr(fsio, "create_exclusive", failing)
+    # Held elsewhere too (the edge's write lane holds its jobs): dropping the writer's own
+    # reference must not be what releases the lock.
+    sink = w._sink
+    with pytest.raises(StorageError):
+        w.finish()
+    assert w.closed and sink is not None
+    monkeypatch.undo()
+    (message,) = store.messages(conv.id)
+    assert message.status == "interrupted"
+    store.append_message(conv.id, "user", "the conversation goes on")
