@@ -122,7 +122,23 @@ class PendingReplies:
         waits only for the replies whose stream has ended (the history: a reply still
         streaming shows as such, with where to resume it).
         """
-        tasks = self._by_conversation.get(conversation_id)
+        return await self._settle(self._by_conversation.get(conversation_id), timeout, streaming)
+
+    async def settle_user(self, user: str, timeout: float) -> bool:
+        """``settle(streaming=False)`` for every conversation of ``user`` (what a search of
+        the user's conversations reads: a reply whose stream ended must be found)."""
+        prefix = f"{user}-"
+        tasks = {
+            task
+            for conversation_id, by in self._by_conversation.items()
+            if conversation_id.startswith(prefix)
+            for task in by
+        }
+        return await self._settle(tasks, timeout, streaming=False)
+
+    async def _settle(
+        self, tasks: set[asyncio.Task[None]] | None, timeout: float, streaming: bool
+    ) -> bool:
         if not tasks:
             return True
         if not streaming:
@@ -279,15 +295,18 @@ class ReplyRecorder:
         self._last_write = loop.time()
         while True:
             pending = len(tokens)
-            if pending >= chunk:
-                take = chunk
-            elif self._end_item is not None:
-                # The rest (less than a chunk) goes into the sealing record.
+            if self._end_item is not None:
+                # The stream is over: whatever is left goes to the seal, one job on the store's
+                # threads (the writer stores a tail longer than a chunk as unsynced chunks and
+                # makes them durable with the seal), never a durable write per chunk of a
+                # backlog: a slow disk at shutdown must not hold the seal past the grace.
                 for text in tokens:
                     add(text)
                 tokens.clear()
                 await self._seal(writer, self._end_item)
                 return
+            if pending >= chunk:
+                take = chunk
             elif pending and (self._flush_due or loop.time() >= self._last_write + self._flush_s):
                 take = pending
             else:
@@ -335,11 +354,13 @@ class ReplyRecorder:
 
     async def _seal(self, writer: AsyncMessageWriter, item: tuple[Any, ...]) -> None:
         start = time.perf_counter()
+        before = writer.writer.chunks_written
         if item[0] == "finish":
             message = await writer.finish(item[1], item[2], item[3])
         else:
             message = await writer.fail(item[1], item[2])
-        self._metrics.chunks_written.inc(1)
+        # The chunks of a tail longer than one chunk, then the sealing record.
+        self._metrics.chunks_written.inc(writer.writer.chunks_written - before + 1)
         log_event(
             "message_sealed",
             conversation_id=self._conversation_id,

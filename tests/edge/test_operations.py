@@ -275,7 +275,9 @@ async def test_chunk_writes_and_rebuilds_are_logged_as_json_without_content(
 ) -> None:
     caplog.set_level(logging.INFO, logger="edge.store")
     client = await make_edge()
-    cid = await stream_chat(client, "tokens-130")
+    # Tokens 5 ms apart: chunks fall due while the reply streams (a reply that arrives at once
+    # is stored by its seal alone, in one job).
+    cid = await stream_chat(client, "slow-200-5")
     resp = await client.get(f"/v1/conversations/{cid}/messages?limit=1", headers=HEADERS)
     assert resp.status == 200
 
@@ -292,7 +294,9 @@ async def test_chunk_writes_and_rebuilds_are_logged_as_json_without_content(
         assert isinstance(event["chunk"], int)
         assert isinstance(event["duration_ms"], float)
         assert event["level"] == "INFO" and event["logger"] == "edge.store"
-    assert sum(e["tokens"] for e in writes) <= 130
+    assert sum(e["tokens"] for e in writes) <= 200
+    (sealed,) = [e for e in events if e["event"] == "message_sealed"]
+    assert sealed["tokens"] == 200 and sealed["chunks"] >= len(writes) + 1
 
     rebuilds = [e for e in events if e["event"] == "rebuild"]
     assert len(rebuilds) == 1

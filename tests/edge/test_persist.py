@@ -84,9 +84,38 @@ async def test_tokens_are_written_a_chunk_at_a_time_in_order(
         "stop",
     )
     assert counter(metrics, "edge_chunks_written_total") == 4  # three chunks and the seal
+    # Chunks due while the stream went on were written one by one, in order; what was left
+    # when it ended went to the seal in one job (no durable write per chunk of a backlog).
     writes = [r for r in caplog.records if r.getMessage() == "chunk_write"]
-    assert [r.fields["tokens"] for r in writes] == [3, 3, 3]  # type: ignore[attr-defined]
-    assert [r.fields["chunk"] for r in writes] == [1, 2, 3]  # type: ignore[attr-defined]
+    assert [r.fields["tokens"] for r in writes] == [3] * len(writes)  # type: ignore[attr-defined]
+    assert [r.fields["chunk"] for r in writes] == list(range(1, len(writes) + 1))  # type: ignore[attr-defined]
+    (sealed,) = [r for r in caplog.records if r.getMessage() == "message_sealed"]
+    assert sealed.fields["chunks"] == 4  # type: ignore[attr-defined]
+
+
+async def test_a_backlog_at_the_end_goes_to_the_seal_in_one_job(
+    store: AsyncStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stream ends with many chunks' worth of tokens not yet written (a slow disk, or the
+    edge shutting down): they are stored by the seal, one job, the same records as if each
+    chunk had been written on its own."""
+    caplog.set_level(logging.INFO, logger="edge.store")
+    conv = await new_conversation(store)
+    rec, metrics = recorder(store, conv)
+    assert await rec.opened is not None
+    words = [f"w{i} " for i in range(20)]
+    for word in words:  # no await in between: the consumer never runs before the end
+        rec.token(word)
+    rec.fail({"type": "cancelled", "reason": "shutdown"})
+    assert await rec.wait(10)
+    assert rec.message_id is not None
+    records = sealed_records(store, conv, rec.message_id)
+    assert [r["tokenCount"] for r in records] == [3, 3, 3, 3, 3, 3, 2]
+    assert [r["status"] for r in records] == ["streaming"] * 6 + ["error"]
+    assert [r.getMessage() for r in caplog.records].count("chunk_write") == 0
+    assert counter(metrics, "edge_chunks_written_total") == 7
+    (message,) = [m for m in await store.messages(conv) if m.id == rec.message_id]
+    assert (message.content, message.status) == ("".join(words), "error")
 
 
 async def test_no_task_or_timer_per_token(store: AsyncStore) -> None:
@@ -121,7 +150,11 @@ async def test_no_task_or_timer_per_token(store: AsyncStore) -> None:
     # At most one flush timer per chunk (armed while tokens are pending), not per token.
     assert len([t for t in timers if getattr(t, "__self__", None) is rec]) <= 6
     assert rec.message_id is not None
-    assert [r["tokenCount"] for r in sealed_records(store, conv, rec.message_id)] == [60] * 5 + [0]
+    records = sealed_records(store, conv, rec.message_id)
+    # Chunks of 60, then the seal: with the last chunk in it when that chunk was still
+    # pending as the stream ended (what was left goes to the seal in one job).
+    assert [r["tokenCount"] for r in records] in ([60] * 5 + [0], [60] * 5)
+    assert [r["status"] for r in records][-1] == "complete"
 
 
 async def test_a_partial_chunk_is_written_once_the_flush_time_passes(store: AsyncStore) -> None:
