@@ -340,7 +340,7 @@ async def list_conversations(request: web.Request) -> web.Response:
     user = await session_user(request, create=False)
     query = request.query.get("q")
     if query is not None:
-        return await _search(store, user, query, limit, offset, after, include_deleted)
+        return await _search(request, store, user, query, limit, offset, after, include_deleted)
     cursor = None if after is None else _cursor(user, after)
     data: list[dict[str, Any]] = []
     has_more = False
@@ -371,6 +371,7 @@ def _list_response(data: list[dict[str, Any]], has_more: bool) -> web.Response:
 
 
 async def _search(
+    request: web.Request,
     store: AsyncStore,
     user: str | None,
     query: str,
@@ -389,6 +390,9 @@ async def _search(
     if after is not None:
         after = _cursor(user, after)
     if user is not None:
+        # Read-your-writes: a reply whose stream ended here is found, even while it is still
+        # being sealed (``[DONE]`` does not wait for the disk).
+        await request.app[PENDING_REPLIES].settle_user(user, SETTLE_TIMEOUT_S)
         position: int | None = offset
         if after is not None:
             position = await _search_position(store, user, query, include_deleted, after)

@@ -5,6 +5,7 @@ on every backend)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from fake_upstream import MakeEdge
 from test_conversations_api import Recorder
 
+import chunkstore
 from edge.openapi import openapi_document
 
 SESSION = {"x-session-id": "searcher"}
@@ -132,9 +134,19 @@ async def test_a_session_without_a_user_finds_nothing(
     }
 
 
+@pytest.mark.parametrize("seal_delay", [0.0, 0.3])
 async def test_a_streamed_reply_is_found_right_after_it_finishes(
-    sdk: openai.AsyncOpenAI,
+    sdk: openai.AsyncOpenAI, monkeypatch: pytest.MonkeyPatch, seal_delay: float
 ) -> None:
+    # ``[DONE]`` does not wait for the seal; a slow one (0.3 s here) must not hide the reply
+    # from the search that follows.
+    real_finish = chunkstore.MessageWriter.finish
+
+    def slow_finish(self: chunkstore.MessageWriter, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(seal_delay)
+        return real_finish(self, *args, **kwargs)
+
+    monkeypatch.setattr(chunkstore.MessageWriter, "finish", slow_finish)
     conv = await user_message(sdk, "hello", title="Counting")
     stream = await sdk.chat.completions.create(
         model="tokens-4",
@@ -146,8 +158,8 @@ async def test_a_streamed_reply_is_found_right_after_it_finishes(
         [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     )
     assert text == "tok0 tok1 tok2 tok3 "
-    # The next request after the stream's end: the edge has stored the reply (it settles the
-    # conversation's finished replies before answering), and the index with it.
+    # The next request after the stream's end: the search waits (bounded) for the session's
+    # replies whose stream ended to be stored, and the index is current with each.
     page = await search(sdk, q="tok3")
     assert ids(page) == [conv]
     match = page["data"][0]["match"]
