@@ -781,7 +781,6 @@ def test_an_unknown_scheme_or_a_missing_database_is_a_usage_error(
 
 
 def test_the_new_commands_on_a_sqlite_store(tmp_path: Path, capsys: Any) -> None:
-    pytest.importorskip("chunkstore._sqlite")
     url = f"sqlite:{tmp_path / 'chat.db'}"
     s = Store(url, durability="none")
     user = s.user_for("sqlite-session")
