@@ -180,6 +180,11 @@ from ._writer import utc_now
 
 __all__ = ["MIGRATIONS", "PostgresBackend", "PostgresSink", "migrate", "version_of"]
 
+# A session found on another user's row stays there (imports, re-registration): never moved.
+_ADD_SESSION = (
+    "INSERT INTO sessions (digest, user_id) VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING"
+)
+
 DURABILITY_MODES = ("chunk", "message", "none")
 DEFAULT_POOL_SIZE = 10
 
@@ -1041,8 +1046,7 @@ class PostgresBackend:
             n: int = row[0]
             with conn.cursor() as cursor:
                 cursor.executemany(
-                    "INSERT INTO sessions (digest, user_id) VALUES (%s, %s) "
-                    "ON CONFLICT (digest) DO NOTHING",
+                    _ADD_SESSION,
                     [(digest, n) for digest in sessions],
                 )
         return str(UserId(n))
@@ -1054,8 +1058,7 @@ class PostgresBackend:
             added = 0
             for digest in sessions:
                 added += conn.execute(
-                    "INSERT INTO sessions (digest, user_id) VALUES (%s, %s) "
-                    "ON CONFLICT (digest) DO NOTHING",
+                    _ADD_SESSION,
                     (digest, user.n),
                 ).rowcount
         return added

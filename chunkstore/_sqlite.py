@@ -156,6 +156,11 @@ from ._writer import utc_now
 
 __all__ = ["MIGRATIONS", "SqliteBackend", "SqliteSink"]
 
+# A session found on another user's row stays there (imports, re-registration): never moved.
+_ADD_SESSION = (
+    "INSERT INTO sessions (digest, user_id) VALUES (?, ?) ON CONFLICT (digest) DO NOTHING"
+)
+
 DURABILITY_MODES = ("chunk", "message", "none")
 
 MIGRATIONS: list[Migration] = [
@@ -705,8 +710,7 @@ class SqliteBackend:
                     return None
                 n = row[0]
             conn.executemany(
-                "INSERT INTO sessions (digest, user_id) VALUES (?, ?) "
-                "ON CONFLICT (digest) DO NOTHING",
+                _ADD_SESSION,
                 [(digest, n) for digest in sessions],
             )
         return str(UserId(n))
@@ -718,8 +722,7 @@ class SqliteBackend:
             added = 0
             for digest in sessions:
                 added += conn.execute(
-                    "INSERT INTO sessions (digest, user_id) VALUES (?, ?) "
-                    "ON CONFLICT (digest) DO NOTHING",
+                    _ADD_SESSION,
                     (digest, user.n),
                 ).rowcount
         return added

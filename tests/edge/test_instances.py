@@ -15,8 +15,6 @@ On PostgreSQL (the deployment that needs several instances: one server the tests
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from edge_process import launch_edge
 from fake_upstream import FakeUpstream
 
 from chunkstore import Store
@@ -64,28 +63,13 @@ async def start(db_url: str, upstream: FakeUpstream) -> AsyncIterator[Start]:
     running: list[Instance] = []
 
     async def launch() -> Instance:
-        env = {
-            **os.environ,
-            "PERSIST_TRANSCRIPTS": "true",
-            "DB_URL": db_url,
-            "UPSTREAM_BASE_URL": upstream.base_url,
-            "EDGE_PORT": "0",
-            "EDGE_LOG_LEVEL": "WARNING",
-            "STORE_DURABILITY": "chunk",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+        proc, url = await launch_edge(
+            PERSIST_TRANSCRIPTS="true",
+            DB_URL=db_url,
+            UPSTREAM_BASE_URL=upstream.base_url,
+            STORE_DURABILITY="chunk",
         )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        match = re.search(rb"http://127\.0\.0\.1:\d+", line)
-        assert match, line
-        instance = Instance(proc, match.group().decode())
+        instance = Instance(proc, url)
         running.append(instance)
         return instance
 

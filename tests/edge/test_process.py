@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
+from edge_process import launch_edge
 from fake_upstream import FakeUpstream
 
 from chunkstore import Store
@@ -38,27 +37,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 async def start_edge(db_url: str, upstream: str) -> EdgeProcess:
-    env = {
-        **os.environ,
-        "PERSIST_TRANSCRIPTS": "true",
-        "DB_URL": db_url,
-        "UPSTREAM_BASE_URL": upstream,
-        "EDGE_PORT": "0",
-        "EDGE_LOG_LEVEL": "WARNING",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "edge",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+    proc, url = await launch_edge(
+        PERSIST_TRANSCRIPTS="true", DB_URL=db_url, UPSTREAM_BASE_URL=upstream
     )
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 30)
-    match = re.search(rb"http://127\.0\.0\.1:\d+", line)
-    assert match, line
-    return EdgeProcess(proc, match.group().decode())
+    return EdgeProcess(proc, url)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import re
 import sys
@@ -26,6 +25,7 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestServer
+from edge_process import launch_edge
 from fake_upstream import FakeUpstream
 
 from edge.app import create_app
@@ -425,31 +425,16 @@ async def start_process(
     running: list[Process] = []
 
     async def launch(db_url: str) -> Process:
-        env = {
-            **os.environ,
-            "PERSIST_TRANSCRIPTS": "true",
-            "DB_URL": db_url,
-            "UPSTREAM_BASE_URL": fake_upstream.base_url,
-            "EDGE_PORT": "0",
-            "EDGE_LOG_LEVEL": "WARNING",
-            "STORE_DURABILITY": "chunk",
-            "BACKGROUND_GENERATION": "true",
-            "HISTORY_BATCH_FLUSH_MS": "100",
-            "RESUME_POLL_MS": "20",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "edge",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+        proc, url = await launch_edge(
+            PERSIST_TRANSCRIPTS="true",
+            DB_URL=db_url,
+            UPSTREAM_BASE_URL=fake_upstream.base_url,
+            STORE_DURABILITY="chunk",
+            BACKGROUND_GENERATION="true",
+            HISTORY_BATCH_FLUSH_MS="100",
+            RESUME_POLL_MS="20",
         )
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60)
-        match = re.search(rb"http://127\.0\.0\.1:\d+", line)
-        assert match, line
-        process = Process(proc, match.group().decode())
+        process = Process(proc, url)
         running.append(process)
         return process
 
